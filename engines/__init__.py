@@ -1,0 +1,78 @@
+"""Inference engines for DPT. The runtime uses :func:`create_engine` and :class:`Engine` only."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+import torch
+
+from engines.base import (
+    DEFAULT_MODELS,
+    OUTPUT_NAME,
+    TASKS,
+    BackendUnavailable,
+    Engine,
+    EngineConfig,
+    EngineError,
+    EngineSpec,
+    ModelLoadError,
+    PreprocessSpec,
+    Task,
+)
+from engines.preprocess import Preprocessor
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_MODELS",
+    "OUTPUT_NAME",
+    "TASKS",
+    "BackendUnavailable",
+    "Engine",
+    "EngineConfig",
+    "EngineError",
+    "EngineSpec",
+    "ModelLoadError",
+    "PreprocessSpec",
+    "Preprocessor",
+    "Task",
+    "create_engine",
+    "tensorrt_available",
+]
+
+
+def tensorrt_available() -> bool:
+    return importlib.util.find_spec("tensorrt") is not None and hasattr(
+        importlib.import_module("tensorrt"), "Builder"
+    )
+
+
+def create_engine(cfg: EngineConfig) -> Engine:
+    """Return an engine for ``cfg``: ``tensorrt``, ``torch``, or ``auto`` (TensorRT if importable and a GPU
+    is present, else torch on CUDA, else torch on CPU). Raises :class:`EngineError` subclasses."""
+    from engines.loading import load_model
+
+    backend = cfg.backend
+    gpu = torch.cuda.is_available() and cfg.device != "cpu"
+    if backend == "tensorrt" and not gpu:
+        raise BackendUnavailable("--engine tensorrt needs an NVIDIA GPU, and torch sees none")
+    if backend == "tensorrt" and not tensorrt_available():
+        raise BackendUnavailable(
+            "--engine tensorrt asked for, but the tensorrt package is not installed "
+            "(pip install 'dptstream[tensorrt]', or use --engine torch)"
+        )
+    if backend == "auto":
+        backend = "tensorrt" if gpu and tensorrt_available() else "torch"
+    loaded = load_model(cfg.task, cfg.model, cfg.input_size)
+    if backend == "tensorrt":
+        from engines.tensorrt_engine import TensorRTEngine
+
+        engine: Engine = TensorRTEngine(loaded, cfg)
+    else:
+        from engines.torch_engine import TorchEngine
+
+        engine = TorchEngine(loaded, cfg)
+    if cfg.backend == "auto":
+        log.info("engine for %s: %s on %s", cfg.task, engine.spec.backend, engine.spec.device)
+    return engine

@@ -1,0 +1,50 @@
+"""Checkpoint-faithful preprocessing with torch tensors on the engine's device.
+
+Matches transformers' ``DPTImageProcessor`` (PIL backend: resample the uint8 image, then rescale and
+normalise): bicubic with antialiasing, clamped and rounded to the uint8 grid, then ``(x*scale-mean)/std``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from engines.base import PreprocessSpec
+
+
+class Preprocessor:
+    def __init__(self, spec: PreprocessSpec, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32) -> None:
+        self.spec = spec
+        self.device = torch.device(device)
+        self.dtype = dtype
+        scale = spec.rescale_factor
+        mean = torch.tensor(spec.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(spec.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        # y = (x*scale - mean)/std = x*a + b
+        self._a = scale / std
+        self._b = -mean / std
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return (self.spec.height, self.spec.width)
+
+    def resize_uint8(self, image: torch.Tensor) -> torch.Tensor:
+        """``H x W x 3`` uint8 (any device) -> ``1 x 3 x h x w`` float32 on the uint8 grid (0..255)."""
+        x = image.to(self.device, non_blocking=True).permute(2, 0, 1).unsqueeze(0).float()
+        if tuple(x.shape[-2:]) != self.size:
+            mode = self.spec.resample
+            if mode == "nearest":
+                x = F.interpolate(x, size=self.size, mode="nearest")
+            else:
+                x = F.interpolate(x, size=self.size, mode=mode, align_corners=False, antialias=True)
+            x = x.clamp_(0.0, 255.0).round_()
+        return x
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """float32 ``N x 3 x h x w`` on the uint8 grid -> the network's input dtype."""
+        return (x * self._a + self._b).to(self.dtype)
+
+    def __call__(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """A list of ``H x W x 3`` uint8 images (sizes may differ) -> ``N x 3 x h x w`` network input."""
+        return self.normalize(torch.cat([self.resize_uint8(im) for im in images], dim=0))

@@ -1,0 +1,110 @@
+"""PyTorch backend: FP32 on CPU; FP16/BF16 on CUDA with SDPA attention and CUDA graphs per batch size."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from engines.base import OUTPUT_NAME, BackendUnavailable, EngineConfig, EngineSpec
+from engines.loading import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+def graph_batch_sizes(max_batch: int) -> list[int]:
+    """Batch sizes to capture: powers of two up to ``max_batch``, plus ``max_batch`` itself."""
+    sizes, b = [], 1
+    while b < max_batch:
+        sizes.append(b)
+        b *= 2
+    sizes.append(max_batch)
+    return sizes
+
+
+def padded_size(n: int, sizes: list[int]) -> int:
+    for s in sizes:
+        if s >= n:
+            return s
+    raise ValueError(f"batch of {n} exceeds the largest captured size {sizes[-1]}")
+
+
+class TorchEngine:
+    def __init__(self, loaded: LoadedModel, cfg: EngineConfig) -> None:
+        device = cfg.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise BackendUnavailable("--device cuda was asked for, but torch sees no CUDA GPU")
+        precision = cfg.precision
+        if precision == "auto":
+            precision = "fp16" if device.startswith("cuda") else "fp32"
+        if device == "cpu" and precision != "fp32":
+            log.warning("%s on CPU is slow and inexact; using fp32", precision)
+            precision = "fp32"
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        if cfg.threads and device == "cpu":
+            torch.set_num_threads(cfg.threads)
+        self._module = loaded.module.to(device=device, dtype=dtype).eval()
+        for p in self._module.parameters():
+            p.requires_grad_(False)
+        if cfg.compile:
+            self._module = torch.compile(self._module, mode="max-autotune-no-cudagraphs")  # type: ignore[assignment]
+        self._out = OUTPUT_NAME[loaded.task]
+        self._device = torch.device(device)
+        self._use_graphs = cfg.cuda_graphs and self._device.type == "cuda"
+        self._graph_sizes = graph_batch_sizes(cfg.max_batch)
+        self._graphs: dict[int, tuple[Any, torch.Tensor, torch.Tensor]] = {}
+        backend = f"torch-{self._device.type}-{precision}" + ("-graphs" if self._use_graphs else "")
+        self.spec = EngineSpec(
+            task=loaded.task,
+            model_id=loaded.model_id,
+            backend=backend,
+            device=str(self._device),
+            dtype=dtype,
+            preprocess=loaded.preprocess,
+            labels=loaded.labels,
+            max_batch=cfg.max_batch,
+        )
+
+    def _graph_for(self, n: int) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        if n not in self._graphs:
+            p = self.spec.preprocess
+            static_in = torch.zeros(n, 3, p.height, p.width, device=self._device, dtype=self.spec.dtype)
+            stream = torch.cuda.current_stream(self._device)
+            side = torch.cuda.Stream(self._device)
+            side.wait_stream(stream)
+            with torch.cuda.stream(side), torch.inference_mode():
+                for _ in range(2):  # warm up (cuDNN / SDPA algorithm selection) outside the graph
+                    self._module(static_in)
+            stream.wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph), torch.inference_mode():
+                static_out = self._module(static_in)
+            self._graphs[n] = (graph, static_in, static_out)
+        return self._graphs[n]
+
+    def warmup(self) -> None:
+        if self._use_graphs:
+            for n in self._graph_sizes:
+                self._graph_for(n)
+
+    @torch.inference_mode()
+    def infer(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        n = batch.shape[0]
+        if n > self.spec.max_batch:
+            outs = [self.infer(batch[i : i + self.spec.max_batch]) for i in range(0, n, self.spec.max_batch)]
+            return {self._out: torch.cat([o[self._out] for o in outs], dim=0)}
+        x = batch.to(self._device, self.spec.dtype, non_blocking=True)
+        if self._use_graphs:
+            size = padded_size(n, self._graph_sizes)
+            graph, static_in, static_out = self._graph_for(size)
+            static_in[:n].copy_(x)
+            graph.replay()
+            # clone: the static output buffer is overwritten by the next replay
+            return {self._out: static_out[:n].float().clone()}
+        return {self._out: self._module(x).float()}
+
+    def close(self) -> None:
+        self._graphs.clear()
