@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+TINY_INPUT = 192  # network side of the tiny checkpoints (the real ones use 480 / 384)
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
 
 
@@ -88,7 +89,7 @@ def make_checkpoint(path: str | Path, task: str, image_size: int | None = None, 
     from transformers import DPTConfig, DPTForDepthEstimation, DPTForSemanticSegmentation, DPTImageProcessor
 
     path = Path(path)
-    size = image_size or (480 if task == "segmentation" else 384)
+    size = image_size or ((480 if task == "segmentation" else 384) if large else TINY_INPUT)
     if large:
         kw: dict[str, object] = dict(
             hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,

@@ -1,0 +1,105 @@
+"""Builds a running pipeline from a validated config: engines, sinks, metrics server. Shared by CLI commands."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import engines as eng
+from engines import Engine, EngineConfig
+from pipeline.config import ConfigError, PipelineConfig
+from pipeline.metrics import Metrics
+from pipeline.sinks import Sink, create_sink
+
+log = logging.getLogger(__name__)
+
+
+def version() -> str:
+    try:
+        from importlib.metadata import version as v
+
+        return v("dptstream")
+    except Exception:  # noqa: BLE001 - running from a source tree
+        return "0.1.0+src"
+
+
+def engine_config(cfg: PipelineConfig, task: str) -> EngineConfig:
+    e = cfg.engine
+    return EngineConfig(task=task, model=cfg.models.get(task, eng.DEFAULT_MODELS[task]),  # type: ignore[arg-type]
+                        backend=e.backend, device=e.device, precision=e.precision, max_batch=e.batch_size,
+                        cuda_graphs=e.cuda_graphs, compile=e.compile, cache_dir=e.cache_dir, threads=e.threads)
+
+
+def create_engines(cfg: PipelineConfig) -> dict[str, Engine]:
+    out: dict[str, Engine] = {}
+    for task in cfg.tasks:
+        out[task] = eng.create_engine(engine_config(cfg, task))
+    return out
+
+
+@dataclass
+class Runtime:
+    cfg: PipelineConfig
+    engines: dict[str, Engine]
+    sinks: list[Sink]
+    metrics: Metrics
+    stop: threading.Event
+    port: int | None = None
+
+    def close(self) -> None:
+        for s in self.sinks:
+            s.close()
+        for e in self.engines.values():
+            e.close()
+        self.metrics.close()
+
+
+def labels_of(engines: dict[str, Engine]) -> dict[int, str]:
+    seg = engines.get("segmentation")
+    return dict(seg.spec.labels) if seg is not None else {}
+
+
+def open_sinks(cfg: PipelineConfig, metrics: Metrics, engines: dict[str, Engine], stop: threading.Event,
+               **extra: Any) -> list[Sink]:
+    if not cfg.sinks:
+        raise ConfigError("no sink: pass --sink redis://HOST:PORT/DB (or set REDIS_URL), or --sink dir:PATH")
+    models = {t: e.spec.model_id for t, e in engines.items()}
+    sinks = [create_sink(uri, cfg, metrics, labels_of(engines), models, stop, **extra) for uri in cfg.sinks]
+    opened: list[Sink] = []
+    try:
+        for s in sinks:
+            s.open()
+            opened.append(s)
+    except BaseException:
+        for s in opened:
+            s.close()
+        raise
+    return sinks
+
+
+def start_runtime(cfg: PipelineConfig, serve_metrics: bool = True, health: Any = None) -> Runtime:
+    metrics = Metrics()
+    engines = create_engines(cfg)
+    stop = threading.Event()
+    try:
+        sinks = open_sinks(cfg, metrics, engines, stop)
+    except BaseException:
+        for e in engines.values():
+            e.close()
+        raise
+    metrics.build_info.info({
+        "version": version(),
+        "backends": ",".join(f"{t}={e.spec.backend}" for t, e in engines.items()),
+        "models": ",".join(f"{t}={e.spec.model_id}" for t, e in engines.items()),
+    })
+    rt = Runtime(cfg, engines, sinks, metrics, stop)
+    if serve_metrics and cfg.metrics.port is not None:
+        try:
+            rt.port = metrics.serve(cfg.metrics.port, cfg.metrics.host, health)
+        except OSError as e:
+            rt.close()
+            raise ConfigError(f"cannot serve metrics on port {cfg.metrics.port} ({e.strerror}); "
+                              "pick another with --metrics-port") from e
+    return rt

@@ -1,0 +1,238 @@
+"""One typed, validated config: YAML -> defaults merged -> :class:`PipelineConfig`. Unknown keys are errors."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.frames import valid_stream_id
+
+Task = Literal["segmentation", "depth"]
+DEFAULT_MODELS: dict[str, str] = {"segmentation": "Intel/dpt-large-ade", "depth": "Intel/dpt-large"}
+SINK_SCHEMES = ("redis", "rediss", "dir", "video")
+SOURCE_SCHEMES = ("file", "rtsp", "rtsps")
+
+
+class ConfigError(Exception):
+    """A bad config or flag; reported as one line."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceConfig(_Strict):
+    id: str
+    uri: str
+    live: bool | None = None  # None: rtsp(s) is live, files are not
+    loop: bool = False  # replay a file forever (a file posing as a camera)
+    realtime: bool = False  # pace a file at its frame rate
+    rtsp_transport: Literal["tcp", "udp"] = "tcp"
+    open_timeout_s: float = Field(10.0, gt=0)
+    read_timeout_s: float = Field(5.0, gt=0)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not valid_stream_id(v):
+            raise ValueError(f"invalid stream id {v!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+        return v
+
+    @property
+    def scheme(self) -> str:
+        s = urlsplit(self.uri).scheme.lower()
+        return s if s in SOURCE_SCHEMES else "file"
+
+    @property
+    def is_live(self) -> bool:
+        return self.live if self.live is not None else self.scheme in ("rtsp", "rtsps")
+
+    @property
+    def path(self) -> str:
+        if self.uri.startswith("file://"):
+            return urlsplit(self.uri).path
+        return self.uri
+
+
+class EngineSection(_Strict):
+    backend: Literal["auto", "tensorrt", "torch"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    batch_size: int = Field(8, ge=1, le=256)
+    max_wait_ms: float = Field(10.0, ge=0)
+    cuda_graphs: bool = True
+    compile: bool = False
+    cache_dir: str = "~/.cache/dptstream"
+    threads: int | None = Field(None, ge=1)
+
+
+class QueueSection(_Strict):
+    decoded: int = Field(8, ge=1)
+    prepared: int = Field(16, ge=1)
+    inferred: int = Field(16, ge=1)
+    results: int = Field(64, ge=1)
+    live_policy: Literal["drop_oldest", "block"] = "drop_oldest"
+
+
+class RedisSection(_Strict):
+    prefix: str = "dpt"
+    maxlen: int = Field(10000, ge=1)
+    events: bool = True
+    ca_file: str | None = None
+    retry_max_s: float = Field(5.0, gt=0)
+    buffer: int = Field(1000, ge=1)  # live results held while Redis is away
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z0-9._:-]{1,64}$", v):
+            raise ValueError(f"invalid redis prefix {v!r}")
+        return v
+
+
+class LiveSection(_Strict):
+    reconnect_initial_s: float = Field(0.5, gt=0)
+    reconnect_max_s: float = Field(30.0, gt=0)
+    stall_timeout_s: float = Field(10.0, gt=0)
+    frozen_timeout_s: float = Field(0.0, ge=0)  # 0 disables the frozen-picture detector
+    fail_if_down_at_start: bool = False
+    latency_budget_ms: float = Field(0.0, ge=0)  # 0 disables degradation
+    degrade_order: list[Literal["rate", "skip_depth", "alternate_segmentation"]] = Field(
+        default_factory=lambda: ["rate", "skip_depth", "alternate_segmentation"]
+    )
+
+
+class MetricsSection(_Strict):
+    port: int | None = Field(9108, ge=0, le=65535)
+    host: str = "0.0.0.0"
+
+
+class PipelineConfig(_Strict):
+    sources: list[SourceConfig] = Field(default_factory=list)
+    sinks: list[str] = Field(default_factory=lambda: ["redis://127.0.0.1:6379/0"])
+    tasks: list[Task] = Field(default_factory=lambda: ["segmentation", "depth"])
+    models: dict[Task, str] = Field(default_factory=lambda: dict(DEFAULT_MODELS))  # type: ignore[arg-type]
+    mask_size: str = "default"
+    engine: EngineSection = Field(default_factory=EngineSection)
+    queues: QueueSection = Field(default_factory=QueueSection)
+    redis: RedisSection = Field(default_factory=RedisSection)
+    live: LiveSection = Field(default_factory=LiveSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
+    depth_grid: int = Field(4, ge=1, le=32)
+    progress: bool | None = None  # None: only on a terminal
+    resume: bool = True  # file jobs skip frames already published
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one task is needed")
+        return list(dict.fromkeys(v))
+
+    @field_validator("mask_size")
+    @classmethod
+    def _mask(cls, v: str) -> str:
+        if v in ("default", "network", "source") or re.match(r"^\d{1,5}x\d{1,5}$", v):
+            return v
+        raise ValueError(f"invalid mask size {v!r}: use WxH, network, source or default")
+
+    @field_validator("sinks")
+    @classmethod
+    def _sinks(cls, v: list[str]) -> list[str]:
+        for uri in v:
+            scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
+            if scheme not in SINK_SCHEMES:
+                raise ValueError(
+                    f"unknown sink {redact(uri)!r}: use redis://, rediss://, dir:PATH or video:PATH"
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> PipelineConfig:
+        seen: set[str] = set()
+        for s in self.sources:
+            if s.id in seen:
+                raise ValueError(f"two sources share the id {s.id!r}: give one an explicit ID=")
+            seen.add(s.id)
+        return self
+
+
+def redact(uri: str) -> str:
+    """Hide the password in a URI (``redis://user:***@host``)."""
+    return re.sub(r"(?<=://)([^:/@]*):([^@/]*)@", lambda m: f"{m.group(1)}:***@", uri)
+
+
+def parse_source(arg: str) -> SourceConfig:
+    """``[ID=]URI`` -> a source; the id defaults to the file stem or the RTSP path."""
+    sid: str | None = None
+    uri = arg
+    head, sep, tail = arg.partition("=")
+    if sep and "/" not in head and ":" not in head:
+        sid, uri = head, tail
+    if not uri:
+        raise ConfigError(f"empty source in {arg!r}")
+    if sid is None:
+        parts = urlsplit(uri)
+        if parts.scheme.lower() in ("rtsp", "rtsps"):
+            sid = re.sub(r"[^A-Za-z0-9._-]", "_", parts.path.strip("/")) or parts.hostname or "camera"
+        else:
+            sid = Path(parts.path if parts.scheme == "file" else uri).stem or "source"
+            sid = re.sub(r"[^A-Za-z0-9._-]", "_", sid)
+        sid = sid[:64]
+    try:
+        return SourceConfig(id=sid, uri=uri)
+    except ValidationError as e:
+        raise ConfigError(first_error(e)) from e
+
+
+def first_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return f"unknown config key {loc!r}"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    return f"{loc}: {msg}" if loc else msg
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Read YAML (optional), apply CLI overrides (already nested), validate once."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from e
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must be a mapping of keys")
+        data = loaded
+        if isinstance(data.get("sources"), list):
+            data["sources"] = [_source_entry(s) for s in data["sources"]]
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    env_url = os.environ.get("REDIS_URL")
+    if env_url and "sinks" not in (overrides or {}) and "sinks" not in data:
+        data["sinks"] = [env_url]
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(first_error(e)) from e
+
+
+def _source_entry(s: Any) -> Any:
+    if isinstance(s, str):
+        return parse_source(s).model_dump()
+    if isinstance(s, dict) and "uri" in s and "id" not in s:
+        return {**parse_source(str(s["uri"])).model_dump(include={"id"}), **s}
+    return s

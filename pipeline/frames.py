@@ -1,0 +1,86 @@
+"""Frozen dataclasses that flow between stages. Every item carries its source identity."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+STREAM_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def valid_stream_id(sid: str) -> bool:
+    return bool(STREAM_ID_RE.match(sid)) and sid not in (".", "..")
+
+
+@dataclass(frozen=True)
+class FrameId:
+    """Identity of a decoded frame: enough to trace every published record to its source frame."""
+
+    stream_id: str
+    index: int  # 0-based decode order
+    pts: float  # seconds, from the container
+    wall_time: float  # unix seconds when decoded
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Frame:
+    id: FrameId
+    image: np.ndarray  # H x W x 3 uint8 RGB
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A frame after preprocessing: one network input per task (``1 x 3 x h x w``), keyed by task."""
+
+    id: FrameId
+    inputs: dict[str, Any]  # task -> torch.Tensor
+    image: np.ndarray | None = None  # kept only when a sink needs the picture (overlay video)
+    tasks: tuple[str, ...] = ()  # tasks to run (degradation may skip some)
+
+
+@dataclass(frozen=True)
+class Batch:
+    ids: tuple[FrameId, ...]
+    items: tuple[Prepared, ...]
+
+
+@dataclass(frozen=True)
+class Inferred:
+    """Raw engine outputs for one frame (on the engine's device)."""
+
+    id: FrameId
+    outputs: dict[str, Any]  # "logits": C x h x w, "depth": h x w
+    image: np.ndarray | None = None
+    infer_done: float = 0.0
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a sink publishes for one frame."""
+
+    id: FrameId
+    mask: np.ndarray | None  # mask_h x mask_w uint8 class ids
+    classes: dict[int, float] = field(default_factory=dict)  # class id -> pixel fraction
+    depth: dict[str, Any] | None = None  # summary, see postprocess.depth_summary
+    depth_map: np.ndarray | None = None  # mask-sized float32, kept only for visual sinks
+    image: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class EndOfStream:
+    """Marker sent by a source when it is finished (for good, or after an error)."""
+
+    stream_id: str
+    frames: int  # frames decoded in total
+    error: str | None = None
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """Marker that flows through every queue when all sources are finished: stages forward it and exit."""

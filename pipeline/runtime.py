@@ -1,0 +1,186 @@
+"""Wires sources, stages, queues and sinks; runs until every source ends or a stop is requested."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from engines import Engine
+from pipeline.config import PipelineConfig
+from pipeline.frames import EndOfStream, Frame
+from pipeline.metrics import Metrics
+from pipeline.queues import FanIn, NamedQueue
+from pipeline.sinks import RedisSink, Sink
+from pipeline.sources import Source, create_source
+from pipeline.stages import InferStage, PostprocessStage, PreprocessStage, PublishStage, Stage, is_control
+
+log = logging.getLogger(__name__)
+
+
+class PipelineError(Exception):
+    """A fatal error inside the running pipeline (dead engine, sink gone for good); one line for the user."""
+
+
+@dataclass
+class StreamReport:
+    stream_id: str
+    decoded: int = 0
+    skipped: int = 0  # already published before (resume)
+    error: str | None = None
+    truncated: bool = False
+    done: bool = False
+
+
+@dataclass
+class RunReport:
+    streams: dict[str, StreamReport] = field(default_factory=dict)
+    published: int = 0
+    seconds: float = 0.0
+    fatal: str | None = None
+    interrupted: bool = False
+
+    @property
+    def failed(self) -> list[StreamReport]:
+        return [s for s in self.streams.values() if s.error]
+
+
+class Pipeline:
+    """One run over ``cfg.sources`` with already-created engines and sinks (both reusable across runs)."""
+
+    def __init__(self, cfg: PipelineConfig, engines: dict[str, Engine], sinks: Sequence[Sink], metrics: Metrics,
+                 live_options: dict[str, Any] | None = None,
+                 select_tasks: Callable[[Frame], tuple[str, ...]] | None = None) -> None:
+        self.cfg = cfg
+        self.engines = engines
+        self.sinks = list(sinks)
+        self.metrics = metrics
+        self.live_options = live_options or {}
+        self.select_tasks = select_tasks
+        self.abort = threading.Event()
+        self.stopping = threading.Event()
+        self.report = RunReport()
+        self._fatal: str | None = None
+        self.sources: list[Source] = []
+        self.stages: list[Stage] = []
+        self.queues: dict[str, NamedQueue[Any]] = {}
+
+    # -- wiring -----------------------------------------------------------------------------------------
+    def _queue(self, name: str, size: int, policy: Any = "block") -> NamedQueue[Any]:
+        q: NamedQueue[Any] = NamedQueue(name, size, policy, on_drop=self._dropped(name), is_control=is_control)
+        self.queues[name] = q
+        self.metrics.watch_queue(name, q.__len__)
+        return q
+
+    def _dropped(self, queue: str) -> Callable[[object], None]:
+        def on_drop(item: object) -> None:
+            sid = getattr(getattr(item, "id", None), "stream_id", "unknown")
+            self.metrics.dropped.labels(stream=sid, reason="queue_full").inc()
+
+        return on_drop
+
+    def _redis(self) -> RedisSink | None:
+        return next((s for s in self.sinks if isinstance(s, RedisSink)), None)
+
+    def build(self) -> None:
+        cfg = self.cfg
+        fan: FanIn[Any] = FanIn()
+        redis_sink = self._redis()
+        for s in cfg.sources:
+            start = 0
+            rep = StreamReport(s.id)
+            if redis_sink is not None:
+                if s.is_live or not cfg.resume:
+                    redis_sink.reset_progress(s.id)
+                else:
+                    start = redis_sink.last_published(s.id) + 1
+                    rep.skipped = start
+                    if start:
+                        log.info("%s: resuming after frame %d (already published)", s.id, start - 1)
+            policy = cfg.queues.live_policy if s.is_live else "block"
+            q: NamedQueue[Any] = NamedQueue(f"decoded:{s.id}", cfg.queues.decoded, policy,
+                                            on_drop=self._dropped("decoded"), is_control=is_control,
+                                            listener=fan.event)
+            self.queues[q.name] = q
+            self.metrics.watch_queue(q.name, q.__len__)
+            fan.add(q)
+            src = create_source(s, q, self.metrics, start, **self.live_options)
+            src.abort = self.abort
+            self.sources.append(src)
+            self.report.streams[s.id] = rep
+        prepared = self._queue("prepared", cfg.queues.prepared)
+        inferred = self._queue("inferred", cfg.queues.inferred)
+        results = self._queue("results", cfg.queues.results)
+        seg = self.engines.get("segmentation")
+        net_side = (seg or next(iter(self.engines.values()))).spec.preprocess.height
+        num_classes = max(len(seg.spec.labels), 1) if seg is not None else 1
+        keep_image = any(getattr(s, "wants_images", False) for s in self.sinks)
+        self.stages = [
+            PreprocessStage(fan, prepared, self.metrics, self.abort, self.engines, len(self.sources),
+                            self.select_tasks, keep_image),
+            InferStage(prepared, inferred, self.metrics, self.abort, self.engines, cfg.engine.batch_size,
+                       cfg.engine.max_wait_ms),
+            PostprocessStage(inferred, results, self.metrics, self.abort, cfg.mask_size, net_side, num_classes,
+                             cfg.depth_grid, "relative_inverse", keep_depth_map=keep_image),
+            PublishStage(results, self.metrics, self.abort, self.sinks, on_eos=self._on_eos),
+        ]
+        for st in self.stages:
+            st.on_fatal = self._on_fatal
+
+    def _on_eos(self, eos: EndOfStream) -> None:
+        rep = self.report.streams.setdefault(eos.stream_id, StreamReport(eos.stream_id))
+        rep.decoded, rep.error, rep.truncated, rep.done = eos.frames, eos.error, eos.truncated, True
+
+    def _on_fatal(self, stage: Stage, e: BaseException) -> None:
+        if self._fatal is None:
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            self._fatal = f"{stage.name} stage failed: {detail}"
+            if not isinstance(e, Exception):
+                self._fatal = f"{stage.name} stage stopped ({type(e).__name__})"
+        self.abort.set()
+        for s in self.sources:
+            s.stop()
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if not self.stages:
+            self.build()
+        for st in self.stages:
+            st.start()
+        for s in self.sources:
+            s.start()
+        self._t0 = time.monotonic()
+
+    def request_stop(self) -> None:
+        """Stop reading; everything already decoded drains through to the sinks."""
+        self.stopping.set()
+        self.report.interrupted = True
+        for s in self.sources:
+            s.stop()
+
+    @property
+    def running(self) -> bool:
+        return any(st.alive for st in self.stages)
+
+    def wait(self, tick: Callable[[], None] | None = None, poll: float = 0.25) -> RunReport:
+        while self.running:
+            if tick is not None:
+                tick()
+            self.stages[-1].join(poll)
+        for s in self.sources:
+            s.join(timeout=5)
+        for st in self.stages:
+            st.join(timeout=5)
+        if tick is not None:
+            tick()
+        self.report.seconds = time.monotonic() - self._t0
+        self.report.published = sum(getattr(s, "published", 0) for s in self.sinks)
+        self.report.fatal = self._fatal
+        return self.report
+
+    def run(self, tick: Callable[[], None] | None = None) -> RunReport:
+        self.start()
+        return self.wait(tick)

@@ -1,0 +1,299 @@
+"""Pipeline stages: small classes with one job and a lifecycle (start, process, stop).
+
+A stage reads from its input, processes data items, forwards :class:`EndOfStream` in order, and on
+:class:`Shutdown` finishes what it holds, forwards the marker (from a ``finally``) and exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from engines import Engine, Preprocessor
+from pipeline.frames import Batch, EndOfStream, Frame, Inferred, Prepared, Result, Shutdown
+from pipeline.metrics import Metrics
+from pipeline.postprocess import class_fractions, depth_summary, mask_size, resize_depth, segment
+from pipeline.queues import FanIn, NamedQueue
+
+log = logging.getLogger(__name__)
+
+Marker = (EndOfStream, Shutdown)
+
+
+def is_control(item: object) -> bool:
+    return isinstance(item, Marker)
+
+
+class Stage:
+    """Base stage: one thread, one input, one output. Subclasses implement :meth:`process`."""
+
+    name = "stage"
+
+    def __init__(self, inq: NamedQueue[Any] | FanIn[Any], outq: NamedQueue[Any] | None, metrics: Metrics,
+                 abort: threading.Event) -> None:
+        self.inq = inq
+        self.outq = outq
+        self.metrics = metrics
+        self.abort = abort  # set when the pipeline is dead: blocked puts give up
+        self.error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._seconds = metrics.stage_seconds.labels(stage=self.name)
+        self.on_fatal: Callable[[Stage, BaseException], None] | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._main, name=f"stage-{self.name}", daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> bool:
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def put(self, item: Any) -> bool:
+        """Blocking put that gives up only when the pipeline is aborting."""
+        if self.outq is None:
+            return True
+        while not self.outq.put(item, timeout=0.2):
+            if self.abort.is_set():
+                return False
+        return True
+
+    def next_item(self) -> Any:
+        while True:
+            try:
+                return self.inq.get(timeout=0.2)
+            except TimeoutError:
+                if self.abort.is_set():
+                    return Shutdown()
+
+    def _main(self) -> None:
+        try:
+            while True:
+                item = self.next_item()
+                if isinstance(item, Shutdown):
+                    for out in self.flush():
+                        self.put(out)
+                    return
+                if isinstance(item, EndOfStream):
+                    for out in self.flush():
+                        self.put(out)
+                    self.on_end_of_stream(item)
+                    self.put(item)
+                    continue
+                t0 = time.perf_counter()
+                outs = list(self.process(item))
+                self._seconds.observe(time.perf_counter() - t0)
+                for out in outs:
+                    self.put(out)
+        except BaseException as e:  # noqa: BLE001 - a dead stage is fatal for the pipeline
+            self.error = e
+            log.debug("stage %s failed", self.name, exc_info=True)
+            if self.on_fatal is not None:
+                self.on_fatal(self, e)
+        finally:
+            if self.outq is not None:
+                self.outq.put(Shutdown())
+
+    def process(self, item: Any) -> Iterable[Any]:
+        raise NotImplementedError
+
+    def flush(self) -> Iterable[Any]:
+        return ()
+
+    def on_end_of_stream(self, eos: EndOfStream) -> None:
+        pass
+
+
+class PreprocessStage(Stage):
+    """Decoded frame -> network input per task (resize + normalise on the engine's device).
+
+    Tasks whose engines want the same input share one tensor. Emits :class:`Shutdown` once every source
+    has ended (it counts :class:`EndOfStream` markers).
+    """
+
+    name = "preprocess"
+
+    def __init__(self, inq: FanIn[Any], outq: NamedQueue[Any], metrics: Metrics, abort: threading.Event,
+                 engines: dict[str, Engine], expected_streams: int | None,
+                 select_tasks: Callable[[Frame], tuple[str, ...]] | None = None, keep_image: bool = False) -> None:
+        super().__init__(inq, outq, metrics, abort)
+        self.engines = engines
+        self.expected = expected_streams
+        self.ended = 0
+        self.select_tasks = select_tasks
+        self.keep_image = keep_image
+        self._pre: dict[str, Preprocessor] = {}
+        self._share: dict[str, str] = {}  # task -> task whose tensor it reuses
+        by_key: dict[tuple[Any, ...], str] = {}
+        for task, eng in engines.items():
+            s = eng.spec
+            key = (s.preprocess, s.device, s.dtype)
+            if key in by_key:
+                self._share[task] = by_key[key]
+            else:
+                by_key[key] = task
+                self._pre[task] = Preprocessor(s.preprocess, s.device, s.dtype)
+
+    def next_item(self) -> Any:
+        if self.expected is not None and self.ended >= self.expected:
+            return Shutdown()
+        return super().next_item()
+
+    def on_end_of_stream(self, eos: EndOfStream) -> None:
+        self.ended += 1
+
+    def process(self, frame: Frame) -> Iterable[Prepared]:
+        tasks = self.select_tasks(frame) if self.select_tasks else tuple(self.engines)
+        if not tasks:
+            return ()
+        img = torch.from_numpy(frame.image)
+        inputs: dict[str, torch.Tensor] = {}
+        for task in tasks:
+            src = self._share.get(task, task)
+            if src not in inputs:
+                inputs[src] = self._pre[src]([img])
+            inputs[task] = inputs[src]
+        return (Prepared(frame.id, inputs, frame.image if self.keep_image else None, tuple(tasks)),)
+
+
+class InferStage(Stage):
+    """Cross-stream batcher + inference: up to ``max_batch`` frames, waiting at most ``max_wait_ms``."""
+
+    name = "infer"
+
+    def __init__(self, inq: NamedQueue[Any], outq: NamedQueue[Any], metrics: Metrics, abort: threading.Event,
+                 engines: dict[str, Engine], max_batch: int, max_wait_ms: float) -> None:
+        super().__init__(inq, outq, metrics, abort)
+        self.engines = engines
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self._held: Any = None  # a marker met while collecting a batch
+
+    def next_item(self) -> Any:
+        if self._held is not None:
+            item, self._held = self._held, None
+            return item
+        first = super().next_item()
+        if is_control(first):
+            return first
+        items = [first]
+        deadline = time.monotonic() + self.max_wait
+        while len(items) < self.max_batch:
+            remaining = deadline - time.monotonic()
+            try:
+                nxt = self.inq.get(timeout=max(0.0, remaining)) if remaining > 0 else self.inq.get_nowait()
+            except TimeoutError:
+                break
+            if nxt is None:
+                break
+            if is_control(nxt):
+                self._held = nxt
+                break
+            items.append(nxt)
+        return Batch(tuple(p.id for p in items), tuple(items))
+
+    def process(self, batch: Batch) -> Iterable[Inferred]:
+        self.metrics.batch_size.observe(len(batch.items))
+        per_frame: list[dict[str, Any]] = [{} for _ in batch.items]
+        for task, engine in self.engines.items():
+            idx = [i for i, p in enumerate(batch.items) if task in p.tasks]
+            if not idx:
+                continue
+            x = torch.cat([batch.items[i].inputs[task] for i in idx], dim=0)
+            out = engine.infer(x)
+            for name, tensor in out.items():
+                for k, i in enumerate(idx):
+                    per_frame[i][name] = tensor[k]
+        done = time.time()
+        for p in batch.items:
+            self.metrics.frames.labels(stream=p.id.stream_id, stage="inferred").inc()
+        return [Inferred(p.id, outs, p.image, done) for p, outs in zip(batch.items, per_frame, strict=True)]
+
+
+class PostprocessStage(Stage):
+    """Logits -> uint8 mask at the mask size + class fractions; depth -> summary. Small results to host."""
+
+    name = "postprocess"
+
+    def __init__(self, inq: NamedQueue[Any], outq: NamedQueue[Any], metrics: Metrics, abort: threading.Event,
+                 mask_spec: str, net_side: int, num_classes: int, depth_grid: int, depth_kind: str,
+                 keep_depth_map: bool = False) -> None:
+        super().__init__(inq, outq, metrics, abort)
+        self.mask_spec = mask_spec
+        self.net_side = net_side
+        self.num_classes = num_classes
+        self.grid = depth_grid
+        self.kind = depth_kind
+        self.keep_depth_map = keep_depth_map
+
+    def process(self, item: Inferred) -> Iterable[Result]:
+        w, h = mask_size(self.mask_spec, item.id.width, item.id.height, self.net_side)
+        mask_t = None
+        mask = None
+        classes: dict[int, float] = {}
+        if "logits" in item.outputs:
+            mask_t = segment(item.outputs["logits"], (h, w))
+            classes = class_fractions(mask_t, self.num_classes)
+            mask = mask_t.cpu().numpy()
+        depth = None
+        depth_map: np.ndarray | None = None
+        if "depth" in item.outputs:
+            d = resize_depth(item.outputs["depth"], (h, w))
+            depth = depth_summary(d, mask_t, self.grid, self.kind)
+            if self.keep_depth_map:
+                depth_map = d.cpu().numpy()
+        return (Result(item.id, mask, classes, depth, depth_map, item.image),)
+
+
+class PublishStage(Stage):
+    """Results -> every sink, in batches (one Redis round trip for many frames)."""
+
+    name = "publish"
+
+    def __init__(self, inq: NamedQueue[Any], metrics: Metrics, abort: threading.Event, sinks: Sequence[Any],
+                 max_batch: int = 64, on_eos: Callable[[EndOfStream], None] | None = None) -> None:
+        super().__init__(inq, None, metrics, abort)
+        self.sinks = sinks
+        self.max_batch = max_batch
+        self._on_eos = on_eos
+        self._held: Any = None
+
+    def next_item(self) -> Any:
+        if self._held is not None:
+            item, self._held = self._held, None
+            return item
+        first = super().next_item()
+        if is_control(first):
+            return first
+        items = [first]
+        while len(items) < self.max_batch:
+            nxt = self.inq.get_nowait()
+            if nxt is None:
+                break
+            if is_control(nxt):
+                self._held = nxt
+                break
+            items.append(nxt)
+        return items
+
+    def process(self, results: list[Result]) -> Iterable[Any]:
+        for sink in self.sinks:
+            sink.write(results)
+        return ()
+
+    def on_end_of_stream(self, eos: EndOfStream) -> None:
+        for sink in self.sinks:
+            sink.end_stream(eos)
+        if self._on_eos is not None:
+            self._on_eos(eos)
