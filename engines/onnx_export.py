@@ -19,11 +19,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
-import os
-import tempfile
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engines.base import OUTPUT_NAME, EngineError
+from engines.cache import atomic_path, cache_root
 from engines.loading import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -63,11 +60,12 @@ class _ExplicitSelfAttention(nn.Module):
 
     def __init__(self, attn: nn.Module, fp32_softmax: bool) -> None:
         super().__init__()
-        self.query: nn.Linear = attn.query
-        self.key: nn.Linear = attn.key
-        self.value: nn.Linear = attn.value
-        self.heads = int(attn.num_attention_heads)
-        self.head_size = int(attn.attention_head_size)
+        a: Any = attn  # transformers' module: attributes checked by _is_vit_self_attention
+        self.query: nn.Linear = a.query
+        self.key: nn.Linear = a.key
+        self.value: nn.Linear = a.value
+        self.heads = int(a.num_attention_heads)
+        self.head_size = int(a.attention_head_size)
         self.scaling = float(getattr(attn, "scaling", self.head_size**-0.5))
         self.fp32_softmax = fp32_softmax
 
@@ -133,39 +131,33 @@ def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, attr, new)
 
 
-@contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path in ``path``'s directory; move it into place only on success."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def export_onnx(loaded: LoadedModel, path: str | Path, precision: Precision = "fp16",
-                opset: int = DEFAULT_OPSET, fp32_softmax: bool = True) -> Path:
+                opset: int = DEFAULT_OPSET, fp32_softmax: bool = True, device: str | None = None) -> Path:
     """Export ``loaded`` to ONNX at ``path`` (written atomically) and return the path.
 
     Dynamic batch axis; fixed ``H x W`` from ``loaded.preprocess``. Input ``pixel_values`` and output
-    ``logits`` / ``depth`` are float32 for both precisions.
+    ``logits`` / ``depth`` are float32 for both precisions. The trace runs on ``device`` (default: CUDA when
+    available, since an FP16 forward of a large model on CPU is slow); the graph is the same either way.
     """
     if precision not in ("fp32", "fp16"):
         raise EngineError(f"ONNX export supports fp32 and fp16, not {precision!r}")
     path = Path(path)
     out_name = OUTPUT_NAME[loaded.task]
     spec = loaded.preprocess
-    wrapped = prepare_for_export(loaded.module, precision, fp32_softmax=fp32_softmax)
-    dummy = torch.zeros(2, 3, spec.height, spec.width, dtype=torch.float32)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    wrapped = prepare_for_export(loaded.module, precision, fp32_softmax=fp32_softmax).to(dev)
+    dummy = torch.zeros(2, 3, spec.height, spec.width, dtype=torch.float32, device=dev)
+    out_shapes: list[tuple[int, ...]] = []
+    hook = wrapped.register_forward_hook(
+        lambda _m, _i, out: out_shapes.append(tuple(int(d) for d in out.shape[1:]))
+    )
     dynamic_axes = {INPUT_NAME: {0: "batch"}, out_name: {0: "batch"}}
-    with _atomic_path(path) as tmp, torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+    with atomic_path(path) as tmp, torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         # transformers' shape checks trace to constants: exactly right for a fixed H x W
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        out_shape = tuple(wrapped(dummy).shape[1:])
+        # the TorchScript exporter is deprecated (torch >= 2.9) but is the measured, working path for DPT
+        # here; the torch.export-based one needs onnxscript
+        warnings.simplefilter("ignore", DeprecationWarning)
         try:
             torch.onnx.export(
                 wrapped,
@@ -180,7 +172,9 @@ def export_onnx(loaded: LoadedModel, path: str | Path, precision: Precision = "f
             )
         except Exception as e:
             raise EngineError(f"ONNX export of {loaded.model_id!r} failed: {type(e).__name__}: {e}") from e
-        _fix_output_shape(tmp, out_name, out_shape)
+        finally:
+            hook.remove()
+        _fix_output_shape(tmp, out_name, out_shapes[-1])
     log.info("exported %s %s (%s, %dx%d, opset %d) to %s", loaded.task, loaded.model_id, precision,
              spec.width, spec.height, opset, path)
     return path
@@ -241,7 +235,7 @@ def onnx_cache_path(cache_dir: str | Path, loaded: LoadedModel, precision: Preci
         torch.__version__, transformers.__version__,
     ))
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return Path(os.path.expanduser(str(cache_dir))) / "onnx" / f"{loaded.task}-{precision}-{digest}.onnx"
+    return cache_root(cache_dir) / "onnx" / f"{loaded.task}-{precision}-{digest}.onnx"
 
 
 class OnnxRuntimeEngine:

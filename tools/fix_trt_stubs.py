@@ -72,7 +72,7 @@ def _fix_params(params: str) -> str:
             p = name + "_" + p[len(name):]
             name += "_"
         if name.startswith("*") or name == "/":
-            keyword_only = keyword_only or name.startswith("*") and not name.startswith("**")
+            keyword_only = keyword_only or (name.startswith("*") and not name.startswith("**"))
             out.append(p)
             continue
         if _has_default(p):

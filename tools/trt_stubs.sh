@@ -25,5 +25,4 @@ if [[ ! -f "$DIR/tensorrt_stubs-$VERSION.dist-info/METADATA" ]]; then
     "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-deps --upgrade \
         --target "$DIR" "tensorrt-stubs==$VERSION"
 fi
-# The stubs' own shim package re-exports everything; mypy only needs tensorrt/ and tensorrt_bindings/.
 "$PYTHON" "$HERE/fix_trt_stubs.py" "$DIR"

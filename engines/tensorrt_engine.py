@@ -1,0 +1,359 @@
+"""TensorRT backend: ONNX export -> strongly typed FP16 network -> serialized plan cached on disk -> runtime.
+
+Precision lives in the ONNX graph (``engines.onnx_export``): the network is built strongly typed (TensorRT 11
+has no FP16 builder flag; 10.12+ accepts the same flow), so every op runs in the type the graph gives it.
+
+The plan is cached under ``<cache_dir>/tensorrt/`` keyed by everything that invalidates it
+(:class:`engines.cache.PlanKey`); the builder's timing cache is kept next to it, one per GPU model and
+TensorRT version, so rebuilding for new shapes reuses earlier kernel timings.
+
+At run time all device memory and streams come from torch (one CUDA context; no pycuda): the input and
+output are torch tensors whose ``data_ptr()`` is handed to ``set_tensor_address``, and the plan runs with
+``execute_async_v3`` on the caller's current torch CUDA stream.
+
+``tensorrt`` is imported lazily: this module imports fine without it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from engines.base import OUTPUT_NAME, BackendUnavailable, EngineConfig, EngineError, EngineSpec
+from engines.cache import PlanKey, atomic_path, atomic_write_bytes, cache_root
+from engines.loading import LoadedModel
+from engines.onnx_export import INPUT_NAME, Precision, export_onnx, onnx_cache_path, onnx_sha256
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+log = logging.getLogger(__name__)
+
+MIN_TENSORRT = (10, 12)
+DEFAULT_WORKSPACE_BYTES = 8 << 30
+
+_INSTALL_HINT = "pip install 'dptstream[tensorrt]', or use --engine torch"
+
+
+def require_tensorrt() -> str:
+    """Check that the TensorRT runtime is importable and recent enough; return its version.
+
+    Raises :class:`BackendUnavailable` with one line otherwise.
+    """
+    try:
+        import tensorrt
+    except ImportError as e:
+        raise BackendUnavailable(f"TensorRT is not installed ({_INSTALL_HINT})") from e
+    except Exception as e:  # a broken install: missing libnvinfer, CUDA mismatch
+        raise BackendUnavailable(
+            f"TensorRT failed to import: {type(e).__name__}: {e} ({_INSTALL_HINT})"
+        ) from e
+    version = str(getattr(tensorrt, "__version__", ""))
+    if not hasattr(tensorrt, "Builder") or not version:
+        raise BackendUnavailable(
+            f"the installed 'tensorrt' package has no runtime (type stubs only?) ({_INSTALL_HINT})"
+        )
+    parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    if parts < MIN_TENSORRT:
+        raise BackendUnavailable(
+            f"TensorRT {version} is too old: {MIN_TENSORRT[0]}.{MIN_TENSORRT[1]}+ is needed for strongly "
+            f"typed FP16 networks ({_INSTALL_HINT})"
+        )
+    return version
+
+
+def _cuda_device(cfg: EngineConfig) -> torch.device:
+    if cfg.device == "cpu":
+        raise BackendUnavailable("the TensorRT backend runs on CUDA; use --engine torch for --device cpu")
+    if not torch.cuda.is_available():
+        raise BackendUnavailable("the TensorRT backend needs an NVIDIA GPU, and torch sees none")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def _precision(cfg: EngineConfig) -> Precision:
+    if cfg.precision in ("auto", "fp16"):
+        return "fp16"
+    if cfg.precision == "fp32":
+        return "fp32"
+    raise EngineError(f"the TensorRT backend builds fp16 or fp32 graphs, not {cfg.precision}")
+
+
+def _make_logger() -> trt.ILogger:
+    """A TensorRT logger that forwards to Python logging (TensorRT's INFO is chatty: logged at DEBUG)."""
+    import tensorrt as trt
+
+    sev = trt.ILogger.Severity
+    levels = {
+        sev.INTERNAL_ERROR: logging.CRITICAL,
+        sev.ERROR: logging.ERROR,
+        sev.WARNING: logging.WARNING,
+        sev.INFO: logging.DEBUG,
+    }
+    trt_log = logging.getLogger("tensorrt")
+
+    class _Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+
+        def log(self, severity: trt.ILogger.Severity, msg: str) -> None:
+            level = levels.get(severity)
+            if level is not None:  # VERBOSE is dropped
+                trt_log.log(level, "%s", msg)
+
+    return _Logger()
+
+
+def _plan_key(loaded: LoadedModel, onnx_path: Path, precision: Precision, device: torch.device,
+              min_batch: int, opt_batch: int, max_batch: int, trt_version: str) -> PlanKey:
+    major, minor = torch.cuda.get_device_capability(device)
+    return PlanKey(
+        task=loaded.task,
+        weights_hash=loaded.weights_hash,
+        onnx_sha256=onnx_sha256(onnx_path),
+        tensorrt_version=trt_version,
+        gpu_name=torch.cuda.get_device_name(device),
+        compute_capability=f"{major}.{minor}",
+        precision=precision,
+        min_batch=min_batch,
+        opt_batch=opt_batch,
+        max_batch=max_batch,
+        height=loaded.preprocess.height,
+        width=loaded.preprocess.width,
+    )
+
+
+def _check_batches(min_batch: int, opt_batch: int, max_batch: int) -> None:
+    if not 1 <= min_batch <= opt_batch <= max_batch:
+        raise EngineError(
+            "batch sizes must satisfy 1 <= min <= opt <= max, "
+            f"got min={min_batch} opt={opt_batch} max={max_batch}"
+        )
+
+
+def _build_plan(onnx_path: Path, key: PlanKey, plan_path: Path, timing_path: Path, logger: trt.ILogger,
+                workspace_bytes: int | None) -> None:
+    """Parse the ONNX graph into a strongly typed network, build, and write the plan + timing cache."""
+    import tensorrt as trt
+
+    builder = trt.Builder(logger)
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    # TensorRT 11 is always strongly typed (the flag is deprecated there and ignored)
+    flags = 1 << int(strongly_typed) if strongly_typed is not None else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineError(f"TensorRT could not parse {onnx_path.name}: {errors or 'unknown error'}")
+
+    config = builder.create_builder_config()
+    if workspace_bytes:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    profile = builder.create_optimization_profile()
+    chw = (3, key.height, key.width)
+    profile.set_shape(
+        INPUT_NAME,
+        trt.Dims([key.min_batch, *chw]),
+        trt.Dims([key.opt_batch, *chw]),
+        trt.Dims([key.max_batch, *chw]),
+    )
+    if config.add_optimization_profile(profile) < 0:
+        raise EngineError("TensorRT rejected the optimization profile")
+
+    blob = timing_path.read_bytes() if timing_path.exists() else b""
+    timing_cache = config.create_timing_cache(blob)
+    if not config.set_timing_cache(timing_cache, False):
+        log.warning("timing cache %s does not match this GPU / TensorRT; starting a fresh one", timing_path)
+        timing_cache = config.create_timing_cache(b"")
+        config.set_timing_cache(timing_cache, False)
+
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise EngineError(
+            "TensorRT failed to build the engine (see the TensorRT errors above; out of GPU memory?)"
+        )
+    atomic_write_bytes(timing_path, memoryview(config.get_timing_cache().serialize()))
+    with atomic_path(plan_path) as tmp, tmp.open("wb") as f:
+        f.write(memoryview(plan))
+    plan_path.with_suffix(".json").write_text(key.to_json() + "\n")
+
+
+def ensure_plan(loaded: LoadedModel, cfg: EngineConfig, min_batch: int, opt_batch: int, max_batch: int,
+                logger: trt.ILogger | None = None,
+                workspace_bytes: int | None = DEFAULT_WORKSPACE_BYTES) -> tuple[Path, PlanKey, bool]:
+    """Export the ONNX graph (cached) and build the TensorRT plan, or reuse a cached one.
+
+    Returns ``(plan path, key, built)`` where ``built`` says whether the plan was built now.
+    """
+    trt_version = require_tensorrt()
+    device = _cuda_device(cfg)
+    precision = _precision(cfg)
+    _check_batches(min_batch, opt_batch, max_batch)
+    root = cache_root(cfg.cache_dir)
+
+    onnx_path = onnx_cache_path(root, loaded, precision)
+    if onnx_path.exists():
+        log.info("reusing exported ONNX graph %s", onnx_path)
+    else:
+        export_onnx(loaded, onnx_path, precision)
+    key = _plan_key(loaded, onnx_path, precision, device, min_batch, opt_batch, max_batch, trt_version)
+    plan_path = key.plan_path(root)
+    if plan_path.exists():
+        log.info("reusing cached TensorRT plan %s", plan_path)
+        return plan_path, key, False
+
+    log.info("building TensorRT %s plan for %s (%s, batch %d..%d, opt %d, %dx%d, TensorRT %s); "
+             "this takes a while, the plan is cached for next time",
+             precision, loaded.model_id, key.gpu_name, min_batch, max_batch, opt_batch, key.width,
+             key.height, trt_version)
+    t0 = time.monotonic()
+    with torch.cuda.device(device):
+        _build_plan(onnx_path, key, plan_path, key.timing_cache_path(root), logger or _make_logger(),
+                    workspace_bytes)
+    log.info("built TensorRT plan %s in %.0f s", plan_path, time.monotonic() - t0)
+    return plan_path, key, True
+
+
+def build_engine(cfg: EngineConfig, min_batch: int = 1, opt_batch: int | None = None,
+                 max_batch: int | None = None) -> Path:
+    """``dptstream build-engine``: export ONNX and build (or reuse) the cached TensorRT plan; return its path.
+
+    ``opt_batch`` and ``max_batch`` default to ``cfg.max_batch``: with the defaults the plan is the one
+    :class:`TensorRTEngine` loads for the same config (profile ``1 .. max_batch``, optimised for
+    ``max_batch``), so a later run starts without building. Raises :class:`BackendUnavailable` (one line)
+    when TensorRT or a GPU is missing, before loading the model.
+    """
+    from engines.loading import load_model
+
+    require_tensorrt()
+    _cuda_device(cfg)
+    max_b = max_batch or cfg.max_batch
+    opt_b = opt_batch or max_b
+    _check_batches(min_batch, opt_b, max_b)
+    loaded = load_model(cfg.task, cfg.model, cfg.input_size)
+    path, _, _ = ensure_plan(loaded, cfg, min_batch, opt_b, max_b)  # logs whether it built or reused
+    return path
+
+
+def _torch_dtype(dtype: trt.DataType) -> torch.dtype:
+    import tensorrt as trt
+
+    table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16,
+             trt.DataType.BF16: torch.bfloat16, trt.DataType.INT32: torch.int32,
+             trt.DataType.INT64: torch.int64}
+    if dtype not in table:
+        raise EngineError(f"unsupported TensorRT I/O tensor type {dtype}")
+    return table[dtype]
+
+
+class TensorRTEngine:
+    """The :class:`engines.base.Engine` protocol on a cached TensorRT plan (one optimization profile)."""
+
+    def __init__(self, loaded: LoadedModel, cfg: EngineConfig,
+                 workspace_bytes: int | None = DEFAULT_WORKSPACE_BYTES) -> None:
+        require_tensorrt()
+        import tensorrt as trt
+
+        self._device = _cuda_device(cfg)
+        precision = _precision(cfg)
+        self._out = OUTPUT_NAME[loaded.task]
+        self._logger = _make_logger()  # must outlive the runtime and everything made from it
+        with torch.cuda.device(self._device):
+            plan_path, _, built = ensure_plan(loaded, cfg, 1, cfg.max_batch, cfg.max_batch, self._logger,
+                                              workspace_bytes)
+            self._runtime: trt.Runtime | None = trt.Runtime(self._logger)
+            engine = self._runtime.deserialize_cuda_engine(plan_path.read_bytes())
+            if engine is None and not built:  # unreadable cached plan: rebuild once
+                log.warning("cached TensorRT plan %s could not be loaded; rebuilding it", plan_path)
+                plan_path.unlink(missing_ok=True)
+                plan_path, _, _ = ensure_plan(loaded, cfg, 1, cfg.max_batch, cfg.max_batch, self._logger,
+                                              workspace_bytes)
+                engine = self._runtime.deserialize_cuda_engine(plan_path.read_bytes())
+            if engine is None:
+                raise EngineError(
+                    f"TensorRT could not load the plan {plan_path} (see the TensorRT errors above)"
+                )
+            self._engine: trt.ICudaEngine | None = engine
+            context = engine.create_execution_context()
+            if context is None:
+                raise EngineError("TensorRT could not create an execution context (out of GPU memory?)")
+            self._context: trt.IExecutionContext | None = context
+
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if inputs != [INPUT_NAME] or self._out not in outputs:
+            raise EngineError(f"plan {plan_path.name} has inputs {inputs} and outputs {outputs}; "
+                              f"expected [{INPUT_NAME!r}] and {self._out!r}")
+        self._in_dtype = _torch_dtype(engine.get_tensor_dtype(INPUT_NAME))
+        self._out_dtype = _torch_dtype(engine.get_tensor_dtype(self._out))
+        self._side_stream: torch.cuda.Stream | None = None
+        self.plan_path = plan_path
+        self.spec = EngineSpec(
+            task=loaded.task,
+            model_id=loaded.model_id,
+            backend=f"tensorrt-{precision}",
+            device=str(self._device),
+            dtype=self._in_dtype,  # float32: the graph casts to FP16 itself
+            preprocess=loaded.preprocess,
+            labels=loaded.labels,
+            max_batch=cfg.max_batch,
+        )
+
+    def _live_context(self) -> trt.IExecutionContext:
+        if self._context is None:
+            raise EngineError("the TensorRT engine is closed")
+        return self._context
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        context = self._live_context()
+        if not context.set_input_shape(INPUT_NAME, tuple(x.shape)):
+            raise EngineError(f"TensorRT rejected input shape {tuple(x.shape)} (plan built for "
+                              f"batch 1..{self.spec.max_batch}, {self.spec.preprocess.height}x"
+                              f"{self.spec.preprocess.width})")
+        dims = context.get_tensor_shape(self._out)
+        out = torch.empty([dims[i] for i in range(len(dims))], dtype=self._out_dtype, device=self._device)
+        context.set_tensor_address(INPUT_NAME, x.data_ptr())
+        context.set_tensor_address(self._out, out.data_ptr())
+        stream = torch.cuda.current_stream(self._device)
+        if stream.cuda_stream != 0:
+            ok = context.execute_async_v3(stream.cuda_stream)
+        else:
+            # TensorRT on the legacy default stream synchronizes; run on a side stream ordered after it
+            if self._side_stream is None:
+                self._side_stream = torch.cuda.Stream(self._device)
+            side = self._side_stream
+            side.wait_stream(stream)
+            ok = context.execute_async_v3(side.cuda_stream)
+            x.record_stream(side)
+            out.record_stream(side)
+            stream.wait_stream(side)
+        if not ok:
+            raise EngineError("TensorRT execution failed (see the TensorRT errors above)")
+        return out
+
+    @torch.inference_mode()
+    def infer(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        n = batch.shape[0]
+        m = self.spec.max_batch
+        if n > m:
+            outs = [self.infer(batch[i : i + m]) for i in range(0, n, m)]
+            return {self._out: torch.cat([o[self._out] for o in outs], dim=0)}
+        x = batch.to(self._device, self._in_dtype, non_blocking=True).contiguous()
+        return {self._out: self._run(x).float()}
+
+    def warmup(self) -> None:
+        """Run the largest batch once (first-run allocations and lazy kernel loading happen here)."""
+        p = self.spec.preprocess
+        x = torch.zeros(self.spec.max_batch, 3, p.height, p.width, dtype=self._in_dtype, device=self._device)
+        self.infer(x)
+        torch.cuda.current_stream(self._device).synchronize()
+
+    def close(self) -> None:
+        """Release the context, then the engine, then the runtime (TensorRT's required order). Idempotent."""
+        self._context = None
+        self._engine = None
+        self._runtime = None
