@@ -107,8 +107,11 @@ def load_model(task: Task, model_id: str, input_size: int | None = None) -> Load
     if not local.exists() and (model_id.startswith((".", "/", "~")) or model_id.count("/") > 1):
         raise ModelLoadError(f"model directory {model_id!r} does not exist")
     src = str(local) if local.exists() else model_id
-    verbosity = hf_logging.get_verbosity()
+    import huggingface_hub.utils.logging as hub_logging
+
+    verbosity, hub_verbosity = hf_logging.get_verbosity(), hub_logging.get_verbosity()
     hf_logging.set_verbosity_error()
+    hub_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
         cls = DPTForSemanticSegmentation if task == "segmentation" else DPTForDepthEstimation
@@ -135,6 +138,7 @@ def load_model(task: Task, model_id: str, input_size: int | None = None) -> Load
         raise ModelLoadError(f"cannot load {task} model {model_id!r}: {type(e).__name__}: {e}") from e
     finally:
         hf_logging.set_verbosity(verbosity)
+        hub_logging.set_verbosity(hub_verbosity)
         hf_logging.enable_progress_bar()
     model.eval()
     if task == "segmentation":

@@ -21,13 +21,13 @@ def version() -> str:
         from importlib.metadata import version as v
 
         return v("dptstream")
-    except Exception:  # noqa: BLE001 - running from a source tree
+    except Exception:
         return "0.1.0+src"
 
 
 def engine_config(cfg: PipelineConfig, task: str) -> EngineConfig:
     e = cfg.engine
-    return EngineConfig(task=task, model=cfg.models.get(task, eng.DEFAULT_MODELS[task]),  # type: ignore[arg-type]
+    return EngineConfig(task=task, model=cfg.models[task],  # type: ignore[arg-type]
                         backend=e.backend, device=e.device, precision=e.precision, max_batch=e.batch_size,
                         cuda_graphs=e.cuda_graphs, compile=e.compile, cache_dir=e.cache_dir, threads=e.threads)
 
@@ -61,12 +61,11 @@ def labels_of(engines: dict[str, Engine]) -> dict[int, str]:
     return dict(seg.spec.labels) if seg is not None else {}
 
 
-def open_sinks(cfg: PipelineConfig, metrics: Metrics, engines: dict[str, Engine], stop: threading.Event,
-               **extra: Any) -> list[Sink]:
+def open_sinks(cfg: PipelineConfig, metrics: Metrics, stop: threading.Event, **extra: Any) -> list[Sink]:
+    """Create and open every sink (Redis is pinged here, so a dead sink fails before models load)."""
     if not cfg.sinks:
         raise ConfigError("no sink: pass --sink redis://HOST:PORT/DB (or set REDIS_URL), or --sink dir:PATH")
-    models = {t: e.spec.model_id for t, e in engines.items()}
-    sinks = [create_sink(uri, cfg, metrics, labels_of(engines), models, stop, **extra) for uri in cfg.sinks]
+    sinks = [create_sink(uri, cfg, metrics, None, None, stop, **extra) for uri in cfg.sinks]
     opened: list[Sink] = []
     try:
         for s in sinks:
@@ -79,15 +78,25 @@ def open_sinks(cfg: PipelineConfig, metrics: Metrics, engines: dict[str, Engine]
     return sinks
 
 
+def describe_sinks(sinks: list[Sink], engines: dict[str, Engine]) -> None:
+    """Tell sinks the class labels and model ids once the engines are loaded."""
+    models = {t: e.spec.model_id for t, e in engines.items()}
+    for s in sinks:
+        fn = getattr(s, "describe", None)
+        if fn is not None:
+            fn(labels_of(engines), models)
+
+
 def start_runtime(cfg: PipelineConfig, serve_metrics: bool = True, health: Any = None) -> Runtime:
     metrics = Metrics()
-    engines = create_engines(cfg)
     stop = threading.Event()
+    sinks = open_sinks(cfg, metrics, stop)
     try:
-        sinks = open_sinks(cfg, metrics, engines, stop)
+        engines = create_engines(cfg)
+        describe_sinks(sinks, engines)
     except BaseException:
-        for e in engines.values():
-            e.close()
+        for s in sinks:
+            s.close()
         raise
     metrics.build_info.info({
         "version": version(),

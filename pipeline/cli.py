@@ -6,7 +6,6 @@ import json
 import logging
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -43,12 +42,8 @@ def setup_logging(debug: bool = False, quiet: bool = False) -> None:
     root.setLevel(level)
     for noisy in ("transformers", "urllib3", "httpx", "filelock", "huggingface_hub", "PIL", "libav"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
-    try:
-        import av.logging
-
-        av.logging.set_level(av.logging.ERROR if not debug else av.logging.WARNING)
-    except Exception:  # noqa: BLE001
-        pass
+    # PyAV's FFmpeg log forwarding stays off (its default): with it on, FFmpeg's decoder threads need the GIL
+    # to log while the decode thread holds it closing the codec, which deadlocks on an early stop.
 
 
 def build_overrides(sources: list[str] | None, sinks: list[str] | None, models: list[str] | None,
@@ -174,9 +169,8 @@ def run_pipeline(cfg: PipelineConfig) -> int:
         holder["pipeline"] = pipeline
         show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
         view = ProgressView(rt.metrics, totals, pipeline.report, enabled=show)
-        with stop_on_signals(pipeline):
-            with view:
-                report = pipeline.run(tick=view.update)
+        with stop_on_signals(pipeline), view:
+            report = pipeline.run(tick=view.update)
         return finish(report, cfg)
     finally:
         rt.close()
@@ -222,6 +216,7 @@ def finish(report: Any, cfg: PipelineConfig) -> int:
              n / secs, extra)
     code = EXIT_OK
     for s in report.streams.values():
+        log.info("%s: %d frames decoded%s", s.stream_id, s.decoded, " (interrupted)" if report.interrupted else "")
         if s.truncated:
             log.warning("%s: file is truncated; published all %d decodable frames", s.stream_id, s.decoded)
         if s.error:
@@ -275,7 +270,7 @@ def show(
         r = redis_client(url)
         meta = r.hgetall(keys.meta)
         ids = [stream] if stream else sorted(x.decode() for x in r.smembers(keys.streams))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise ConfigError(f"cannot read Redis at {redact(url)} ({str(e).splitlines()[0]})") from e
     if stream and not valid_stream_id(stream):
         raise ConfigError(f"invalid stream id {stream!r}: use 1-64 of A-Z a-z 0-9 . _ -")

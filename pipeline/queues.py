@@ -38,6 +38,7 @@ class NamedQueue(Generic[T]):
         self._not_empty = threading.Condition(self._lock)
         self._not_full = threading.Condition(self._lock)
         self.dropped = 0
+        self._ndata = 0  # data items held; control markers do not count against the bound
         self._listener = listener
 
     def __len__(self) -> int:
@@ -48,20 +49,22 @@ class NamedQueue(Generic[T]):
         pol = policy or self.policy
         dropped: list[T] = []
         with self._not_full:
-            if not self._is_control(item):
+            control = self._is_control(item)
+            if not control:
                 if pol == "block":
                     deadline = None if timeout is None else time.monotonic() + timeout
-                    while len(self._items) >= self.maxsize:
+                    while self._ndata >= self.maxsize:
                         remaining = None if deadline is None else deadline - time.monotonic()
                         if remaining is not None and remaining <= 0:
                             return False
                         self._not_full.wait(remaining)
                 else:
-                    while len(self._items) >= self.maxsize:
+                    while self._ndata >= self.maxsize:
                         victim = self._evict_oldest_data()
                         if victim is None:
                             break
                         dropped.append(victim)
+                self._ndata += 1
             self._items.append(item)
             self._not_empty.notify()
         if self._listener is not None:
@@ -76,6 +79,7 @@ class NamedQueue(Generic[T]):
         for i, it in enumerate(self._items):
             if not self._is_control(it):
                 del self._items[i]
+                self._ndata -= 1
                 return it
         return None
 
@@ -88,17 +92,21 @@ class NamedQueue(Generic[T]):
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(self.name)
                 self._not_empty.wait(remaining)
-            item = self._items.popleft()
-            self._not_full.notify()
+            item = self._take()
             return item
+
+    def _take(self) -> T:
+        item = self._items.popleft()
+        if not self._is_control(item):
+            self._ndata -= 1
+        self._not_full.notify()
+        return item
 
     def get_nowait(self) -> T | None:
         with self._lock:
             if not self._items:
                 return None
-            item = self._items.popleft()
-            self._not_full.notify()
-            return item
+            return self._take()
 
 
 class FanIn(Generic[T]):
@@ -122,19 +130,24 @@ class FanIn(Generic[T]):
     def __len__(self) -> int:
         return sum(len(q) for q in self.queues)
 
+    def get_nowait(self) -> T | None:
+        with self._lock:
+            qs = list(self.queues)
+        n = len(qs)
+        for k in range(n):
+            item = qs[(self._next + k) % n].get_nowait()
+            if item is not None:
+                self._next = (self._next + k + 1) % n
+                return item
+        return None
+
     def get(self, timeout: float | None = None) -> T:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             self.event.clear()
-            with self._lock:
-                qs = list(self.queues)
-            n = len(qs)
-            for k in range(n):
-                q = qs[(self._next + k) % n]
-                item = q.get_nowait()
-                if item is not None:
-                    self._next = (self._next + k + 1) % n
-                    return item
+            item = self.get_nowait()
+            if item is not None:
+                return item
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError("fan-in")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -70,7 +71,7 @@ def make_clip(path: str | Path, frames: int = 48, width: int = 1280, height: int
     return path
 
 
-def tiny_config_kwargs(image_size: int) -> dict[str, object]:
+def tiny_config_kwargs(image_size: int) -> dict[str, Any]:
     return dict(
         hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
         image_size=image_size, patch_size=16, neck_hidden_sizes=[16, 32, 64, 64], fusion_hidden_size=32,
@@ -91,7 +92,7 @@ def make_checkpoint(path: str | Path, task: str, image_size: int | None = None, 
     path = Path(path)
     size = image_size or ((480 if task == "segmentation" else 384) if large else TINY_INPUT)
     if large:
-        kw: dict[str, object] = dict(
+        kw: dict[str, Any] = dict(
             hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
             image_size=size, neck_hidden_sizes=[256, 512, 1024, 1024], backbone_out_indices=[5, 11, 17, 23],
             initializer_range=0.02,
@@ -103,9 +104,10 @@ def make_checkpoint(path: str | Path, task: str, image_size: int | None = None, 
         from engines.labels import ADE20K_LABELS
 
         id2label = dict(enumerate(ADE20K_LABELS))
-        config = DPTConfig(**kw, num_labels=150, id2label=id2label,
-                           label2id={v: k for k, v in id2label.items()}, use_auxiliary_head=True)
-        model = DPTForSemanticSegmentation(config)
+        kw.update(num_labels=150, id2label=id2label, label2id={v: k for k, v in id2label.items()},
+                  use_auxiliary_head=True)
+        config = DPTConfig(**kw)
+        model: Any = DPTForSemanticSegmentation(config)
     elif task == "depth":
         model = DPTForDepthEstimation(DPTConfig(**kw))
     else:

@@ -36,7 +36,7 @@ def probe_file(cfg: SourceConfig) -> dict[str, Any]:
     try:
         with av.open(str(path)) as c:
             if not c.streams.video:
-                kinds = sorted({s.type for s in c.streams}) or ["nothing"]
+                kinds: list[str] = sorted({str(s.type) for s in c.streams}) or ["nothing"]
                 raise SourceError(
                     f"source {cfg.id!r}: {path} has no video stream (it holds {', '.join(kinds)})"
                 )

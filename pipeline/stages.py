@@ -96,7 +96,7 @@ class Stage:
                 self._seconds.observe(time.perf_counter() - t0)
                 for out in outs:
                     self.put(out)
-        except BaseException as e:  # noqa: BLE001 - a dead stage is fatal for the pipeline
+        except BaseException as e:
             self.error = e
             log.debug("stage %s failed", self.name, exc_info=True)
             if self.on_fatal is not None:
@@ -250,7 +250,7 @@ class PostprocessStage(Stage):
         depth_map: np.ndarray | None = None
         if "depth" in item.outputs:
             d = resize_depth(item.outputs["depth"], (h, w))
-            depth = depth_summary(d, mask_t, self.grid, self.kind)
+            depth = depth_summary(d, mask_t, self.grid, self.kind, max(self.num_classes, 256))
             if self.keep_depth_map:
                 depth_map = d.cpu().numpy()
         return (Result(item.id, mask, classes, depth, depth_map, item.image),)

@@ -1,0 +1,1 @@
+"""dptstream streaming runtime: sources, stages, queues, batcher, sinks, metrics, CLI."""
