@@ -51,12 +51,13 @@ def make_frames(n: int, width: int, height: int, seed: int = 0, photo: str | Non
 
 def make_clip(path: str | Path, frames: int = 48, width: int = 1280, height: int = 720, fps: int = 24,
               seed: int = 0, photo: str | None = None) -> Path:
-    """Encode a real-content H.264 MP4 with PyAV."""
+    """Encode a real-content H.264 clip with PyAV (MP4 with the index up front; container from the suffix)."""
     import av
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as out:
+    opts = {"movflags": "faststart"} if path.suffix.lower() in (".mp4", ".mov") else {}
+    with av.open(str(path), "w", options=opts) as out:
         stream = out.add_stream("libx264", rate=fps)
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuv420p"

@@ -132,17 +132,23 @@ class FileSource(Source):
         self._up.set(1)
         t0: float | None = None
         pts0: float | None = None
-        declared = 0
+        declared, expected_end, interval = 0, 0.0, 0.04
+        last_pts = -1.0
+        first = index
         try:
             with av.open(path) as container:
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"
                 declared = int(stream.frames or 0)
-                base = index
+                if stream.average_rate:
+                    interval = 1.0 / float(stream.average_rate)
+                if container.duration:
+                    expected_end = (container.duration + (container.start_time or 0)) / 1_000_000
                 for frame in container.decode(stream):
                     if self._stop.is_set():
                         return index
-                    pts = float(frame.time) if frame.time is not None else (index - base) / 25.0
+                    pts = float(frame.time) if frame.time is not None else (index - first) * interval
+                    last_pts = pts
                     if self.cfg.realtime:
                         now = time.monotonic()
                         if t0 is None or pts0 is None:
@@ -154,17 +160,20 @@ class FileSource(Source):
                         self.emit(index, pts, frame.to_ndarray(format="rgb24"))
                     index += 1
         except av.FFmpegError as e:
-            if index == 0:
+            if index == first:
                 self.error = f"source {self.id!r}: cannot decode {path} ({_av_reason(e)})"
                 return index
             self.truncated = True
-            log.warning("source %r: %s is damaged or truncated after frame %d (%s); kept %d decoded frames",
-                        self.id, path, index - 1, _av_reason(e), self.frames)
+            log.warning("source %r: %s is damaged or truncated after frame %d (%s); kept every decoded frame",
+                        self.id, path, index - 1, _av_reason(e))
             return index
-        if not self.cfg.loop and declared and index < declared:
+        if self.cfg.loop:
+            return index
+        decoded = index - first
+        if (declared and decoded < declared) or (expected_end and last_pts + 3 * interval < expected_end):
             self.truncated = True
-            log.warning("source %r: %s is truncated: decoded %d of %d frames (all decoded frames kept)",
-                        self.id, path, index, declared)
+            log.warning("source %r: %s is truncated: decoded %d frames up to %.2fs of %.2fs (all kept)",
+                        self.id, path, decoded, last_pts, expected_end)
         return index
 
 

@@ -1,0 +1,135 @@
+"""Bad input gets one clear line naming the problem, a non-zero exit where it is fatal, and no traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from tests.conftest import RedisServer, cli, free_port, model_args
+
+pytestmark = pytest.mark.slow
+
+
+def one_error_line(stderr: str) -> str:
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("dptstream: error:")]
+    assert len(errors) == 1, stderr
+    return errors[0]
+
+
+def audio_only(path: Path) -> Path:
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("mp2", rate=44100)
+        s.layout = "stereo"
+        for i in range(20):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 2 * 1152), dtype=np.int16), format="s16", layout="stereo")
+            frame.sample_rate = 44100
+            frame.pts = i * 1152
+            for p in s.encode(frame):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    return path
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("bad")
+    (d / "random.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 200_000, dtype=np.uint8).tobytes())
+    (d / "empty.mp4").write_bytes(b"")
+    return {"random": d / "random.mp4", "empty": d / "empty.mp4", "audio": audio_only(d / "audio.mkv"),
+            "dir": d}
+
+
+@pytest.mark.parametrize("kind, expect", [
+    ("missing", "file not found"),
+    ("random", "cannot read"),
+    ("empty", "is empty"),
+    ("audio", "has no video stream (it holds audio)"),
+])
+def test_bad_source_files(assets: dict[str, Path], bad_files: dict[str, Path], kind: str, expect: str) -> None:
+    path = bad_files["dir"] / "nope.mp4" if kind == "missing" else bad_files[kind]
+    p = cli("run", "-s", str(path), *model_args(assets), "--sink", "dir:/tmp/never", "--metrics-port", "-1")
+    assert p.returncode != 0
+    line = one_error_line(p.stderr)
+    assert expect in line and path.name in line
+
+
+def test_unknown_and_missing_models(assets: dict[str, Path], tmp_path: Path) -> None:
+    p = cli("run", "-s", str(assets["clip360"]), "-m", f"segmentation={tmp_path / 'nothing'}",
+            "--sink", "dir:/tmp/never", "--metrics-port", "-1")
+    assert p.returncode != 0
+    assert "does not exist" in one_error_line(p.stderr)
+    not_dpt = tmp_path / "notdpt"
+    not_dpt.mkdir()
+    (not_dpt / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
+    p = cli("run", "-s", str(assets["clip360"]), "-m", f"segmentation={not_dpt}", "-m", f"depth={assets['depth']}",
+            "--sink", "dir:/tmp/never", "--metrics-port", "-1")
+    assert p.returncode != 0
+    assert "cannot load segmentation model" in one_error_line(p.stderr)
+    p = cli("run", "-s", str(assets["clip360"]), "-m", "segmentation=no-such-org/no-such-dpt-model",
+            "--sink", "dir:/tmp/never", "--metrics-port", "-1", env={"HF_HUB_OFFLINE": "1"})
+    assert p.returncode != 0
+    line = one_error_line(p.stderr)
+    assert "no-such-org/no-such-dpt-model" in line and "--model" in line
+    p = cli("run", "-s", str(assets["clip360"]), "-m", "colour=x", "--metrics-port", "-1")
+    assert p.returncode == 2 and "TASK=ID|PATH" in one_error_line(p.stderr)
+
+
+def test_invalid_stream_id_unknown_sink_unknown_key(assets: dict[str, Path], tmp_path: Path) -> None:
+    p = cli("run", "-s", f"bad:id={assets['clip360']}", "--metrics-port", "-1")
+    assert p.returncode == 2 and "invalid stream id 'bad:id'" in one_error_line(p.stderr)
+    p = cli("run", "-s", f"{'x' * 65}={assets['clip360']}", "--metrics-port", "-1")
+    assert p.returncode == 2 and "invalid stream id" in one_error_line(p.stderr)
+    p = cli("run", "-s", str(assets["clip360"]), "--sink", "kafka://broker:9092", "--metrics-port", "-1")
+    assert p.returncode == 2 and "unknown sink 'kafka://broker:9092'" in one_error_line(p.stderr)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("sources: [a.mp4]\nengine:\n  batch_size: 2\n  batchsize: 4\n")
+    p = cli("run", str(cfg))
+    assert p.returncode == 2 and "unknown config key 'engine.batchsize'" in one_error_line(p.stderr)
+
+
+def test_redis_unreachable_fails_fast_without_leaking_the_password(assets: dict[str, Path]) -> None:
+    port = free_port()  # nothing listens there
+    p = cli("run", "-s", str(assets["clip360"]), *model_args(assets), "--metrics-port", "-1",
+            env={"REDIS_URL": f"redis://user:hunter2@127.0.0.1:{port}/0"})
+    assert p.returncode == 1
+    line = one_error_line(p.stderr)
+    assert "cannot reach Redis" in line and str(port) in line
+    assert "hunter2" not in p.stderr + p.stdout
+
+
+def test_bad_stream_id_for_show(redis_server: RedisServer) -> None:
+    p = cli("show", "../../etc", "--redis", redis_server.url)
+    assert p.returncode == 2 and "invalid stream id" in one_error_line(p.stderr)
+
+
+def test_truncated_file_publishes_every_decodable_frame(assets: dict[str, Path], tmp_path: Path,
+                                                        redis_server: RedisServer) -> None:
+    from pipeline.sample import make_clip
+
+    full = make_clip(tmp_path / "full.mkv", frames=30, width=320, height=180, seed=4)
+    data = full.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    with av.open(str(cut)) as c:
+        decodable = sum(1 for _ in c.decode(video=0))
+    assert 5 < decodable < 30
+    p = cli("run", "-s", str(cut), *model_args(assets), "--sink", redis_server.url, "--metrics-port", "-1")
+    assert p.returncode == 0, p.stderr
+    assert "Traceback" not in p.stderr and "truncated" in p.stderr
+    r = redis_server.client()
+    frames = [int(f[b"frame"]) for _, f in r.xrange("dpt:stream:cut:frames")]
+    assert frames == list(range(decodable))
+
+
+def test_one_bad_file_among_good_ones_still_publishes_the_good(assets: dict[str, Path], bad_files: dict[str, Path],
+                                                               tmp_path: Path) -> None:
+    # the bad file is found before any model loads: nothing runs, nothing is half-done
+    p = cli("run", "-s", str(assets["clip360"]), "-s", str(bad_files["random"]), *model_args(assets),
+            "--sink", f"dir:{tmp_path}", "--metrics-port", "-1")
+    assert p.returncode == 1 and "random.mp4" in one_error_line(p.stderr)
