@@ -87,6 +87,9 @@ class RedisSection(_Strict):
     ca_file: str | None = None
     retry_max_s: float = Field(5.0, gt=0)
     buffer: int = Field(1000, ge=1)  # live results held while Redis is away
+    cert_file: str | None = None  # client certificate (PEM) for a TLS server that asks for one
+    key_file: str | None = None  # its private key (PEM)
+    thumbnail: int = Field(0, ge=0, le=1024)  # long side (px) of a JPEG of the frame in each entry; 0 = off
 
     @field_validator("prefix")
     @classmethod
@@ -104,8 +107,29 @@ class LiveSection(_Strict):
     fail_if_down_at_start: bool = False
     latency_budget_ms: float = Field(0.0, ge=0)  # 0 disables degradation
     degrade_order: list[Literal["rate", "skip_depth", "alternate_segmentation"]] = Field(
-        default_factory=lambda: ["rate", "skip_depth", "alternate_segmentation"]
+        default_factory=lambda: ["rate", "skip_depth", "alternate_segmentation"]  # type: ignore[arg-type]
     )
+    reconnect_jitter: float = Field(0.5, ge=0, le=1)  # each delay is scaled by U(1 - jitter, 1)
+    max_attempts: int = Field(0, ge=0)  # consecutive failed connects before a camera is given up; 0 = never
+    frozen_tolerance: float = Field(2.0, gt=0)  # grey levels a thumbnail block may move and still be "frozen"
+    degrade_rate_divisor: int = Field(2, ge=2)  # the "rate" level keeps one frame in N
+    degrade_recover_s: float = Field(5.0, gt=0)  # latency under half the budget this long undoes one level
+
+
+class JobsSection(_Strict):
+    """Batch jobs (``submit`` / ``worker`` / ``status``): a Redis stream read by a consumer group."""
+
+    group: str = "dptstream-workers"
+    claim_idle_s: float = Field(60.0, gt=0)  # a job whose worker is silent this long goes to another worker
+    max_attempts: int = Field(3, ge=1)  # deliveries of one job before it is marked failed
+    poll_s: float = Field(2.0, gt=0)  # how long an idle worker blocks waiting for a job
+
+    @field_validator("group")
+    @classmethod
+    def _group(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z0-9._:-]{1,64}$", v):
+            raise ValueError(f"invalid consumer group name {v!r}")
+        return v
 
 
 class MetricsSection(_Strict):
@@ -116,14 +140,15 @@ class MetricsSection(_Strict):
 class PipelineConfig(_Strict):
     sources: list[SourceConfig] = Field(default_factory=list)
     sinks: list[str] = Field(default_factory=lambda: ["redis://127.0.0.1:6379/0"])
-    tasks: list[Task] = Field(default_factory=lambda: ["segmentation", "depth"])
-    models: dict[Task, str] = Field(default_factory=lambda: dict(DEFAULT_MODELS))  # type: ignore[arg-type]
+    tasks: list[Task] = Field(default_factory=lambda: ["segmentation", "depth"])  # type: ignore[arg-type]
+    models: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_MODELS))
     mask_size: str = "default"
     engine: EngineSection = Field(default_factory=EngineSection)
     queues: QueueSection = Field(default_factory=QueueSection)
     redis: RedisSection = Field(default_factory=RedisSection)
     live: LiveSection = Field(default_factory=LiveSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
+    jobs: JobsSection = Field(default_factory=JobsSection)
     depth_grid: int = Field(4, ge=1, le=32)
     progress: bool | None = None  # None: only on a terminal
     resume: bool = True  # file jobs skip frames already published
@@ -134,6 +159,14 @@ class PipelineConfig(_Strict):
         if not v:
             raise ValueError("at least one task is needed")
         return list(dict.fromkeys(v))
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, v: dict[str, str]) -> dict[str, str]:
+        for task in v:
+            if task not in DEFAULT_MODELS:
+                raise ValueError(f"unknown task {task!r} in models: use segmentation or depth")
+        return {**DEFAULT_MODELS, **v}
 
     @field_validator("mask_size")
     @classmethod
@@ -173,7 +206,7 @@ def parse_source(arg: str) -> SourceConfig:
     sid: str | None = None
     uri = arg
     head, sep, tail = arg.partition("=")
-    if sep and "/" not in head and ":" not in head:
+    if sep and "/" not in head:  # "ID=URI"; a path or URI has a "/" before any "="
         sid, uri = head, tail
     if not uri:
         raise ConfigError(f"empty source in {arg!r}")
@@ -221,6 +254,8 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             data[key] = {**data[key], **value}
         else:
             data[key] = value
+    if isinstance(data.get("sources"), list):
+        data["sources"] = [_expand_source_env(s) for s in data["sources"]]
     env_url = os.environ.get("REDIS_URL")
     if env_url and "sinks" not in (overrides or {}) and "sinks" not in data:
         data["sinks"] = [env_url]
@@ -228,6 +263,29 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         return PipelineConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(first_error(e)) from e
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env(uri: str, where: str = "source") -> str:
+    """Replace ``${NAME}`` in a URI with the environment variable (camera credentials stay out of configs)."""
+
+    def sub(m: re.Match[str]) -> str:
+        value = os.environ.get(m.group(1))
+        if value is None:
+            raise ConfigError(f"{where}: environment variable {m.group(1)} is not set (the URI refers to it)")
+        from urllib.parse import quote
+
+        return quote(value, safe="")
+
+    return _ENV_REF.sub(sub, uri)
+
+
+def _expand_source_env(s: Any) -> Any:
+    if isinstance(s, dict) and isinstance(s.get("uri"), str) and "${" in s["uri"]:
+        return {**s, "uri": expand_env(s["uri"], f"source {s.get('id', '?')!r}")}
+    return s
 
 
 def _source_entry(s: Any) -> Any:

@@ -60,6 +60,7 @@ class Pipeline:
         self.metrics = metrics
         self.live_options = live_options or {}
         self.select_tasks = select_tasks
+        self.degrade: Any = None  # the latency-budget controller, when live.latency_budget_ms is set
         self.abort = threading.Event()
         self.stopping = threading.Event()
         self.report = RunReport()
@@ -118,6 +119,14 @@ class Pipeline:
         net_side = (seg or next(iter(self.engines.values()))).spec.preprocess.height
         num_classes = max(len(seg.spec.labels), 1) if seg is not None else 1
         keep_image = any(getattr(s, "wants_images", False) for s in self.sinks)
+        watchers: list[Any] = []
+        live_ids = [s.id for s in cfg.sources if s.is_live]
+        if self.select_tasks is None and cfg.live.latency_budget_ms > 0 and live_ids:
+            from pipeline.degrade import DegradeController
+
+            self.degrade = DegradeController(cfg.live, tuple(self.engines), live_ids, self.metrics)
+            self.select_tasks = self.degrade.select_tasks
+            watchers.append(self.degrade)  # sees each published batch after the real sinks
         self.stages = [
             PreprocessStage(fan, prepared, self.metrics, self.abort, self.engines, len(self.sources),
                             self.select_tasks, keep_image),
@@ -125,7 +134,7 @@ class Pipeline:
                        cfg.engine.max_wait_ms),
             PostprocessStage(inferred, results, self.metrics, self.abort, cfg.mask_size, net_side, num_classes,
                              cfg.depth_grid, "relative_inverse", keep_depth_map=keep_image),
-            PublishStage(results, self.metrics, self.abort, self.sinks, on_eos=self._on_eos),
+            PublishStage(results, self.metrics, self.abort, [*self.sinks, *watchers], on_eos=self._on_eos),
         ]
         for st in self.stages:
             st.on_fatal = self._on_fatal
@@ -133,6 +142,45 @@ class Pipeline:
     def _on_eos(self, eos: EndOfStream) -> None:
         rep = self.report.streams.setdefault(eos.stream_id, StreamReport(eos.stream_id))
         rep.decoded, rep.error, rep.truncated, rep.done = eos.frames, eos.error, eos.truncated, True
+        src = next((s for s in self.sources if s.id == eos.stream_id), None)
+        if src is not None and getattr(src, "fatal", False) and self._fatal is None:
+            # a camera down at start with live.fail_if_down_at_start: stop the run, draining what was decoded
+            self._fatal = eos.error or f"source {eos.stream_id!r} failed"
+            rep.error = None  # reported once, as the run's fatal error
+            self.stopping.set()
+            for s in self.sources:
+                s.stop()
+
+    # -- health (served on /healthz and /readyz) ------------------------------------------------------
+    def health(self) -> tuple[bool, bool, dict[str, Any]]:
+        """(alive, ready, detail). Alive: no stage died and no fatal error. Ready: alive, started, every
+        sink reachable and every source up (a camera streaming; a file decoding or done without error)."""
+        dead = [st.name for st in self.stages if st.error is not None]
+        alive = self._fatal is None and not dead
+        sources: dict[str, str] = {}
+        sources_ok = True
+        for src in self.sources:
+            state = str(src.state)
+            sources[src.id] = state
+            if src.cfg.is_live:
+                ok = state == "streaming"
+            else:
+                ok = state in ("idle", "streaming") or (state == "stopped" and not src.error)
+            sources_ok = sources_ok and ok
+        sinks: dict[str, bool] = {}
+        for sink in self.sinks:
+            probe = getattr(sink, "reachable", None)
+            sinks[sink.name] = bool(probe()) if probe is not None else True
+        started = bool(self.stages) and any(st.alive for st in self.stages)
+        ready = alive and started and sources_ok and all(sinks.values())
+        detail: dict[str, Any] = {"sources": sources, "sinks": sinks}
+        if self.degrade is not None:
+            detail["degraded"] = self.degrade.describe()
+        if dead:
+            detail["dead_stages"] = dead
+        if self._fatal is not None:
+            detail["fatal"] = self._fatal
+        return alive, ready, detail
 
     def _on_fatal(self, stage: Stage, e: BaseException) -> None:
         if self._fatal is None:
@@ -177,7 +225,8 @@ class Pipeline:
         if tick is not None:
             tick()
         self.report.seconds = time.monotonic() - self._t0
-        self.report.published = sum(getattr(s, "published", 0) for s in self.sinks)
+        # one frame written to several sinks counts once
+        self.report.published = max((getattr(s, "published", 0) for s in self.sinks), default=0)
         self.report.fatal = self._fatal
         return self.report
 

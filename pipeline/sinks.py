@@ -46,6 +46,15 @@ def encode_png(mask: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def encode_thumbnail(image: np.ndarray, long_side: int) -> bytes:
+    """A small JPEG of the frame (long side ``long_side`` px) for ``snapshot`` (``redis.thumbnail``)."""
+    im = Image.fromarray(image)
+    im.thumbnail((long_side, long_side), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=80)
+    return buf.getvalue()
+
+
 def summary(r: Result, latency_ms: float) -> dict[str, Any]:
     """The entry's fields without the mask (what light subscribers get)."""
     out: dict[str, Any] = {
@@ -93,14 +102,22 @@ class RedisKeys:
         return f"{self.prefix}:stream:{sid}:progress"
 
 
-def redis_client(url: str, ca_file: str | None = None, timeout: float = 5.0) -> Any:
+def redis_client(url: str, ca_file: str | None = None, timeout: float = 5.0, cert_file: str | None = None,
+                 key_file: str | None = None) -> Any:
+    """A client for ``redis://`` or ``rediss://`` (TLS, verified against ``ca_file`` or the system CAs,
+    with an optional client certificate). ACL user and password come from the URL (or ``REDIS_PASSWORD``)."""
     import redis
 
     parts = urlsplit(url)
     kwargs: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout,
                               "health_check_interval": 30}
-    if parts.scheme == "rediss" and ca_file:
-        kwargs["ssl_ca_certs"] = ca_file
+    if parts.scheme == "rediss":
+        if ca_file:
+            kwargs["ssl_ca_certs"] = ca_file
+        if cert_file:
+            kwargs["ssl_certfile"] = cert_file
+        if key_file:
+            kwargs["ssl_keyfile"] = key_file
     password = os.environ.get("REDIS_PASSWORD")
     if password and not parts.password:
         kwargs["password"] = password
@@ -115,29 +132,37 @@ class RedisSink:
     bound the oldest are dropped and counted.
     """
 
-    def __init__(self, url: str, cfg: PipelineConfig, metrics: Metrics, labels: dict[int, str],
-                 models: dict[str, str], stop: threading.Event | None = None) -> None:
+    def __init__(self, url: str, cfg: PipelineConfig, metrics: Metrics, labels: dict[int, str] | None = None,
+                 models: dict[str, str] | None = None, stop: threading.Event | None = None) -> None:
         self.url = url
         self.name = redact(url)
         self.cfg = cfg
         self.keys = RedisKeys(cfg.redis.prefix)
         self.metrics = metrics
-        self.labels = labels
-        self.models = models
+        self.labels = labels or {}
+        self.models = models or {}
         self._stop = stop or threading.Event()
         self._errors = metrics.sink_errors.labels(sink=urlsplit(url).scheme)
         self._buffer_gauge = metrics.sink_buffer.labels(sink=urlsplit(url).scheme)
         self._client: Any = None
         self._script: Any = None
-        self._pending: list[Result] = []  # live results held while Redis is away
+        self._pending: list[Result] = []  # live results held while Redis is away (oldest first)
+        self._down_since: float | None = None  # monotonic time of the first failed write of an outage
+        self._delay = 0.0  # current retry delay (exponential, capped at redis.retry_max_s)
+        self._next_try = 0.0  # live results are not retried before this (monotonic)
+        self._probe: Any = None  # short-timeout client for the readiness probe
+        self._probe_at = -1e9
+        self._probe_ok = False
         self._live = {s.id for s in cfg.sources if s.is_live}
         self.published = 0
         self.duplicates = 0
+        self.wants_images = cfg.redis.thumbnail > 0  # the pipeline keeps the frame for the JPEG thumbnail
 
     def open(self) -> None:
         import redis
 
-        self._client = redis_client(self.url, self.cfg.redis.ca_file)
+        rc = self.cfg.redis
+        self._client = redis_client(self.url, rc.ca_file, cert_file=rc.cert_file, key_file=rc.key_file)
         try:
             self._client.ping()
         except redis.AuthenticationError as e:
@@ -145,9 +170,10 @@ class RedisSink:
         except redis.RedisError as e:
             raise SinkError(f"cannot reach Redis at {self.name} ({_reason(e)}); is redis-server running?") from e
         self._script = self._client.register_script(_PUBLISH_LUA)
-        self._write_meta()
 
-    def _write_meta(self) -> None:
+    def describe(self, labels: dict[int, str], models: dict[str, str]) -> None:
+        """Write ``{prefix}:meta`` once the engines are loaded."""
+        self.labels, self.models = labels, models
         self._client.hset(self.keys.meta, mapping={
             "schema": SCHEMA_VERSION,
             "labels": json.dumps({str(k): v for k, v in sorted(self.labels.items())}),
@@ -169,76 +195,151 @@ class RedisSink:
                   "classes", json.dumps({str(k): v for k, v in r.classes.items()})]
         if r.depth is not None:
             f += ["depth", json.dumps(r.depth)]
+        if r.image is not None and self.cfg.redis.thumbnail:
+            f += ["thumb", encode_thumbnail(r.image, self.cfg.redis.thumbnail)]
         f += ["latency_ms", f"{latency_ms:.3f}"]
         return f
 
     def write(self, results: list[Result]) -> None:
+        """Publish ``results`` (idempotent per frame, so a retried round trip never writes a frame twice).
+
+        Results of file jobs are retried with backoff until Redis takes them: this call waits, so the
+        pipeline pauses behind it and nothing is lost. Results of live sources go through a bounded
+        buffer: while Redis is away they are held (past ``redis.buffer`` the oldest are dropped and
+        counted as ``sink_buffer_full``), retried with the same backoff, and written in order when it is back.
+        """
+        files = [r for r in results if r.id.stream_id not in self._live]
+        live = [r for r in results if r.id.stream_id in self._live] if len(files) != len(results) else []
+        if live:
+            self._hold(live)
+        if self._pending and (files or self._down_since is None or time.monotonic() >= self._next_try):
+            self._flush_held()
+        if files:
+            self._write_blocking(files)
+            if self._pending:
+                self._flush_held()
+        self._buffer_gauge.set(len(self._pending))
+
+    def _hold(self, live: list[Result]) -> None:
+        self._pending.extend(live)
+        excess = len(self._pending) - self.cfg.redis.buffer
+        if excess > 0:
+            for r in self._pending[:excess]:
+                self.metrics.dropped.labels(stream=r.id.stream_id, reason="sink_buffer_full").inc()
+            del self._pending[:excess]
+
+    def _flush_held(self) -> None:
+        batch, self._pending = self._pending, []
+        if not self._attempt(batch):
+            self._pending = batch + self._pending
+
+    def _write_blocking(self, batch: list[Result]) -> None:
+        waited = 0.0
+        while not self._attempt(batch):
+            if self._stop.is_set() and waited >= self.cfg.redis.retry_max_s:
+                raise SinkError(f"Redis at {self.name} is unreachable; {len(batch)} results not written")
+            delay = max(self._next_try - time.monotonic(), 0.0)
+            time.sleep(delay)
+            waited += delay
+
+    def _attempt(self, batch: list[Result]) -> bool:
+        """One pipelined round trip for ``batch``. False (counted, backoff scheduled) when Redis is away."""
         import redis
 
-        batch = self._pending + results
-        self._pending = []
-        delay = 0.05
-        while batch:
-            now = time.time()
-            try:
-                pipe = self._client.pipeline(transaction=False)
-                for r in batch:
-                    lat = (now - r.id.wall_time) * 1000.0
-                    sid = r.id.stream_id
-                    channel = self.keys.events(sid) if self.cfg.redis.events else ""
-                    event = json.dumps(summary(r, lat)) if channel else ""
-                    self._script(
-                        keys=[self.keys.frames(sid), self.keys.progress(sid), self.keys.streams],
-                        args=[sid, r.id.index, self.cfg.redis.maxlen, channel, event, *self._fields(r, lat)],
-                        client=pipe,
-                    )
-                replies = pipe.execute()
-            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError) as e:
-                self._errors.inc()
-                if all(r.id.stream_id in self._live for r in batch):
-                    self._hold(batch, e)
-                    return
-                if self._stop.is_set() and delay >= self.cfg.redis.retry_max_s:
-                    raise SinkError(f"Redis at {self.name} is unreachable ({_reason(e)}); "
-                                    f"{len(batch)} results not written") from e
-                log.warning("Redis at %s: %s; retrying in %.1fs", self.name, _reason(e), delay)
-                time.sleep(delay)
-                delay = min(delay * 2, self.cfg.redis.retry_max_s)
-                continue
-            for r, ok in zip(batch, replies, strict=True):
-                if ok:
-                    self.published += 1
-                    self.metrics.frames.labels(stream=r.id.stream_id, stage="published").inc()
-                    self.metrics.latency.labels(stream=r.id.stream_id).observe(now - r.id.wall_time)
-                else:
-                    self.duplicates += 1
-            self._buffer_gauge.set(0)
-            return
+        retried = self._down_since is not None
+        now = time.time()
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for r in batch:
+                lat = (now - r.id.wall_time) * 1000.0
+                sid = r.id.stream_id
+                channel = self.keys.events(sid) if self.cfg.redis.events else ""
+                event = json.dumps(summary(r, lat)) if channel else ""
+                self._script(
+                    keys=[self.keys.frames(sid), self.keys.progress(sid), self.keys.streams],
+                    args=[sid, r.id.index, self.cfg.redis.maxlen, channel, event, *self._fields(r, lat)],
+                    client=pipe,
+                )
+            replies = pipe.execute()
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, redis.ReadOnlyError,
+                OSError) as e:
+            self._errors.inc()
+            self._went_down(e)
+            return False
+        self._came_back()
+        for r, ok in zip(batch, replies, strict=True):
+            # after a failed round trip, a frame already applied by it is ours, written once
+            if ok or retried:
+                self.published += 1
+                self.metrics.frames.labels(stream=r.id.stream_id, stage="published").inc()
+                self.metrics.latency.labels(stream=r.id.stream_id).observe(now - r.id.wall_time)
+            else:
+                self.duplicates += 1
+        return True
 
-    def _hold(self, batch: list[Result], e: Exception) -> None:
-        limit = self.cfg.redis.buffer
-        if len(batch) > limit:
-            for r in batch[: len(batch) - limit]:
-                self.metrics.dropped.labels(stream=r.id.stream_id, reason="sink_buffer_full").inc()
-            batch = batch[len(batch) - limit :]
-        if not self._pending:
-            log.warning("Redis at %s is away (%s); holding up to %d live results", self.name, _reason(e), limit)
-        self._pending = batch
-        self._buffer_gauge.set(len(batch))
-        time.sleep(0.05)
+    def _went_down(self, e: Exception) -> None:
+        self._delay = min(max(self._delay * 2, 0.05), self.cfg.redis.retry_max_s)
+        self._next_try = time.monotonic() + self._delay
+        self._probe_ok = False
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            log.warning("Redis at %s is unreachable (%s): retrying with backoff up to %.1fs; file results "
+                        "wait, live results are held (up to %d)", self.name, _reason(e),
+                        self.cfg.redis.retry_max_s, self.cfg.redis.buffer)
+        else:
+            log.debug("Redis at %s still unreachable (%s); next try in %.2fs", self.name, _reason(e),
+                      self._delay)
+
+    def _came_back(self) -> None:
+        if self._down_since is None:
+            return
+        log.warning("Redis at %s is back after %.1fs", self.name, time.monotonic() - self._down_since)
+        self._down_since = None
+        self._delay = 0.0
+        self._buffer_gauge.set(0)
+        if self.labels or self.models:  # a restarted Redis may have lost {prefix}:meta
+            try:
+                self.describe(self.labels, self.models)
+            except Exception as e:  # the next write will see the next outage
+                log.debug("Redis at %s: rewriting meta failed (%s)", self.name, _reason(e))
+
+    def reachable(self) -> bool:
+        """For ``/readyz``: False during an outage seen by writes, else a 1 s ping (cached for a second)."""
+        if self._down_since is not None:
+            return False
+        now = time.monotonic()
+        if now - self._probe_at < 1.0:
+            return self._probe_ok
+        try:
+            if self._probe is None:
+                rc = self.cfg.redis
+                self._probe = redis_client(self.url, rc.ca_file, 1.0, rc.cert_file, rc.key_file)
+            self._probe_ok = bool(self._probe.ping())
+        except Exception:  # any failure means not reachable
+            self._probe_ok = False
+        self._probe_at = now
+        return self._probe_ok
+
+    @property
+    def held(self) -> int:
+        return len(self._pending)
 
     def end_stream(self, eos: EndOfStream) -> None:
         if self._pending:
-            self.write([])
+            self._flush_held()
 
     def close(self) -> None:
         if self._pending:
-            try:
-                self.write([])
-            except Exception as e:  # noqa: BLE001 - already counted; report and go on closing
-                log.error("Redis at %s: %d held results not written (%s)", self.name, len(self._pending), e)
-        if self._client is not None:
-            self._client.close()
+            self._flush_held()  # one last try, whatever the backoff says
+            if self._pending:
+                log.error("Redis at %s: %d held live results not written (Redis unreachable at exit)",
+                          self.name, len(self._pending))
+                for r in self._pending:
+                    self.metrics.dropped.labels(stream=r.id.stream_id, reason="sink_unavailable").inc()
+                self._pending = []
+        for c in (self._client, self._probe):
+            if c is not None:
+                c.close()
 
 
 class DirSink:
@@ -291,7 +392,8 @@ def _reason(e: Exception) -> str:
     return s.splitlines()[0]
 
 
-def create_sink(uri: str, cfg: PipelineConfig, metrics: Metrics, labels: dict[int, str], models: dict[str, str],
+def create_sink(uri: str, cfg: PipelineConfig, metrics: Metrics, labels: dict[int, str] | None = None,
+                models: dict[str, str] | None = None,
                 stop: threading.Event | None = None, **extra: Any) -> Sink:
     scheme = uri.split(":", 1)[0].lower()
     if scheme in ("redis", "rediss"):
@@ -304,5 +406,5 @@ def create_sink(uri: str, cfg: PipelineConfig, metrics: Metrics, labels: dict[in
     if scheme == "video":
         from pipeline.overlay import VideoSink
 
-        return VideoSink(uri[6:].removeprefix("//"), cfg, metrics, labels, **extra)  # type: ignore[no-any-return]
+        return VideoSink(uri[6:].removeprefix("//"), cfg, metrics, labels or {}, **extra)  # type: ignore[no-any-return]
     raise ConfigError(f"unknown sink scheme {scheme!r}: use redis://, rediss://, dir:PATH or video:PATH")
