@@ -88,7 +88,14 @@ def make_checkpoint(path: str | Path, task: str, image_size: int | None = None, 
     ``large=True``: the real DPT-Large architecture (ViT-L/16, 24 layers) with random weights.
     """
     import torch
-    from transformers import DPTConfig, DPTForDepthEstimation, DPTForSemanticSegmentation, DPTImageProcessor
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTForSemanticSegmentation
+    try:  # transformers 5: the PIL processor directly (no torchvision fallback warning)
+        from transformers.models.dpt.image_processing_pil_dpt import DPTImageProcessorPil as DPTImageProcessor
+    except ImportError:
+        from transformers import DPTImageProcessor  # type: ignore[assignment]
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     path = Path(path)
     size = image_size or ((480 if task == "segmentation" else 384) if large else TINY_INPUT)

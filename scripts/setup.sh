@@ -36,13 +36,22 @@ install_system_packages() {
   fi
 }
 
+pip_logged() {  # run pip, keeping its chatter in .cache/setup.log unless it fails
+  mkdir -p "$ROOT/.cache"
+  if ! "$@" >"$ROOT/.cache/setup.log" 2>&1; then
+    cat "$ROOT/.cache/setup.log" >&2
+    echo "setup: pip failed (log above, also in .cache/setup.log)" >&2
+    return 1
+  fi
+}
+
 install_python_env() {
   local extras="${1:-sample}"
   if [ ! -x "$VENV/bin/python" ]; then
     say "creating virtual environment $VENV"
     "$PYTHON" -m venv "$VENV"
   fi
-  local PIP=("$VENV/bin/python" -m pip -q --disable-pip-version-check)
+  local PIP=(pip_logged "$VENV/bin/python" -m pip -q --disable-pip-version-check)
   if ! "$VENV/bin/python" -c 'import torch' >/dev/null 2>&1; then
     # Pin torch first: an unpinned torch pulls a multi-GB CUDA build. Set TORCH_SPEC for another build.
     say "installing ${TORCH_SPEC:-torch==2.13.0}"
