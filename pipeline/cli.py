@@ -43,7 +43,11 @@ def setup_logging(debug: bool = False, quiet: bool = False) -> None:
     for noisy in ("transformers", "urllib3", "httpx", "filelock", "huggingface_hub", "PIL", "libav"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
     # PyAV's FFmpeg log forwarding stays off (its default): with it on, FFmpeg's decoder threads need the GIL
-    # to log while the decode thread holds it closing the codec, which deadlocks on an early stop.
+    # to log while the decode thread holds it closing the codec, which deadlocks on an early stop. FFmpeg's
+    # own stderr logging is quietened instead: our one-line errors say what went wrong.
+    import av.logging
+
+    av.logging.set_libav_level(av.logging.WARNING if debug else av.logging.PANIC)
 
 
 def build_overrides(sources: list[str] | None, sinks: list[str] | None, models: list[str] | None,

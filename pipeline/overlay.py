@@ -1,0 +1,318 @@
+"""Pictures of what the pipeline sees: the ``video:PATH`` sink and the ``snapshot`` renderer.
+
+``video:PATH`` writes an H.264 MP4 per stream (PyAV): on the left the frame with the class mask blended over
+it (and the largest classes named), on the right the depth map as a colour image (turbo colour map; warm =
+near for relative inverse depth). ``PATH`` ending in ``.mp4``/``.mkv``/``.mov`` is that one file (one stream
+only); otherwise it is a directory and each stream goes to ``PATH/{stream}.mp4``. A file is written as
+``*.part.mp4`` and renamed when its stream ends, so a finished name is always a complete video.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import io
+import json
+import logging
+import os
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from pipeline.config import ConfigError, PipelineConfig
+from pipeline.frames import EndOfStream, Result
+from pipeline.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov")
+MAX_PANEL_SIDE = 960  # long side of each half of the video (the source is scaled down to it)
+ALPHA = 0.5  # mask opacity over the frame
+
+
+def class_palette(n: int = 256) -> np.ndarray:
+    """``n x 3`` uint8 colours, well separated (golden-ratio hues); the same in the video and snapshots."""
+    out = np.zeros((n, 3), np.uint8)
+    for c in range(n):
+        h = (c * 0.618033988749895) % 1.0
+        s = 0.55 + 0.4 * ((c * 7) % 5) / 4
+        v = 0.95 - 0.25 * ((c * 3) % 4) / 3
+        out[c] = [round(255 * x) for x in colorsys.hsv_to_rgb(h, s, v)]
+    return out
+
+
+def _turbo_lut() -> np.ndarray:
+    """The turbo colour map (polynomial fit by its author, Google AI, 2019) as a 256 x 3 uint8 table."""
+    x = np.linspace(0.0, 1.0, 256)
+    r = 0.13572138 + x * (4.61539260 + x * (-42.66032258 + x * (132.13108234 + x * (-152.94239396 + x * 59.28637943))))
+    g = 0.09140261 + x * (2.19418839 + x * (4.84296658 + x * (-14.18503333 + x * (4.27729857 + x * 2.82956604))))
+    b = 0.10667330 + x * (12.64194608 + x * (-60.58204836 + x * (110.36276771 + x * (-89.90310912 + x * 27.34824973))))
+    return (np.clip(np.stack([r, g, b], axis=1), 0, 1) * 255).round().astype(np.uint8)
+
+
+PALETTE = class_palette()
+TURBO = _turbo_lut()
+
+
+def colorize_depth(depth: np.ndarray, lo: float | None = None, hi: float | None = None,
+                   near_is_large: bool = True) -> np.ndarray:
+    """``H x W`` depth -> ``H x W x 3`` uint8 (turbo; red = near). Scaled between the 2nd/98th percentiles
+    unless ``lo``/``hi`` are given."""
+    d = np.asarray(depth, dtype=np.float32)
+    if lo is None or hi is None:
+        lo, hi = (float(v) for v in np.percentile(d, [2, 98]))
+    t = (d - lo) / (hi - lo) if hi > lo else np.zeros_like(d)
+    if not near_is_large:
+        t = 1.0 - t
+    idx = np.clip(t * 255.0, 0, 255).astype(np.uint8)
+    return TURBO[idx]  # type: ignore[no-any-return]
+
+
+def blend_mask(image: np.ndarray | None, mask: np.ndarray, alpha: float = ALPHA) -> np.ndarray:
+    """Class colours of ``mask`` blended over ``image`` (same H x W), or the colours alone without an image."""
+    colours = PALETTE[mask]
+    if image is None:
+        return colours  # type: ignore[no-any-return]
+    out = image.astype(np.float32) * (1.0 - alpha) + colours.astype(np.float32) * alpha
+    return out.round().astype(np.uint8)  # type: ignore[no-any-return]
+
+
+def _font() -> Any:
+    try:
+        return ImageFont.load_default(size=12)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def draw_legend(panel: np.ndarray, classes: dict[int, float], labels: dict[int, str], top: int = 4) -> np.ndarray:
+    """Name the ``top`` largest classes in the panel's corner, each with its colour swatch."""
+    items = sorted(classes.items(), key=lambda kv: -kv[1])[:top]
+    if not items or panel.shape[0] < 60 or panel.shape[1] < 120:
+        return panel
+    im = Image.fromarray(panel)
+    d = ImageDraw.Draw(im)
+    font = _font()
+    y = 4
+    for c, frac in items:
+        name = labels.get(int(c), str(c))
+        text = f"{name} {frac:.0%}"
+        w = int(d.textlength(text, font=font))
+        d.rectangle((4, y, 4 + 14 + w + 6, y + 14), fill=(0, 0, 0))
+        d.rectangle((6, y + 2, 16, y + 12), fill=tuple(int(v) for v in PALETTE[int(c) % len(PALETTE)]))
+        d.text((20, y + 1), text, fill=(255, 255, 255), font=font)
+        y += 16
+    return np.asarray(im)
+
+
+def caption(panel: np.ndarray, text: str) -> np.ndarray:
+    im = Image.fromarray(panel)
+    d = ImageDraw.Draw(im)
+    font = _font()
+    w = int(d.textlength(text, font=font))
+    h = panel.shape[0]
+    d.rectangle((4, h - 18, 4 + w + 6, h - 3), fill=(0, 0, 0))
+    d.text((7, h - 17), text, fill=(255, 255, 255), font=font)
+    return np.asarray(im)
+
+
+def _resize(a: np.ndarray, size_wh: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    if (a.shape[1], a.shape[0]) == size_wh:
+        return a
+    res = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+    if a.dtype == np.float32:
+        return np.asarray(Image.fromarray(a, mode="F").resize(size_wh, res))
+    return np.asarray(Image.fromarray(a).resize(size_wh, res))
+
+
+def panel_size(width: int, height: int, max_side: int = MAX_PANEL_SIDE) -> tuple[int, int]:
+    """Source size scaled down so the long side is at most ``max_side``; even (H.264 with 4:2:0)."""
+    s = min(1.0, max_side / max(width, height))
+    return max(2, round(width * s / 2) * 2), max(2, round(height * s / 2) * 2)
+
+
+def compose(r: Result, labels: dict[int, str], show_mask: bool, show_depth: bool,
+            size_wh: tuple[int, int]) -> np.ndarray:
+    """One video frame for result ``r``: [frame + mask | depth colours], each half ``size_wh``."""
+    w, h = size_wh
+    base = _resize(r.image, size_wh) if r.image is not None else None
+    halves: list[np.ndarray] = []
+    left = base if base is not None else np.zeros((h, w, 3), np.uint8)
+    if show_mask:
+        if r.mask is not None:
+            left = blend_mask(base, _resize(r.mask, size_wh, nearest=True))
+            left = draw_legend(left, r.classes, labels)
+        halves.append(np.ascontiguousarray(left))
+    elif base is not None:
+        halves.append(base)
+    if show_depth:
+        if r.depth_map is not None:
+            near_large = (r.depth or {}).get("kind", "relative_inverse") == "relative_inverse"
+            colours = colorize_depth(r.depth_map, near_is_large=near_large)
+            halves.append(_resize(colours, size_wh))
+        else:  # a frame whose depth was skipped (live degradation): a black half keeps the layout
+            halves.append(np.zeros((h, w, 3), np.uint8))
+    return np.ascontiguousarray(np.concatenate(halves, axis=1))
+
+
+class _Writer:
+    def __init__(self, final: Path, width: int, height: int) -> None:
+        import av
+
+        self.final = final
+        self.part = final.with_name(final.stem + ".part" + final.suffix)
+        self.container = av.open(str(self.part), "w")
+        self.stream = self.container.add_stream("libx264", rate=25)
+        self.stream.width, self.stream.height = width, height
+        self.stream.pix_fmt = "yuv420p"
+        self.stream.codec_context.time_base = Fraction(1, 1000)
+        self.stream.options = {"crf": "23", "preset": "veryfast"}
+        self.last_pts = -1
+        self.frames = 0
+
+    def add(self, picture: np.ndarray, pts_s: float) -> None:
+        import av
+
+        frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+        pts = max(round(pts_s * 1000), self.last_pts + 1)  # strictly increasing, in ms
+        frame.pts, frame.time_base = pts, Fraction(1, 1000)
+        self.last_pts = pts
+        for packet in self.stream.encode(frame):
+            self.container.mux(packet)
+        self.frames += 1
+
+    def close(self) -> None:
+        try:
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+        finally:
+            self.container.close()
+        os.replace(self.part, self.final)
+
+
+class VideoSink:
+    """``video:PATH``: MP4 per stream, mask blended over the frame | depth colour map (see module doc)."""
+
+    wants_images = True  # the pipeline keeps the frame (Result.image) and the mask-sized depth map
+
+    def __init__(self, path: str, cfg: PipelineConfig, metrics: Metrics, labels: dict[int, str],
+                 max_side: int = MAX_PANEL_SIDE, **_: Any) -> None:
+        if not path:
+            raise ConfigError("video: sink needs a path, e.g. video:out/ or video:out.mp4")
+        self.target = Path(path).expanduser()
+        self.single_file = self.target.suffix.lower() in VIDEO_SUFFIXES
+        if self.single_file and len(cfg.sources) > 1:
+            raise ConfigError(f"video:{path} is one file but there are {len(cfg.sources)} sources: "
+                              "use video:DIR for one MP4 per stream")
+        self.name = f"video:{self.target}"
+        self.cfg = cfg
+        self.metrics = metrics
+        self.labels = labels
+        self.max_side = max_side
+        self.show_mask = "segmentation" in cfg.tasks
+        self.show_depth = "depth" in cfg.tasks
+        self._writers: dict[str, _Writer] = {}
+        self._sizes: dict[str, tuple[int, int]] = {}
+        self.published = 0
+        # frames_total{stage="published"} belongs to the primary sink; count here only when this is the only one
+        self._count = len(cfg.sinks) == 1
+        self.files: list[Path] = []
+
+    def open(self) -> None:
+        from pipeline.sinks import SinkError
+
+        folder = self.target.parent if self.single_file else self.target
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SinkError(f"cannot create output directory {folder} ({e.strerror})") from e
+
+    def describe(self, labels: dict[int, str], models: dict[str, str]) -> None:
+        """Class names for the legend, once the engines are loaded (sinks open before the models)."""
+        self.labels = dict(labels)
+
+    def path_for(self, sid: str) -> Path:
+        return self.target if self.single_file else self.target / f"{sid}.mp4"
+
+    def write(self, results: list[Result]) -> None:
+        import av
+
+        from pipeline.sinks import SinkError
+
+        for r in results:
+            sid = r.id.stream_id
+            try:
+                w = self._writers.get(sid)
+                if w is None:
+                    size = panel_size(r.id.width, r.id.height, self.max_side)
+                    halves = int(self.show_mask or r.image is not None) + int(self.show_depth)
+                    w = _Writer(self.path_for(sid), size[0] * max(1, halves), size[1])
+                    self._writers[sid], self._sizes[sid] = w, size
+                w.add(compose(r, self.labels, self.show_mask, self.show_depth, self._sizes[sid]), r.id.pts)
+            except (av.FFmpegError, OSError) as e:
+                raise SinkError(f"{self.name}: cannot write {self.path_for(sid)} ({e})") from e
+            self.published += 1
+            if self._count:
+                self.metrics.frames.labels(stream=sid, stage="published").inc()
+
+    def end_stream(self, eos: EndOfStream) -> None:
+        w = self._writers.pop(eos.stream_id, None)
+        if w is not None:
+            w.close()
+            self.files.append(w.final)
+            log.info("%s: wrote %s (%d frames)", eos.stream_id, w.final, w.frames)
+
+    def close(self) -> None:
+        for sid in list(self._writers):
+            self.end_stream(EndOfStream(sid, 0))
+
+
+# --------------------------------------------------------------------------------------------------------
+# snapshot: one Redis entry -> PNG
+
+def render_entry(fields: dict[str, bytes], labels: dict[int, str], min_side: int = 480) -> np.ndarray:
+    """Picture of one Redis entry. Redis holds the mask (PNG) and a depth *summary*, not the frame and not the
+    depth map, so: left = the mask's class colours, blended over the frame's JPEG thumbnail when the entry has
+    one (``redis.thumbnail``); right = depth from the summary, each class region painted with its median depth
+    (``per_class``), or the coarse near-field ``grid`` when there is no mask."""
+    mask = np.asarray(Image.open(io.BytesIO(fields["mask"]))) if "mask" in fields else None
+    depth = json.loads(fields["depth"]) if "depth" in fields else None
+    if mask is not None:
+        mh, mw = mask.shape[:2]
+    elif depth is not None:
+        mh, mw = 270, 480
+    else:
+        raise ValueError("the entry has neither a mask nor depth")
+    s = max(1.0, min_side / max(mh, mw))
+    size = (round(mw * s), round(mh * s))
+    thumb = None
+    if "thumb" in fields:
+        thumb = np.asarray(Image.open(io.BytesIO(fields["thumb"])).convert("RGB"))
+        thumb = _resize(thumb, size)
+    halves = []
+    if mask is not None:
+        classes = {int(k): float(v) for k, v in json.loads(fields.get("classes", b"{}")).items()}
+        left = blend_mask(thumb, _resize(mask, size, nearest=True)) if thumb is not None else PALETTE[
+            _resize(mask, size, nearest=True)]
+        left = draw_legend(np.ascontiguousarray(left), classes, labels)
+        halves.append(caption(left, "classes over frame thumbnail" if thumb is not None else "classes (mask)"))
+    elif thumb is not None:
+        halves.append(thumb)
+    if depth is not None:
+        near_large = depth.get("kind", "relative_inverse") == "relative_inverse"
+        lo, hi = float(depth["min"]), float(depth["max"])
+        per_class = depth.get("per_class")
+        if mask is not None and per_class:
+            lut = np.full(256, np.nan, np.float32)
+            for c, v in per_class.items():
+                lut[int(c)] = float(v)
+            dm = lut[_resize(mask, size, nearest=True)]
+            dm = np.where(np.isnan(dm), lo, dm)
+            text = "depth: median per class region"
+        else:
+            grid = np.asarray(depth["grid"], np.float32)
+            dm = np.asarray(Image.fromarray(grid, mode="F").resize(size, Image.Resampling.NEAREST))
+            text = f"depth: {grid.shape[0]}x{grid.shape[1]} near-field grid"
+        halves.append(caption(colorize_depth(dm, lo, hi, near_is_large=near_large), text))
+    return np.ascontiguousarray(np.concatenate(halves, axis=1))

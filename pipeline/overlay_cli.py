@@ -1,0 +1,59 @@
+"""``dptstream snapshot``: one stream's latest Redis entry as a PNG (see pipeline/overlay.py:render_entry)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline.config import ConfigError, redact
+
+
+def snapshot_cmd(
+    stream: Annotated[str, typer.Argument(help="Stream id.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="PNG to write (default STREAM.png).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (its redis sink and prefix).")] = None,
+    redis_url: Annotated[str | None, typer.Option("--redis", help="Redis URL (default: the config's redis sink, $REDIS_URL or redis://127.0.0.1:6379/0).")] = None,
+    redis_prefix: Annotated[str | None, typer.Option("--redis-prefix", help="Key prefix (default dpt).")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+) -> None:
+    """Write a PNG of what the pipeline sees in STREAM's latest frame: class colours (over the frame's
+    thumbnail when redis.thumbnail is on) beside a depth picture built from the depth summary."""
+    from PIL import Image
+
+    from pipeline.cli import setup_logging
+    from pipeline.frames import valid_stream_id
+    from pipeline.jobs_cli import _small_config, connect, queue_url
+    from pipeline.overlay import render_entry
+    from pipeline.sinks import RedisKeys
+
+    setup_logging(debug, quiet=True)
+    if not valid_stream_id(stream):
+        raise ConfigError(f"invalid stream id {stream!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+    cfg = _small_config(config, redis_url, redis_prefix)
+    url = queue_url(cfg, redis_url)
+    client = connect(url, cfg)
+    keys = RedisKeys(cfg.redis.prefix)
+    entries = client.xrevrange(keys.frames(stream), count=1)
+    if not entries:
+        known = sorted(x.decode() for x in client.smembers(keys.streams))
+        hint = f"; known streams: {', '.join(known[:10])}" if known else ""
+        raise ConfigError(f"no entries for stream {stream!r} under {cfg.redis.prefix}: at {redact(url)}{hint}")
+    _id, raw = entries[0]
+    fields = {k.decode(): v for k, v in raw.items()}
+    labels = {int(k): v for k, v in json.loads(client.hget(keys.meta, "labels") or b"{}").items()}
+    picture = render_entry(fields, labels)
+    target = out or Path(f"{stream}.png")
+    try:
+        Image.fromarray(picture).save(target, format="PNG")
+    except OSError as e:
+        raise ConfigError(f"cannot write {target} ({e.strerror or e})") from e
+    frame = int(fields["frame"])
+    extra = "" if "thumb" in fields else " (no frame thumbnail in Redis: set redis.thumbnail to include one)"
+    print(f"{target}: {stream} frame {frame}, {picture.shape[1]}x{picture.shape[0]}{extra}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("snapshot")(snapshot_cmd)
