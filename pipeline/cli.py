@@ -185,19 +185,20 @@ def live_options(cfg: PipelineConfig) -> dict[str, Any]:
 
 
 class stop_on_signals:
-    """First SIGINT/SIGTERM: stop reading and drain everything to the sinks. Second: exit at once."""
+    """First SIGINT/SIGTERM: call ``target.request_stop()`` (stop reading; what was decoded drains to the
+    sinks) and log ``what``. A second signal exits at once."""
 
-    def __init__(self, pipeline: Any) -> None:
-        self.pipeline = pipeline
+    def __init__(self, target: Any, what: str = "draining decoded frames to the sinks") -> None:
+        self.target = target
+        self.what = what
         self.count = 0
         self._old: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
         self.count += 1
         if self.count == 1:
-            log.warning("%s: stopping; draining decoded frames to the sinks (again to quit at once)",
-                        signal.Signals(signum).name)
-            self.pipeline.request_stop()
+            log.warning("%s: stopping; %s (again to quit at once)", signal.Signals(signum).name, self.what)
+            self.target.request_stop()
         else:
             raise SystemExit(EXIT_INTERRUPTED)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import sys
 import time
 from pathlib import Path
@@ -142,6 +141,7 @@ def worker_cmd(
 def run_worker(cfg: PipelineConfig, queue: str | None = None, name: str | None = None,
                max_jobs: int | None = None, until_empty: bool = False) -> int:
     from pipeline.app import start_runtime
+    from pipeline.cli import stop_on_signals
     from pipeline.jobs import Worker
     from pipeline.overlay import VIDEO_SUFFIXES
 
@@ -173,7 +173,7 @@ def run_worker(cfg: PipelineConfig, queue: str | None = None, name: str | None =
         log.info("sinks: %s; job queue at %s", ", ".join(s.name for s in rt.sinks), redact(url))
         if rt.port is not None:
             log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, rt.port)
-        with _stop_on_signals(worker):
+        with stop_on_signals(worker, "the current job's decoded frames go to the sinks, then it is handed back"):
             outcomes = worker.run()
         done = sum(1 for o in outcomes if o.state == "done")
         failed = sum(1 for o in outcomes if o.state == "failed")
@@ -183,33 +183,6 @@ def run_worker(cfg: PipelineConfig, queue: str | None = None, name: str | None =
     finally:
         rt.close()
         client.close()
-
-
-class _stop_on_signals:
-    """First SIGINT/SIGTERM: finish the frames in flight, hand the job back, exit 0. Second: exit at once."""
-
-    def __init__(self, worker: Any) -> None:
-        self.worker = worker
-        self.count = 0
-        self._old: dict[int, Any] = {}
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        self.count += 1
-        if self.count == 1:
-            log.warning("%s: stopping; the current job's decoded frames go to the sinks, then it is handed back "
-                        "(again to quit at once)", signal.Signals(signum).name)
-            self.worker.request_stop()
-        else:
-            raise SystemExit(130)
-
-    def __enter__(self) -> _stop_on_signals:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, h in self._old.items():
-            signal.signal(sig, h)
 
 
 def _ago(t: float | None, now: float) -> str:
