@@ -320,7 +320,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        app(args=argv, prog_name="dptstream", standalone_mode=False)
+        rc = app(args=argv, prog_name="dptstream", standalone_mode=False)
+        sys.exit(rc if isinstance(rc, int) else 0)  # click returns typer.Exit's code here instead of raising
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         sys.exit(code)

@@ -114,6 +114,8 @@ class LiveSection(_Strict):
     frozen_tolerance: float = Field(2.0, gt=0)  # grey levels a thumbnail block may move and still be "frozen"
     degrade_rate_divisor: int = Field(2, ge=2)  # the "rate" level keeps one frame in N
     degrade_recover_s: float = Field(5.0, gt=0)  # latency under half the budget this long undoes one level
+    rtsps_verify: bool = False  # rtsps://: verify the camera's certificate (most cameras' are self-signed)
+    rtsps_ca_file: str | None = None  # rtsps://: verify against this CA (implies rtsps_verify)
 
 
 class JobsSection(_Strict):

@@ -210,18 +210,18 @@ class RedisSink:
         """
         files = [r for r in results if r.id.stream_id not in self._live]
         live = [r for r in results if r.id.stream_id in self._live] if len(files) != len(results) else []
-        if live:
-            self._hold(live)
+        self._pending.extend(live)
         if self._pending and (files or self._down_since is None or time.monotonic() >= self._next_try):
             self._flush_held()
         if files:
             self._write_blocking(files)
             if self._pending:
                 self._flush_held()
+        if self._down_since is not None:
+            self._trim()
         self._buffer_gauge.set(len(self._pending))
 
-    def _hold(self, live: list[Result]) -> None:
-        self._pending.extend(live)
+    def _trim(self) -> None:
         excess = len(self._pending) - self.cfg.redis.buffer
         if excess > 0:
             for r in self._pending[:excess]:

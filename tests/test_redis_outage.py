@@ -1,0 +1,222 @@
+"""Redis outages and secured Redis: a real redis-server killed and restarted under a running pipeline,
+and a redis-server that speaks only TLS with an ACL user."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.metrics import Metrics
+from pipeline.sinks import RedisSink, SinkError
+from tests.conftest import RedisServer, free_port
+from tests.live_support import (
+    FPS,
+    H,
+    LiveAssets,
+    LivePipeline,
+    W,
+    engines_for,
+    entries,
+    make_certs,
+    make_config,
+    need_rtsp,
+    session_live_assets,
+    wait_for,
+)
+from tests.rtsp_server import RtspServer
+
+pytestmark = pytest.mark.slow
+
+DURABLE = ["--appendonly", "yes", "--appendfsync", "always"]  # a restart keeps what was acknowledged
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> LiveAssets:
+    return session_live_assets(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def engines(live: LiveAssets) -> dict[str, Any]:
+    return engines_for(live)
+
+
+@pytest.fixture
+def durable_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    srv = RedisServer(tmp_path / "redis", extra=DURABLE)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def final(lp: LivePipeline, name: str, **labels: str) -> float:
+    total = 0.0
+    for fam in lp.metrics.registry.collect():
+        for s in fam.samples:
+            if s.name == name and set(labels.items()) <= set(s.labels.items()):
+                total += s.value
+    return total
+
+
+def test_redis_killed_and_restarted_mid_file_job_publishes_every_frame_exactly_once(
+        live: LiveAssets, engines: dict[str, Any], durable_redis: RedisServer, tmp_path: Path) -> None:
+    from pipeline.sample import make_clip
+
+    n = 150
+    clip = make_clip(tmp_path / "job.mp4", frames=n, width=W, height=H, fps=FPS, seed=4)
+    cfg = make_config(live, [{"id": "job", "uri": str(clip)}], [durable_redis.url],
+                      redis={"retry_max_s": 0.5})
+    r = durable_redis.client()
+    with LivePipeline(cfg, engines) as lp:
+        wait_for(lambda: r.xlen("dpt:stream:job:frames") >= 20, 60, "the job under way")
+        durable_redis.stop()  # Redis dies mid-run
+        wait_for(lambda: lp.metric("dptstream_sink_errors_total") >= 1, 10, "the sink noticing")
+        code, body = lp.probe("/readyz")
+        assert code == 503 and list(body["sinks"].values()) == [False]
+        assert lp.probe("/healthz")[0] == 200  # alive: waiting is not dying
+        stalled = lp.metric("dptstream_frames_total", stream="job", stage="published")
+        time.sleep(2)
+        # the job waits instead of dropping: nothing is published and nothing is lost meanwhile
+        assert lp.metric("dptstream_frames_total", stream="job", stage="published") == stalled
+        assert lp.metric("dptstream_frames_dropped_total", stream="job") == 0
+        durable_redis.start()  # same port, same data directory
+        wait_for(lambda: not lp.pipeline.running, 120, "the job to finish")
+    report = lp.report
+    assert report is not None and report.fatal is None
+    assert report.published == n
+    frames = [int(e["frame"]) for e in entries(durable_redis.client(), "job")]
+    assert frames == list(range(n))  # every frame, once, in order
+    assert final(lp, "dptstream_sink_errors_total") >= 1
+    assert final(lp, "dptstream_frames_dropped_total") == 0
+    assert durable_redis.client().hget("dpt:meta", "schema") == b"1"
+
+
+def test_live_results_wait_in_a_bounded_buffer_while_redis_is_away(
+        live: LiveAssets, engines: dict[str, Any], durable_redis: RedisServer, tmp_path: Path) -> None:
+    need_rtsp()
+    cam = RtspServer(live.raw, W, H, ["cam"], fps=FPS, log=tmp_path / "rtsp.log")
+    cam.start()
+    try:
+        cfg = make_config(live, [{"id": "cam", "uri": cam.url("cam")}], [durable_redis.url],
+                          redis={"buffer": 20, "retry_max_s": 0.5},
+                          live={"reconnect_initial_s": 0.2, "reconnect_max_s": 1.0})
+        with LivePipeline(cfg, engines) as lp:
+            wait_for(lambda: lp.metric("dptstream_frames_total", stream="cam", stage="published") >= 10, 30,
+                     "first frames")
+            durable_redis.stop()
+            t_down = time.time()
+            wait_for(lambda: lp.metric("dptstream_sink_buffer_depth") >= 20, 20, "the buffer filling up")
+            wait_for(lambda: lp.metric("dptstream_frames_dropped_total", stream="cam",
+                                       reason="sink_buffer_full") >= 10, 20, "drops past the buffer")
+            assert lp.metric("dptstream_sink_buffer_depth") == 20  # bounded
+            assert lp.metric("dptstream_stream_up", stream="cam") == 1  # the camera never waited
+            code, body = lp.probe("/readyz")
+            assert code == 503 and body["sources"] == {"cam": "streaming"}
+            t_up = time.time()
+            durable_redis.start()
+            wait_for(lambda: lp.metric("dptstream_sink_buffer_depth") == 0, 20, "the buffer written out")
+            wait_for(lambda: lp.probe("/readyz")[0] == 200, 10, "ready again")
+            after = lp.metric("dptstream_frames_total", stream="cam", stage="published")
+            wait_for(lambda: lp.metric("dptstream_frames_total", stream="cam", stage="published") >= after + 10,
+                     20, "frames flowing again")
+    finally:
+        cam.stop()
+    es = entries(durable_redis.client(), "cam")
+    frames = [int(e["frame"]) for e in es]
+    assert frames == sorted(set(frames))  # no frame twice, decode order kept
+    held = [e for e in es if t_down + 0.5 < float(e["ts"]) < t_up]
+    assert 10 <= len(held) <= 20  # the newest results of the outage, written when Redis came back
+    dec = final(lp, "dptstream_frames_total", stream="cam", stage="decoded")
+    pub = final(lp, "dptstream_frames_total", stream="cam", stage="published")
+    drop = final(lp, "dptstream_frames_dropped_total", stream="cam")
+    assert dec == pub + drop and final(lp, "dptstream_frames_dropped_total", reason="sink_buffer_full") >= 10
+
+
+# ------------------------------------------------------------------------------------------------------
+# TLS + ACL
+# ------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_certs(tmp_path_factory.mktemp("tls"))
+
+
+ACL_PW = "Acl-Pass-6622"
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path, certs: Path) -> Iterator[RedisServer]:
+    port = free_port()
+    srv = RedisServer(tmp_path / "redis-tls", port=port, extra=[
+        "--port", "0", "--tls-port", str(port), "--tls-cert-file", str(certs / "server.crt"),
+        "--tls-key-file", str(certs / "server.key"), "--tls-ca-cert-file", str(certs / "ca.crt"),
+        "--tls-auth-clients", "yes", "--user", "default", "off", "--user", "dpt", "on", f">{ACL_PW}",
+        "~*", "&*", "+@all"])
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def _tls_client(srv: RedisServer, certs: Path) -> Any:
+    import redis
+
+    return redis.Redis(host="127.0.0.1", port=srv.port, ssl=True, ssl_ca_certs=str(certs / "ca.crt"),
+                       ssl_certfile=str(certs / "client.crt"), ssl_keyfile=str(certs / "client.key"),
+                       username="dpt", password=ACL_PW)
+
+
+def test_tls_redis_with_an_acl_user_and_client_certificate(live: LiveAssets, engines: dict[str, Any],
+                                                            tls_redis: RedisServer, certs: Path) -> None:
+    url = f"rediss://dpt:{ACL_PW}@127.0.0.1:{tls_redis.port}/0"
+    tls = {"ca_file": str(certs / "ca.crt"), "cert_file": str(certs / "client.crt"),
+           "key_file": str(certs / "client.key")}
+    cfg = make_config(live, [{"id": "clip", "uri": str(live.clip)}], [url], redis=tls)
+    with LivePipeline(cfg, engines) as lp:
+        wait_for(lambda: not lp.pipeline.running, 60, "the clip to finish")
+        assert lp.pipeline.health()[2]["sinks"] == {f"rediss://dpt:***@127.0.0.1:{tls_redis.port}/0": True}
+    assert lp.report is not None and lp.report.published == 45
+    c = _tls_client(tls_redis, certs)
+    assert c.xlen("dpt:stream:clip:frames") == 45
+    assert c.acl_whoami() == "dpt"
+
+
+@pytest.mark.parametrize("case", ["wrong_ca", "wrong_password", "plain_client"])
+def test_tls_redis_misconfigured_gives_one_clear_line_without_the_password(
+        live: LiveAssets, tls_redis: RedisServer, certs: Path, case: str) -> None:
+    tls = {"ca_file": str(certs / "ca.crt"), "cert_file": str(certs / "client.crt"),
+           "key_file": str(certs / "client.key")}
+    url = f"rediss://dpt:{ACL_PW}@127.0.0.1:{tls_redis.port}/0"
+    expect = {"wrong_ca": "certificate verify failed", "wrong_password": "refused the credentials",
+              "plain_client": "cannot reach Redis"}[case]
+    if case == "wrong_ca":
+        tls["ca_file"] = str(certs / "other-ca.crt")
+    elif case == "wrong_password":
+        url = url.replace(ACL_PW, "Bad-Pass-0101")
+    else:
+        url = url.replace("rediss://", "redis://")
+    cfg = make_config(live, [], [url], redis=tls)
+    sink = RedisSink(url, cfg, Metrics())
+    with pytest.raises(SinkError) as e:
+        sink.open()
+    msg = str(e.value)
+    assert expect in msg.lower() or expect in msg, msg
+    assert ACL_PW not in msg and "Bad-Pass-0101" not in msg
+    assert "\n" not in msg
+
+
+def test_reachable_probe_is_fast_when_redis_is_gone(live: LiveAssets, durable_redis: RedisServer) -> None:
+    cfg = make_config(live, [], [durable_redis.url])
+    sink = RedisSink(durable_redis.url, cfg, Metrics())
+    sink.open()
+    assert sink.reachable()
+    durable_redis.stop()
+    time.sleep(1.1)  # past the probe's cache
+    t0 = time.monotonic()
+    assert not sink.reachable()
+    assert time.monotonic() - t0 < 2
+    durable_redis.start()
+    time.sleep(1.1)
+    assert sink.reachable()
+    sink.close()
