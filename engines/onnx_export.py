@@ -76,10 +76,8 @@ class _ExplicitSelfAttention(nn.Module):
         k = self.key(hidden_states).view(shape).transpose(1, 2)
         v = self.value(hidden_states).view(shape).transpose(1, 2)
         scores = torch.matmul(q, k.transpose(-1, -2))
-        if self.fp32_softmax:
-            probs = F.softmax(scores.float(), dim=-1).to(v.dtype)
-        else:
-            probs = F.softmax(scores, dim=-1)
+        # the Softmax in float32 (cast back for the second product) unless asked otherwise
+        probs = F.softmax(scores.float(), dim=-1).to(v.dtype) if self.fp32_softmax else F.softmax(scores, dim=-1)
         ctx = torch.matmul(probs, v).transpose(1, 2).reshape(n, -1, self.heads * self.head_size)
         return ctx, None
 

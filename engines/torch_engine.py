@@ -56,6 +56,7 @@ class TorchEngine:
         self._use_graphs = cfg.cuda_graphs and self._device.type == "cuda"
         self._graph_sizes = graph_batch_sizes(cfg.max_batch)
         self._graphs: dict[int, tuple[Any, torch.Tensor, torch.Tensor]] = {}
+        self._pool: Any = None  # one memory pool shared by every captured graph (they never run concurrently)
         backend = f"torch-{self._device.type}-{precision}" + ("-graphs" if self._use_graphs else "")
         self.spec = EngineSpec(
             task=loaded.task,
@@ -67,6 +68,10 @@ class TorchEngine:
             labels=loaded.labels,
             max_batch=cfg.max_batch,
         )
+        if self._use_graphs:
+            # capture now, before any pipeline thread runs: a capture in the middle of a run would stall it,
+            # and other threads' CUDA calls during a capture are what makes captures fail
+            self.warmup()
 
     def _graph_for(self, n: int) -> tuple[Any, torch.Tensor, torch.Tensor]:
         if n not in self._graphs:
@@ -79,16 +84,27 @@ class TorchEngine:
                 for _ in range(2):  # warm up (cuDNN / SDPA algorithm selection) outside the graph
                     self._module(static_in)
             stream.wait_stream(side)
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph), torch.inference_mode():
+            # thread_local: CUDA calls made meanwhile by other threads (another engine, a stage) are allowed
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"), \
+                    torch.inference_mode():
                 static_out = self._module(static_in)
             self._graphs[n] = (graph, static_in, static_out)
         return self._graphs[n]
 
     def warmup(self) -> None:
+        """Capture a graph per batch size, largest first (the smaller ones reuse its pool's memory)."""
         if self._use_graphs:
-            for n in self._graph_sizes:
+            for n in sorted(self._graph_sizes, reverse=True):
                 self._graph_for(n)
+            torch.cuda.current_stream(self._device).synchronize()
+
+    @property
+    def graph_sizes(self) -> list[int]:
+        """Batch sizes with a captured graph (a partial batch runs padded to the next one)."""
+        return sorted(self._graphs)
 
     @torch.inference_mode()
     def infer(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -100,10 +116,12 @@ class TorchEngine:
         if self._use_graphs:
             size = padded_size(n, self._graph_sizes)
             graph, static_in, static_out = self._graph_for(size)
-            static_in[:n].copy_(x)
+            static_in[:n].copy_(x)  # rows n..size-1 keep stale inputs: their outputs are never read
             graph.replay()
-            # clone: the static output buffer is overwritten by the next replay
-            return {self._out: static_out[:n].float().clone()}
+            # a copy: the static output buffer is overwritten by the next replay (.float() of a half tensor
+            # already is one; a float32 output needs an explicit clone)
+            out = static_out[:n]
+            return {self._out: out.float() if out.dtype != torch.float32 else out.clone()}
         return {self._out: self._module(x).float()}
 
     def close(self) -> None:

@@ -41,6 +41,7 @@ class Prepared:
     inputs: dict[str, Any]  # task -> torch.Tensor
     image: np.ndarray | None = None  # kept only when a sink needs the picture (overlay video)
     tasks: tuple[str, ...] = ()  # tasks to run (degradation may skip some)
+    event: Any = None  # CUDA event recorded after preprocessing on the preprocess stream (None on CPU)
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class Inferred:
     outputs: dict[str, Any]  # "logits": C x h x w, "depth": h x w
     image: np.ndarray | None = None
     infer_done: float = 0.0
+    event: Any = None  # CUDA event recorded after inference on the infer stream (None on CPU)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,10 +32,14 @@ def segment(logits: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
     On CPU the logits are kept channels-last (DPT's head already emits them so), where both the resize and
     a per-pixel argmax over contiguous class scores are several times faster than over ``C x H x W``.
     """
-    x = logits.unsqueeze(0).float()
-    cpu = x.device.type == "cpu"
+    cpu = logits.device.type == "cpu"
     if cpu:
+        # batch dim added through the HWC view, so the strides read as channels-last (a plain unsqueeze gives
+        # an ambiguous batch stride: interpolate then returns C x H x W and the argmax runs ~6x slower)
+        x = logits.float().permute(1, 2, 0).unsqueeze(0).permute(0, 3, 1, 2)
         x = x.contiguous(memory_format=torch.channels_last)
+    else:
+        x = logits.unsqueeze(0).float()
     if tuple(x.shape[-2:]) != tuple(size_hw):
         x = F.interpolate(x, size=size_hw, mode="bilinear", align_corners=False)
     if cpu:
@@ -43,8 +49,20 @@ def segment(logits: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
     return x[0].argmax(dim=0).to(torch.uint8)
 
 
+def histogram(keys: torch.Tensor, length: int) -> torch.Tensor:
+    """Counts of each value ``0 .. length-1`` in ``keys`` (int64, exactly ``length`` long for keys < length).
+
+    On CUDA a scatter-add: ``torch.bincount`` there reads the maximum back to the host (a synchronisation).
+    """
+    flat = keys.reshape(-1).long()
+    if flat.is_cuda:
+        out = torch.zeros(length, dtype=torch.int64, device=flat.device)
+        return out.scatter_add_(0, flat, torch.ones_like(flat))
+    return torch.bincount(flat, minlength=length)
+
+
 def class_counts(mask: torch.Tensor, num_classes: int) -> torch.Tensor:
-    return torch.bincount(mask.reshape(-1).long(), minlength=num_classes)
+    return histogram(mask, num_classes)
 
 
 def class_fractions(mask: torch.Tensor, num_classes: int, counts: torch.Tensor | None = None) -> dict[int, float]:
@@ -62,26 +80,85 @@ def resize_depth(depth: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
 
 
 def _quantiles(sorted_flat: torch.Tensor, qs: list[float]) -> torch.Tensor:
-    """Linear-interpolated quantiles of an already sorted 1-D tensor (same definition as ``torch.quantile``)."""
+    """Linear-interpolated quantiles of an already sorted 1-D tensor (same definition as ``torch.quantile``).
+
+    Positions are computed on the host from the length alone: no host -> device copy, no synchronisation.
+    """
     n = sorted_flat.numel()
-    pos = torch.tensor(qs, dtype=torch.float64) * (n - 1)
+    vals = []
+    for q in qs:
+        pos = q * (n - 1)
+        lo, hi = math.floor(pos), math.ceil(pos)
+        frac = float(np.float32(pos - lo))  # the float32 weight torch.quantile uses
+        vals.append(sorted_flat[lo] + (sorted_flat[hi] - sorted_flat[lo]) * frac)
+    return torch.stack(vals)
+
+
+def _segment_quantile(values: torch.Tensor, order: torch.Tensor, starts: torch.Tensor, counts: torch.Tensor,
+                      q: float) -> torch.Tensor:
+    """Per segment of ``order`` (segments ascending by value), the linear-interpolated ``q`` quantile.
+
+    ``counts`` may hold zeros (empty segments): their value is meaningless and masked out by the caller.
+    """
+    n = values.numel()
+    pos = q * (counts - 1).clamp(min=0).double()
     lo = pos.floor().long()
     hi = pos.ceil().long()
-    frac = (pos - lo.double()).to(sorted_flat.device, sorted_flat.dtype)
-    lo, hi = lo.to(sorted_flat.device), hi.to(sorted_flat.device)
-    return sorted_flat[lo] + (sorted_flat[hi] - sorted_flat[lo]) * frac
+    frac = (pos - lo.double()).float()
+    a = values[order[(starts + lo).clamp(max=n - 1)]]
+    b = values[order[(starts + hi).clamp(max=n - 1)]]
+    return a + (b - a) * frac
 
 
-def depth_summary(depth: torch.Tensor, mask: torch.Tensor | None, grid: int = 4,
-                  kind: str = "relative_inverse", num_classes: int = 256) -> dict[str, Any]:
-    """Summary of an ``H x W`` depth map: global stats, a ``grid x grid`` near-field grid, per-class medians.
+@dataclass
+class DepthStats:
+    """A depth summary as a few small tensors (on the device that computed them, or copied to the host).
+
+    ``values``: min, max, mean, p05, p50, p95, then the ``grid x grid`` near-field cells row by row.
+    ``class_median`` / ``class_count``: per class id (``num_classes`` long); medians of absent classes are
+    meaningless. Made without any device -> host copy, so a GPU stage can copy them back asynchronously.
+    """
+
+    values: torch.Tensor
+    class_median: torch.Tensor | None = None
+    class_count: torch.Tensor | None = None
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self.values, self.class_median, self.class_count) if t is not None]
+
+    def replace(self, tensors: list[torch.Tensor]) -> DepthStats:
+        it = iter(tensors)
+        return DepthStats(next(it), next(it) if self.class_median is not None else None,
+                          next(it) if self.class_count is not None else None)
+
+
+def _order(flat: torch.Tensor) -> torch.Tensor:
+    """Indices that sort ``flat`` ascending (tie order unspecified; only sorted values are ever used)."""
+    if flat.device.type == "cpu":  # numpy's SIMD sort: several times faster than torch's on CPU
+        return torch.from_numpy(np.argsort(flat.numpy()))
+    return flat.argsort()
+
+
+def _group(order: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Re-sort ``order`` by small integer ``keys`` (per pixel), stably: key-major, value-ascending within a key."""
+    k = keys[order]
+    if k.device.type == "cpu":  # a radix sort for 8/16-bit keys
+        return order[torch.from_numpy(np.argsort(k.numpy(), kind="stable"))]
+    return order[torch.sort(k, stable=True).indices]
+
+
+def depth_stats(depth: torch.Tensor, mask: torch.Tensor | None, grid: int = 4, kind: str = "relative_inverse",
+                num_classes: int = 256, counts: torch.Tensor | None = None) -> DepthStats:
+    """The numbers of :func:`depth_summary`, as tensors on ``depth``'s device (see :class:`DepthStats`).
 
     ``relative_inverse`` depth: larger = nearer, so a cell's near-field value is its 90th percentile
-    (10th for metric depth). Per-class values are lower medians (as ``torch.median``). A handful of sorts,
-    no per-class loop, and one small copy to the host.
+    (10th for metric depth). Per-class values are lower medians (as ``torch.median``). One sort of the
+    values, then one stable sort by cell and one by class of that order: no per-cell or per-class loop.
+    ``counts`` (the mask's class histogram, at least ``num_classes`` long) is reused when given.
     """
-    flat = depth.reshape(-1).float()
-    sorted_flat, order = flat.sort()
+    flat = depth.reshape(-1).float().contiguous()
+    order = _order(flat)
+    sorted_flat = flat[order]
     n = flat.numel()
     stats = torch.cat([
         torch.stack([sorted_flat[0], sorted_flat[-1], flat.mean()]),
@@ -89,33 +166,59 @@ def depth_summary(depth: torch.Tensor, mask: torch.Tensor | None, grid: int = 4,
     ])
     h, w = depth.shape
     near_q = 0.9 if kind == "relative_inverse" else 0.1
-    cells = []
-    for i in range(grid):
-        r0, r1 = i * h // grid, max((i + 1) * h // grid, i * h // grid + 1)
-        for j in range(grid):
-            c0, c1 = j * w // grid, max((j + 1) * w // grid, j * w // grid + 1)
-            cell = depth[r0:r1, c0:c1].reshape(-1).sort().values
-            cells.append(_quantiles(cell, [near_q])[0])
-    host = torch.cat([stats, torch.stack(cells)])
-    per_class: tuple[torch.Tensor, torch.Tensor] | None = None
-    if mask is not None:
-        m = mask.reshape(-1).long()
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(n, device=order.device)
-        by_class = torch.argsort(m * n + rank)  # class-major, depth-ascending within a class
-        counts = torch.bincount(m, minlength=num_classes)
-        present = torch.nonzero(counts).reshape(-1)
-        starts = torch.cumsum(counts, 0) - counts
-        med = flat[by_class[starts[present] + (counts[present] - 1) // 2]]
-        per_class = (present, med)
-    vals = host.cpu().tolist()
+    dev = flat.device
+    if h >= grid and w >= grid:
+        # cell (i, j) holds rows i*h//grid .. (i+1)*h//grid - 1 and the same for columns
+        k = torch.arange(grid, device=dev)
+        rows = torch.searchsorted(k * h // grid, torch.arange(h, device=dev), right=True) - 1
+        cols = torch.searchsorted(k * w // grid, torch.arange(w, device=dev), right=True) - 1
+        cell = (rows[:, None] * grid + cols[None, :]).reshape(-1).to(torch.int16)
+        ccount = histogram(cell, grid * grid)
+        cstart = torch.cumsum(ccount, 0) - ccount
+        cells = _segment_quantile(flat, _group(order, cell), cstart, ccount, near_q)
+    else:  # a mask smaller than the grid: cells overlap, one by one
+        parts = []
+        for i in range(grid):
+            r0, r1 = i * h // grid, max((i + 1) * h // grid, i * h // grid + 1)
+            for j in range(grid):
+                c0, c1 = j * w // grid, max((j + 1) * w // grid, j * w // grid + 1)
+                parts.append(_quantiles(depth[r0:r1, c0:c1].reshape(-1).float().sort().values, [near_q])[0])
+        cells = torch.stack(parts)
+    values = torch.cat([stats, cells])
+    if mask is None:
+        return DepthStats(values)
+    m = mask.reshape(-1)
+    if counts is None or counts.numel() < num_classes:
+        counts = histogram(m, num_classes)
+    counts = counts[:num_classes] if counts.numel() > num_classes else counts
+    starts = torch.cumsum(counts, 0) - counts
+    by_class = _group(order, m if m.dtype == torch.uint8 else m.long())
+    med = flat[by_class[(starts + (counts - 1).clamp(min=0) // 2).clamp(max=n - 1)]]
+    return DepthStats(values, med, counts)
+
+
+def depth_dict(stats: DepthStats, grid: int, kind: str) -> dict[str, Any]:
+    """Host :class:`DepthStats` -> the published JSON summary (see :func:`depth_summary`)."""
+    vals = stats.values.tolist()
     out: dict[str, Any] = {
         "kind": kind,
         "min": round(vals[0], 6), "max": round(vals[1], 6), "mean": round(vals[2], 6),
         "p05": round(vals[3], 6), "p50": round(vals[4], 6), "p95": round(vals[5], 6),
         "grid": [[round(v, 6) for v in vals[6 + i * grid : 6 + (i + 1) * grid]] for i in range(grid)],
     }
-    if per_class is not None:
-        ids, meds = per_class[0].cpu().tolist(), per_class[1].cpu().tolist()
+    if stats.class_median is not None and stats.class_count is not None:
+        present = torch.nonzero(stats.class_count).reshape(-1)
+        ids, meds = present.tolist(), stats.class_median[present].tolist()
         out["per_class"] = {str(c): round(v, 6) for c, v in zip(ids, meds, strict=True)}
     return out
+
+
+def depth_summary(depth: torch.Tensor, mask: torch.Tensor | None, grid: int = 4,
+                  kind: str = "relative_inverse", num_classes: int = 256,
+                  counts: torch.Tensor | None = None) -> dict[str, Any]:
+    """Summary of an ``H x W`` depth map: global stats, a ``grid x grid`` near-field grid, per-class medians.
+
+    A handful of sorts and one small copy to the host (see :func:`depth_stats` for the definitions).
+    """
+    stats = depth_stats(depth, mask, grid, kind, num_classes, counts)
+    return depth_dict(stats.replace([t.cpu() for t in stats.tensors()]), grid, kind)
