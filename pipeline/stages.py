@@ -53,6 +53,7 @@ class Stage:
         self.metrics = metrics
         self.abort = abort  # set when the pipeline is dead: blocked puts give up
         self.error: BaseException | None = None
+        self._held: Any = None  # a marker met while collecting a batch
         self._thread: threading.Thread | None = None
         self._seconds = metrics.stage_seconds.labels(stage=self.name)
         self.on_fatal: Callable[[Stage, BaseException], None] | None = None
@@ -87,6 +88,31 @@ class Stage:
             except TimeoutError:
                 if self.abort.is_set():
                     return Shutdown()
+
+    def collect(self, max_items: int, max_wait: float) -> Any:
+        """Up to ``max_items`` data items: the first blocks, the rest come while ``max_wait`` seconds last
+        (0: only what is already queued). A marker met on the way ends the batch and is returned next time."""
+        if self._held is not None:
+            item, self._held = self._held, None
+            return item
+        first = Stage.next_item(self)
+        if is_control(first):
+            return first
+        items = [first]
+        deadline = time.monotonic() + max_wait
+        while len(items) < max_items:
+            remaining = deadline - time.monotonic()
+            try:
+                nxt = self.inq.get(timeout=remaining) if remaining > 0 else self.inq.get_nowait()
+            except TimeoutError:
+                break
+            if nxt is None:
+                break
+            if is_control(nxt):
+                self._held = nxt
+                break
+            items.append(nxt)
+        return items
 
     def _main(self) -> None:
         try:
@@ -200,31 +226,11 @@ class InferStage(Stage):
         self.engines = engines
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
-        self._held: Any = None  # a marker met while collecting a batch
         self._stream = StageStream(device_of(engines))
 
     def next_item(self) -> Any:
-        if self._held is not None:
-            item, self._held = self._held, None
-            return item
-        first = super().next_item()
-        if is_control(first):
-            return first
-        items = [first]
-        deadline = time.monotonic() + self.max_wait
-        while len(items) < self.max_batch:
-            remaining = deadline - time.monotonic()
-            try:
-                nxt = self.inq.get(timeout=max(0.0, remaining)) if remaining > 0 else self.inq.get_nowait()
-            except TimeoutError:
-                break
-            if nxt is None:
-                break
-            if is_control(nxt):
-                self._held = nxt
-                break
-            items.append(nxt)
-        return Batch(tuple(p.id for p in items), tuple(items))
+        items = self.collect(self.max_batch, self.max_wait)
+        return items if is_control(items) else Batch(tuple(p.id for p in items), tuple(items))
 
     def process(self, batch: Batch) -> Iterable[Inferred]:
         self.metrics.batch_size.observe(len(batch.items))
@@ -359,25 +365,9 @@ class PublishStage(Stage):
         self.sinks = sinks
         self.max_batch = max_batch
         self._on_eos = on_eos
-        self._held: Any = None
 
     def next_item(self) -> Any:
-        if self._held is not None:
-            item, self._held = self._held, None
-            return item
-        first = super().next_item()
-        if is_control(first):
-            return first
-        items = [first]
-        while len(items) < self.max_batch:
-            nxt = self.inq.get_nowait()
-            if nxt is None:
-                break
-            if is_control(nxt):
-                self._held = nxt
-                break
-            items.append(nxt)
-        return items
+        return self.collect(self.max_batch, 0.0)
 
     def process(self, results: list[Result]) -> Iterable[Any]:
         for sink in self.sinks:
