@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import torch
@@ -44,8 +45,10 @@ class TorchEngine:
             log.warning("%s on CPU is slow and inexact; using fp32", precision)
             precision = "fp32"
         dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-        if cfg.threads and device == "cpu":
-            torch.set_num_threads(cfg.threads)
+        if device == "cpu":
+            # Default: leave one core to decoding, pre/postprocessing and publishing, which run beside the
+            # engine in their own threads (measured on 2 cores: bench/results/cpu-tiny.json).
+            torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 2) - 1))
         self._module = loaded.module.to(device=device, dtype=dtype).eval()
         for p in self._module.parameters():
             p.requires_grad_(False)
