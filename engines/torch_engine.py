@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import torch
@@ -45,10 +44,11 @@ class TorchEngine:
             log.warning("%s on CPU is slow and inexact; using fp32", precision)
             precision = "fp32"
         dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-        if device == "cpu":
-            # Default: leave one core to decoding, pre/postprocessing and publishing, which run beside the
-            # engine in their own threads (measured on 2 cores: bench/results/cpu-tiny.json).
-            torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 2) - 1))
+        if device == "cpu" and cfg.threads:
+            # Default: torch's (all cores). On a quiet 2-core machine that gave the best end-to-end rate;
+            # threads = cores - 1 keeps the engine busiest relative to its own speed and holds up better when
+            # other work shares the machine (bench/results/cpu-tiny.json has both).
+            torch.set_num_threads(cfg.threads)
         self._module = loaded.module.to(device=device, dtype=dtype).eval()
         for p in self._module.parameters():
             p.requires_grad_(False)
