@@ -74,15 +74,8 @@ def build_overrides(sources: list[str] | None, sinks: list[str] | None, models: 
         if bad:
             raise ConfigError(f"--tasks: unknown task {bad[0]!r} (use segmentation, depth or both)")
         o["tasks"] = ts
-    eng: dict[str, Any] = {}
-    if engine:
-        eng["backend"] = engine
-    if device:
-        eng["device"] = device
-    if batch_size:
-        eng["batch_size"] = batch_size
-    if precision:
-        eng["precision"] = precision
+    given = {"backend": engine, "device": device, "batch_size": batch_size, "precision": precision}
+    eng = {k: v for k, v in given.items() if v}
     if eng:
         o["engine"] = eng
     if mask_size:
