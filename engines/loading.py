@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -156,7 +155,3 @@ def load_model(task: Task, model_id: str, input_size: int | None = None) -> Load
         labels=id2label,
         weights_hash=weights_hash(model),
     )
-
-
-def labels_json(labels: dict[int, str]) -> str:
-    return json.dumps({str(k): v for k, v in sorted(labels.items())})

@@ -89,12 +89,6 @@ def build_overrides(sources: list[str] | None, sinks: list[str] | None, models: 
     return o
 
 
-def merge_models(cfg_models: dict[str, str], o: dict[str, Any]) -> dict[str, Any]:
-    if "models" in o:
-        o["models"] = {**cfg_models, **o["models"]}
-    return o
-
-
 @app.command()
 def run(
     config: Annotated[Path | None, typer.Argument(help="YAML config (see configs/). Flags override it.")] = None,
@@ -120,13 +114,8 @@ def run(
                         precision, redis_prefix, no_resume)
     if progress is not None:
         o["progress"] = progress
-    cfg = load_config(config, o) if "models" not in o else _with_models(config, o)
+    cfg = load_config(config, o)  # --model entries merge over the file's models (load_config merges mappings)
     raise typer.Exit(run_pipeline(cfg))
-
-
-def _with_models(config: Path | None, o: dict[str, Any]) -> PipelineConfig:
-    base = load_config(config, {k: v for k, v in o.items() if k != "models"})
-    return load_config(config, merge_models(dict(base.models), o))
 
 
 def run_pipeline(cfg: PipelineConfig) -> int:

@@ -117,14 +117,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Export ONNX and build / cache the TensorRT plan that `run --engine tensorrt` loads."""
         from engines import EngineConfig
-        from pipeline.cli import build_overrides, merge_models, setup_logging
+        from pipeline.cli import build_overrides, setup_logging
 
         setup_logging(debug, quiet)
         from pipeline.config import load_config
 
         o = build_overrides(None, None, model, tasks, None, None, None, None, None)
-        base = load_config(config, {k: v for k, v in o.items() if k != "models"})
-        cfg = load_config(config, merge_models(dict(base.models), o)) if "models" in o else base
+        cfg = load_config(config, o)
         if precision not in ("fp16", "fp32"):
             raise ConfigError(f"--precision {precision!r}: use fp16 or fp32")
         max_b = max_batch or cfg.engine.batch_size

@@ -115,7 +115,7 @@ def worker_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
 ) -> None:
     """Process queued jobs: engines load once, then one file at a time; SIGTERM hands the current job back."""
-    from pipeline.cli import build_overrides, merge_models, setup_logging
+    from pipeline.cli import build_overrides, setup_logging
 
     setup_logging(debug, quiet)
     o = build_overrides(None, sink, model, tasks, engine, device, batch_size, mask_size, metrics_port,
@@ -129,9 +129,6 @@ def worker_cmd(
         o["jobs"] = jobs
     if progress is not None:
         o["progress"] = progress
-    if "models" in o:
-        base = load_config(config, {k: v for k, v in o.items() if k != "models"})
-        o = merge_models(dict(base.models), o)
     cfg = load_config(config, o)
     if max_jobs is not None and max_jobs < 1:
         raise ConfigError("--max-jobs must be at least 1")

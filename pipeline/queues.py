@@ -17,10 +17,6 @@ Policy = Literal["block", "drop_oldest"]
 T = TypeVar("T")
 
 
-class Closed(Exception):
-    pass
-
-
 class NamedQueue(Generic[T]):
     def __init__(self, name: str, maxsize: int, policy: Policy = "block",
                  on_drop: Callable[[object], None] | None = None,

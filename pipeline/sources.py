@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -175,9 +174,6 @@ class FileSource(Source):
             log.warning("source %r: %s is truncated: decoded %d frames up to %.2fs of %.2fs (all kept)",
                         self.id, path, decoded, last_pts, expected_end)
         return index
-
-
-SourceFactory = Callable[[SourceConfig, NamedQueue[Any], Metrics, int], Source]
 
 
 def create_source(cfg: SourceConfig, out: NamedQueue[Any], metrics: Metrics, start_index: int = 0,
