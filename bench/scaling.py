@@ -145,7 +145,7 @@ def main() -> None:
     counts = [int(x) for x in args.workers.split(",") if x.strip()]
     width, height = (int(v) for v in args.size.split("x"))
 
-    from pipeline.bench import machine_info, versions
+    from pipeline.benchmark.results import machine_info, versions
     from pipeline.sample import make_checkpoint, make_clip
 
     machine = machine_info()

@@ -134,10 +134,10 @@ def main() -> None:
 
     import redis as redis_py
     import yaml
-
-    from pipeline.bench import machine_info, versions
-    from pipeline.sample import make_checkpoint, make_clip
     from tests.rtsp_server import RtspServer, rtsp_available, write_raw_frames
+
+    from pipeline.benchmark.results import machine_info, versions
+    from pipeline.sample import make_checkpoint, make_clip
 
     why = rtsp_available()
     if why:

@@ -1,1 +1,18 @@
-"""dptstream streaming runtime: sources, stages, queues, batcher, sinks, metrics, CLI."""
+"""dptstream's pipeline, in layers. Each layer is a folder (or, at the base, a module); a module imports only
+modules of a lower layer or of its own folder, never a higher layer and never a sibling folder of its own layer
+(``tools/layers.py`` checks this on every import, function-local ones included; ``tests/unit/test_layers.py``).
+
+Bottom to top::
+
+    engines/                                    (outside pipeline: one interface, a factory, a file per backend)
+    frames queues config metrics progress overlay sample          base: data, policy, config, pure drawing
+    sources/ (base file rtsp reconnect)  stages/ (base preprocess infer postprocess publish gpu)
+        sinks/ (base encode redis directory video)                the data flow, one file per stage/backend
+    runtime/ (pipeline app degrade)                               wiring sources -> stages -> sinks
+    jobs/ (keys submit status worker)  benchmark/ (plan timing engine e2e naive results run onnx_check)
+    cli/ (main common run show sample engine bench jobs snapshot) the only code that knows typer/click,
+                                                                  exit codes and signals
+
+A frame goes: ``sources`` -> queue ``decoded:{stream}`` -> ``stages.preprocess`` -> ``prepared`` ->
+``stages.infer`` -> ``inferred`` -> ``stages.postprocess`` -> ``results`` -> ``stages.publish`` -> ``sinks``.
+"""

@@ -16,7 +16,7 @@ from pathlib import Path
 # Bottom to top. A module may import modules of a strictly lower layer, or modules of its own group (a group is
 # one entry of a layer: a base module or a subpackage). Groups of the same layer never import each other.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("engines",),
+    ("engines",),  # see pipeline/__init__.py for the picture
     ("pipeline", "pipeline.frames", "pipeline.queues", "pipeline.config", "pipeline.metrics", "pipeline.progress",
      "pipeline.overlay", "pipeline.sample"),
     ("pipeline.sources", "pipeline.stages", "pipeline.sinks"),

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
+from pipeline.cli.common import connect, queue_url, small_config
 from pipeline.config import ConfigError, PipelineConfig, load_config, redact
 
 log = logging.getLogger("dptstream")
@@ -20,41 +21,10 @@ RedisOpt = Annotated[str | None, typer.Option("--redis", help="Redis URL of the 
 PrefixOpt = Annotated[str | None, typer.Option("--redis-prefix", help="Key prefix (default dpt).")]
 
 
-def queue_url(cfg: PipelineConfig, url: str | None = None) -> str:
-    """The job queue's Redis: ``url``, else the config's first redis:// or rediss:// sink."""
-    if url:
-        if url.split(":", 1)[0].lower() not in ("redis", "rediss"):
-            raise ConfigError(f"{redact(url)!r} is not a Redis URL: use redis://host:port/db or rediss://")
-        return url
-    for s in cfg.sinks:
-        if s.split(":", 1)[0].lower() in ("redis", "rediss"):
-            return s
-    raise ConfigError("no Redis for the job queue: pass --redis redis://HOST:PORT/DB (or set REDIS_URL)")
 
 
-def connect(url: str, cfg: PipelineConfig, timeout: float = 5.0) -> Any:
-    import redis
-
-    from pipeline.sinks import redis_client
-
-    client = redis_client(url, cfg.redis.ca_file, timeout=timeout)
-    try:
-        client.ping()
-    except redis.AuthenticationError as e:
-        raise ConfigError(f"Redis at {redact(url)} refused the credentials ({e})") from e
-    except redis.RedisError as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"cannot reach Redis at {redact(url)} ({msg}); is redis-server running?") from e
-    return client
 
 
-def _small_config(config: Path | None, redis_url: str | None, prefix: str | None) -> PipelineConfig:
-    o: dict[str, Any] = {}
-    if redis_url:
-        o["sinks"] = [redis_url]
-    if prefix:
-        o["redis"] = {"prefix": prefix}
-    return load_config(config, o)
 
 
 def _ids(ids: list[str], n: int = 8) -> str:
@@ -71,11 +41,12 @@ def submit_cmd(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
 ) -> None:
     """Queue video files as batch jobs for `dptstream worker` (a Redis stream read by a consumer group)."""
-    from pipeline.cli import setup_logging
-    from pipeline.jobs import JobKeys, expand_inputs, submit
+    from pipeline.cli.common import setup_logging
+    from pipeline.jobs.keys import JobKeys
+    from pipeline.jobs.submit import expand_inputs, submit
 
     setup_logging(debug, quiet=True)
-    cfg = _small_config(config, redis_url, redis_prefix)
+    cfg = small_config(config, redis_url, redis_prefix)
     jobs = expand_inputs(files, id_from=id_from, check=not no_check)
     url = queue_url(cfg, redis_url)
     client = connect(url, cfg)
@@ -115,7 +86,7 @@ def worker_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
 ) -> None:
     """Process queued jobs: engines load once, then one file at a time; SIGTERM hands the current job back."""
-    from pipeline.cli import build_overrides, setup_logging
+    from pipeline.cli.common import build_overrides, setup_logging
 
     setup_logging(debug, quiet)
     o = build_overrides(None, sink, model, tasks, engine, device, batch_size, mask_size, metrics_port,
@@ -137,10 +108,10 @@ def worker_cmd(
 
 def run_worker(cfg: PipelineConfig, queue: str | None = None, name: str | None = None,
                max_jobs: int | None = None, until_empty: bool = False) -> int:
-    from pipeline.app import start_runtime
-    from pipeline.cli import stop_on_signals
-    from pipeline.jobs import Worker
+    from pipeline.cli.common import stop_on_signals
+    from pipeline.jobs.worker import Worker
     from pipeline.overlay import VIDEO_SUFFIXES
+    from pipeline.runtime.app import start_runtime
 
     for uri in cfg.sinks:  # before the models load: fail fast
         if uri.lower().startswith("video:") and Path(uri[6:]).suffix.lower() in VIDEO_SUFFIXES:
@@ -205,12 +176,13 @@ def status_cmd(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
 ) -> None:
     """Jobs queued / running / done / failed, with per-job progress (frames, fps, ETA) and failure reasons."""
-    from pipeline.cli import setup_logging
+    from pipeline.cli.common import setup_logging
     from pipeline.frames import valid_stream_id
-    from pipeline.jobs import STATES, JobKeys, active_workers, job_status
+    from pipeline.jobs.keys import STATES, JobKeys
+    from pipeline.jobs.status import active_workers, job_status
 
     setup_logging(debug, quiet=True)
-    cfg = _small_config(config, redis_url, redis_prefix)
+    cfg = small_config(config, redis_url, redis_prefix)
     for j in jobs or []:
         if not valid_stream_id(j):
             raise ConfigError(f"invalid job id {j!r}: use 1-64 of A-Z a-z 0-9 . _ -")

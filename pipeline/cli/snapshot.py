@@ -23,16 +23,15 @@ def snapshot_cmd(
     thumbnail when redis.thumbnail is on) beside a depth picture built from the depth summary."""
     from PIL import Image
 
-    from pipeline.cli import setup_logging
+    from pipeline.cli.common import connect, queue_url, setup_logging, small_config
     from pipeline.frames import valid_stream_id
-    from pipeline.jobs_cli import _small_config, connect, queue_url
     from pipeline.overlay import render_entry
     from pipeline.sinks import RedisKeys
 
     setup_logging(debug, quiet=True)
     if not valid_stream_id(stream):
         raise ConfigError(f"invalid stream id {stream!r}: use 1-64 of A-Z a-z 0-9 . _ -")
-    cfg = _small_config(config, redis_url, redis_prefix)
+    cfg = small_config(config, redis_url, redis_prefix)
     url = queue_url(cfg, redis_url)
     client = connect(url, cfg)
     keys = RedisKeys(cfg.redis.prefix)

@@ -1,31 +1,8 @@
-"""Offline batch jobs on Redis Streams: ``submit`` files, ``worker`` processes, ``status`` reports.
-
-Keys (``{p}`` is the Redis prefix, ``dpt`` by default):
-
-* ``{p}:jobs`` (stream): one entry per queued job (field ``job`` = job id). Read by the consumer group
-  ``jobs.group`` (``dptstream-workers``). An entry is acknowledged and deleted when its job is finished
-  (done or failed), so the stream's length is the backlog (queued + running).
-* ``{p}:job:{id}`` (hash): ``uri``, ``state`` (queued, running, done, failed), ``submitted``, ``attempts``,
-  ``worker``, ``started``, ``heartbeat``, ``finished``, ``frames`` (the file's frame count), ``published``,
-  ``fps``, ``error``, ``note``.
-* ``{p}:jobs:all`` (sorted set): every job id, scored by submit time (what ``status`` lists).
-* ``{p}:workers`` (sorted set): worker names, scored by when each was last heard from.
-
-A job's id is its stream id (from the file's stem, or ``ID=PATH``), so its results go to
-``{p}:stream:{id}:frames`` like ``run``'s. Exactly once: the Redis sink writes a frame only if its index is
-above the stream's progress marker, and a (re)started job resumes after the last published frame, so a job
-interrupted anywhere -- a worker killed with SIGKILL included -- and taken over by another worker ends with
-every frame in the stream once. A worker keeps its job's pending entry fresh (a heartbeat); a job whose
-worker has been silent for ``jobs.claim_idle_s`` is taken over with ``XAUTOCLAIM``. A job is acknowledged
-only when all its frames are published; an unreadable file is marked failed with its reason and acknowledged,
-and a job delivered more than ``jobs.max_attempts`` times is marked failed, so no job blocks the queue.
-"""
+"""The worker: claims jobs from the consumer group (XAUTOCLAIM for dead workers), runs each, heartbeats, finishes."""
 
 from __future__ import annotations
 
 import contextlib
-import glob
-import hashlib
 import logging
 import os
 import re
@@ -33,56 +10,24 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis
 
-from pipeline.config import ConfigError, PipelineConfig, SourceConfig, redact
-from pipeline.frames import valid_stream_id
+from pipeline.config import ConfigError, PipelineConfig, SourceConfig
+from pipeline.jobs.keys import REDIS_DOWN, JobKeys
+from pipeline.jobs.status import active_workers
+from pipeline.jobs.submit import ensure_group
 
 log = logging.getLogger(__name__)
 
-STATES = ("queued", "running", "done", "failed")
-REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
-GLOB_CHARS = re.compile(r"[*?\[]")
 WORKER_NAME_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
 
 
-class JobKeys:
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.queue = f"{prefix}:jobs"
-        self.index = f"{prefix}:jobs:all"
-        self.workers = f"{prefix}:workers"
-
-    def job(self, jid: str) -> str:
-        return f"{self.prefix}:job:{jid}"
-
-    def progress(self, jid: str) -> str:  # the Redis sink's per-stream progress marker
-        return f"{self.prefix}:stream:{jid}:progress"
-
-
-# --------------------------------------------------------------------------------------------------------
 # Lua: each state change is one atomic step. Ownership = "this worker holds the job's pending entry".
 
-# KEYS: job hash, queue stream, index zset. ARGV: id, uri, now.
-_SUBMIT_LUA = """
-local uri = redis.call('HGET', KEYS[1], 'uri')
-if uri and uri ~= ARGV[2] then return {'conflict', uri} end
-local state = redis.call('HGET', KEYS[1], 'state')
-if state == 'queued' or state == 'running' or state == 'done' then return {'exists', state} end
-redis.call('DEL', KEYS[1])
-local eid = redis.call('XADD', KEYS[2], '*', 'job', ARGV[1])
-redis.call('HSET', KEYS[1], 'id', ARGV[1], 'uri', ARGV[2], 'state', 'queued', 'submitted', ARGV[3],
-           'attempts', 0, 'entry', eid)
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
-if state == 'failed' then return {'requeued', ''} end
-return {'queued', ''}
-"""
 
 _OWNER_LUA = """
 local function owned(queue, group, entry, me)
@@ -121,217 +66,6 @@ redis.call('HDEL', KEYS[2], 'worker', 'heartbeat', 'fps')
 return 1
 """
 
-
-# --------------------------------------------------------------------------------------------------------
-# submit
-
-@dataclass(frozen=True)
-class JobSpec:
-    id: str
-    uri: str  # absolute path of the file
-
-
-def _sanitize(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", s).strip("._") or "job"
-
-
-def job_id_for(path: str, id_from: str = "stem") -> str:
-    """The job's (= stream's) id for a file: its stem, or (``path``) its path relative to the working
-    directory with separators as ``_``. Ids longer than 64 characters keep their tail and a hash."""
-    p = Path(path)
-    if id_from == "path":
-        try:
-            rel = p.resolve().relative_to(Path.cwd().resolve())
-        except ValueError:
-            rel = p.resolve()
-        raw = str(rel.with_suffix("")).strip("/")
-    else:
-        raw = p.stem
-    sid = _sanitize(raw)
-    if len(sid) > 64:
-        digest = hashlib.sha1(raw.encode()).hexdigest()[:8]
-        sid = sid[-55:].lstrip("._-") + "-" + digest
-    return sid
-
-
-def expand_inputs(args: Iterable[str], id_from: str = "stem", check: bool = True) -> list[JobSpec]:
-    """``FILE``, ``GLOB``, ``file://URI`` or ``ID=FILE`` arguments -> jobs (absolute paths, validated ids)."""
-    if id_from not in ("stem", "path"):
-        raise ConfigError(f"--id-from {id_from!r}: use stem or path")
-    jobs: list[JobSpec] = []
-    for arg in args:
-        sid: str | None = None
-        target = arg
-        head, sep, tail = arg.partition("=")
-        if sep and "/" not in head and ":" not in head and not GLOB_CHARS.search(head):
-            sid, target = head, tail
-        if not target:
-            raise ConfigError(f"empty job argument {arg!r}")
-        scheme = urlsplit(target).scheme.lower()
-        if scheme in ("rtsp", "rtsps"):
-            raise ConfigError(f"{redact(target)} is a live stream; batch jobs take files (use dptstream run)")
-        if scheme == "file":
-            target = urlsplit(target).path
-        elif len(scheme) > 1:  # a one-letter scheme is a Windows drive
-            raise ConfigError(f"unsupported job URI {redact(target)!r}: use a file path, a glob or file://")
-        target = os.path.expanduser(target)
-        if GLOB_CHARS.search(target):
-            if sid is not None:
-                raise ConfigError(f"{arg!r}: ID= names one file, not a glob")
-            matches = sorted(m for m in glob.glob(target, recursive=True) if os.path.isfile(m))
-            if not matches:
-                raise ConfigError(f"no file matches {target!r}")
-            paths = matches
-        else:
-            if check and not os.path.exists(target):
-                raise ConfigError(f"file not found: {target} (pass --no-check if only the workers can see it)")
-            if os.path.isdir(target):
-                raise ConfigError(f"{target} is a directory: pass a glob such as '{target.rstrip('/')}/*.mp4'")
-            paths = [target]
-        for p in paths:
-            jid = sid if sid is not None else job_id_for(p, id_from)
-            if not valid_stream_id(jid):
-                raise ConfigError(f"invalid job id {jid!r} for {p}: use 1-64 of A-Z a-z 0-9 . _ -")
-            jobs.append(JobSpec(jid, os.path.abspath(p)))
-    seen: dict[str, str] = {}
-    for j in jobs:
-        if j.id in seen and seen[j.id] != j.uri:
-            raise ConfigError(f"two files get the job id {j.id!r} ({seen[j.id]} and {j.uri}): "
-                              "give one an explicit ID=PATH, or use --id-from path")
-        seen[j.id] = j.uri
-    unique = {j.id: j for j in jobs}  # the same file twice is one job
-    return list(unique.values())
-
-
-def ensure_group(client: Any, keys: JobKeys, group: str) -> None:
-    import redis
-
-    try:
-        client.xgroup_create(keys.queue, group, id="0", mkstream=True)
-    except redis.ResponseError as e:
-        if "BUSYGROUP" not in str(e):
-            raise
-
-
-@dataclass
-class SubmitReport:
-    queued: list[str] = field(default_factory=list)
-    requeued: list[str] = field(default_factory=list)  # failed before, queued again
-    skipped: dict[str, str] = field(default_factory=dict)  # id -> state it is in (queued, running, done)
-
-
-def submit(client: Any, keys: JobKeys, group: str, jobs: list[JobSpec]) -> SubmitReport:
-    """Queue ``jobs``. Nothing is queued if an id already belongs to another file (one clear error)."""
-    pipe = client.pipeline(transaction=False)
-    for j in jobs:
-        pipe.hget(keys.job(j.id), "uri")
-    for j, uri in zip(jobs, pipe.execute(), strict=True):
-        if uri is not None and uri.decode() != j.uri:
-            raise ConfigError(f"job id {j.id!r} already belongs to {uri.decode()} (not {j.uri}): "
-                              "give an explicit ID=PATH, or use --id-from path")
-    ensure_group(client, keys, group)
-    script = client.register_script(_SUBMIT_LUA)
-    rep = SubmitReport()
-    now = f"{time.time():.3f}"
-    pipe = client.pipeline(transaction=False)
-    for j in jobs:
-        script(keys=[keys.job(j.id), keys.queue, keys.index], args=[j.id, j.uri, now], client=pipe)
-    for j, (what, other) in zip(jobs, pipe.execute(), strict=True):
-        what = what.decode()
-        if what == "conflict":
-            raise ConfigError(f"job id {j.id!r} already belongs to {other.decode()} (submitted meanwhile)")
-        if what == "queued":
-            rep.queued.append(j.id)
-        elif what == "requeued":
-            rep.requeued.append(j.id)
-        else:
-            rep.skipped[j.id] = other.decode()
-    return rep
-
-
-# --------------------------------------------------------------------------------------------------------
-# status
-
-@dataclass
-class JobInfo:
-    id: str
-    uri: str
-    state: str
-    frames: int | None  # the file's frame count (known once a worker opened it)
-    published: int  # frames of the stream in Redis (last published index + 1)
-    attempts: int
-    worker: str | None
-    fps: float | None
-    error: str | None
-    note: str | None
-    submitted: float | None
-    started: float | None
-    finished: float | None
-    heartbeat: float | None
-    stale: bool  # running, but its worker has not been heard from for claim_idle_s
-
-    @property
-    def eta_s(self) -> float | None:
-        if self.state != "running" or not self.fps or not self.frames:
-            return None
-        return max(0.0, (self.frames - self.published) / self.fps)
-
-    def as_dict(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d["eta_s"] = self.eta_s
-        return d
-
-
-def _f(v: bytes | None) -> float | None:
-    try:
-        return float(v) if v not in (None, b"") else None  # type: ignore[arg-type]
-    except ValueError:
-        return None
-
-
-def job_status(client: Any, keys: JobKeys, ids: list[str] | None = None,
-               claim_idle_s: float = 60.0) -> list[JobInfo]:
-    """Every job (submit order), or ``ids``, with its state and per-job progress from Redis."""
-    if ids is None:
-        ids = [x.decode() for x in client.zrange(keys.index, 0, -1)]
-    pipe = client.pipeline(transaction=False)
-    for jid in ids:
-        pipe.hgetall(keys.job(jid))
-        pipe.hget(keys.progress(jid), "frame")
-    replies = pipe.execute()
-    now = time.time()
-    out: list[JobInfo] = []
-    for k, jid in enumerate(ids):
-        h: dict[bytes, bytes] = replies[2 * k]
-        last = replies[2 * k + 1]
-        if not h:
-            continue
-
-        def s(name: str, h: dict[bytes, bytes] = h) -> str | None:
-            v = h.get(name.encode())
-            return v.decode() if v not in (None, b"") else None
-
-        state = s("state") or "queued"
-        hb = _f(h.get(b"heartbeat"))
-        frames = _f(h.get(b"frames"))
-        out.append(JobInfo(
-            id=jid, uri=s("uri") or "", state=state, frames=int(frames) if frames else None,
-            published=int(last) + 1 if last is not None else 0, attempts=int(_f(h.get(b"attempts")) or 0),
-            worker=s("worker"), fps=_f(h.get(b"fps")), error=s("error"), note=s("note"),
-            submitted=_f(h.get(b"submitted")), started=_f(h.get(b"started")), finished=_f(h.get(b"finished")),
-            heartbeat=hb, stale=state == "running" and (hb is None or now - hb > claim_idle_s),
-        ))
-    return out
-
-
-def active_workers(client: Any, keys: JobKeys, within_s: float) -> list[str]:
-    """Workers heard from in the last ``within_s`` seconds (a worker checks in every poll and heartbeat;
-    the group's consumer idle times cannot tell: a blocked read does not refresh them on Redis 7.0)."""
-    return [x.decode() for x in client.zrangebyscore(keys.workers, time.time() - within_s, "+inf")]
-
-
-# --------------------------------------------------------------------------------------------------------
-# worker
 
 @dataclass
 class JobOutcome:

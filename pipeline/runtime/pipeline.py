@@ -122,7 +122,7 @@ class Pipeline:
         watchers: list[Any] = []
         live_ids = [s.id for s in cfg.sources if s.is_live]
         if self.select_tasks is None and cfg.live.latency_budget_ms > 0 and live_ids:
-            from pipeline.degrade import DegradeController
+            from pipeline.runtime.degrade import DegradeController
 
             self.degrade = DegradeController(cfg.live, tuple(self.engines), live_ids, self.metrics)
             self.select_tasks = self.degrade.select_tasks

@@ -2,71 +2,33 @@
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 import threading
 import time
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
-import numpy as np
-from PIL import Image
-
-from pipeline.config import ConfigError, PipelineConfig, redact
+from pipeline.config import PipelineConfig, redact
 from pipeline.frames import EndOfStream, Result
 from pipeline.metrics import Metrics
+from pipeline.sinks.base import SinkError, error_reason
+from pipeline.sinks.encode import encode_png, encode_thumbnail, summary
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "1"
 
 
-class SinkError(Exception):
-    """A sink that cannot be used at all (e.g. Redis unreachable at start)."""
 
 
-class Sink(Protocol):
-    name: str
-
-    def open(self) -> None: ...
-
-    def write(self, results: list[Result]) -> None: ...
-
-    def end_stream(self, eos: EndOfStream) -> None: ...
-
-    def close(self) -> None: ...
 
 
-def encode_png(mask: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(mask, mode="L").save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
 
 
-def encode_thumbnail(image: np.ndarray, long_side: int) -> bytes:
-    """A small JPEG of the frame (long side ``long_side`` px) for ``snapshot`` (``redis.thumbnail``)."""
-    im = Image.fromarray(image)
-    im.thumbnail((long_side, long_side), Image.Resampling.BILINEAR)
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=80)
-    return buf.getvalue()
 
 
-def summary(r: Result, latency_ms: float) -> dict[str, Any]:
-    """The entry's fields without the mask (what light subscribers get)."""
-    out: dict[str, Any] = {
-        "stream": r.id.stream_id, "frame": r.id.index, "pts": round(r.id.pts, 6), "ts": round(r.id.wall_time, 6),
-        "latency_ms": round(latency_ms, 3),
-    }
-    if r.mask is not None:
-        out["mask_w"], out["mask_h"] = int(r.mask.shape[1]), int(r.mask.shape[0])
-        out["classes"] = {str(k): v for k, v in r.classes.items()}
-    if r.depth is not None:
-        out["depth"] = r.depth
-    return out
 
 
 # XADD only frames newer than the stream's progress marker: writes are idempotent per frame, so a resumed
@@ -168,7 +130,7 @@ class RedisSink:
         except redis.AuthenticationError as e:
             raise SinkError(f"Redis at {self.name} refused the credentials ({e})") from e
         except redis.RedisError as e:
-            raise SinkError(f"cannot reach Redis at {self.name} ({_reason(e)}); is redis-server running?") from e
+            raise SinkError(f"cannot reach Redis at {self.name} ({error_reason(e)}); is redis-server running?") from e
         self._script = self._client.register_script(_PUBLISH_LUA)
 
     def describe(self, labels: dict[int, str], models: dict[str, str]) -> None:
@@ -284,10 +246,10 @@ class RedisSink:
         if self._down_since is None:
             self._down_since = time.monotonic()
             log.warning("Redis at %s is unreachable (%s): retrying with backoff up to %.1fs; file results "
-                        "wait, live results are held (up to %d)", self.name, _reason(e),
+                        "wait, live results are held (up to %d)", self.name, error_reason(e),
                         self.cfg.redis.retry_max_s, self.cfg.redis.buffer)
         else:
-            log.debug("Redis at %s still unreachable (%s); next try in %.2fs", self.name, _reason(e),
+            log.debug("Redis at %s still unreachable (%s); next try in %.2fs", self.name, error_reason(e),
                       self._delay)
 
     def _came_back(self) -> None:
@@ -301,7 +263,7 @@ class RedisSink:
             try:
                 self.describe(self.labels, self.models)
             except Exception as e:  # the next write will see the next outage
-                log.debug("Redis at %s: rewriting meta failed (%s)", self.name, _reason(e))
+                log.debug("Redis at %s: rewriting meta failed (%s)", self.name, error_reason(e))
 
     def reachable(self) -> bool:
         """For ``/readyz``: False during an outage seen by writes, else a 1 s ping (cached for a second)."""
@@ -342,69 +304,7 @@ class RedisSink:
                 c.close()
 
 
-class DirSink:
-    """``dir:PATH``: ``PATH/{stream}/{frame:06d}.png`` masks and one JSON line per frame in ``PATH/{stream}.jsonl``."""
-
-    def __init__(self, path: str, metrics: Metrics) -> None:
-        self.root = Path(path).expanduser()
-        self.name = f"dir:{self.root}"
-        self.metrics = metrics
-        self._files: dict[str, Any] = {}
-        self.published = 0
-
-    def open(self) -> None:
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise SinkError(f"cannot create output directory {self.root} ({e.strerror})") from e
-
-    def write(self, results: list[Result]) -> None:
-        now = time.time()
-        for r in results:
-            sid = r.id.stream_id
-            if sid not in self._files:
-                (self.root / sid).mkdir(exist_ok=True)
-                self._files[sid] = open(self.root / f"{sid}.jsonl", "a", buffering=1)  # noqa: SIM115
-            lat = (now - r.id.wall_time) * 1000.0
-            rec = summary(r, lat)
-            if r.mask is not None:
-                name = f"{sid}/{r.id.index:06d}.png"
-                (self.root / name).write_bytes(encode_png(r.mask))
-                rec["mask"] = name
-            self._files[sid].write(json.dumps(rec) + "\n")
-            self.published += 1
-            self.metrics.frames.labels(stream=sid, stage="published").inc()
-            self.metrics.latency.labels(stream=sid).observe(now - r.id.wall_time)
-
-    def end_stream(self, eos: EndOfStream) -> None:
-        f = self._files.pop(eos.stream_id, None)
-        if f is not None:
-            f.close()
-
-    def close(self) -> None:
-        for f in self._files.values():
-            f.close()
-        self._files.clear()
 
 
-def _reason(e: Exception) -> str:
-    s = str(e).strip() or type(e).__name__
-    return s.splitlines()[0]
 
 
-def create_sink(uri: str, cfg: PipelineConfig, metrics: Metrics, labels: dict[int, str] | None = None,
-                models: dict[str, str] | None = None,
-                stop: threading.Event | None = None, **extra: Any) -> Sink:
-    scheme = uri.split(":", 1)[0].lower()
-    if scheme in ("redis", "rediss"):
-        return RedisSink(uri, cfg, metrics, labels, models, stop)
-    if scheme == "dir":
-        path = uri[4:].removeprefix("//")
-        if not path:
-            raise ConfigError("dir: sink needs a path, e.g. dir:out/")
-        return DirSink(path, metrics)
-    if scheme == "video":
-        from pipeline.overlay import VideoSink
-
-        return VideoSink(uri[6:].removeprefix("//"), cfg, metrics, labels or {}, **extra)  # type: ignore[no-any-return]
-    raise ConfigError(f"unknown sink scheme {scheme!r}: use redis://, rediss://, dir:PATH or video:PATH")

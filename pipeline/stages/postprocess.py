@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import collections
 import math
+import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from pipeline.frames import Inferred, Result
+from pipeline.metrics import Metrics
+from pipeline.queues import NamedQueue
+from pipeline.stages.base import Stage
+from pipeline.stages.gpu import StageStream, to_host_async, wait_event
 
 
 def mask_size(spec: str, src_w: int, src_h: int, net_side: int) -> tuple[int, int]:
@@ -222,3 +231,100 @@ def depth_summary(depth: torch.Tensor, mask: torch.Tensor | None, grid: int = 4,
     """
     stats = depth_stats(depth, mask, grid, kind, num_classes, counts)
     return depth_dict(stats.replace([t.cpu() for t in stats.tensors()]), grid, kind)
+
+
+@dataclass
+class _Launched:
+    """A frame whose postprocessing is queued on the GPU; its small results land in pinned host memory."""
+
+    item: Inferred
+    mask: torch.Tensor | None
+    counts: torch.Tensor | None
+    depth: DepthStats | None
+    depth_map: torch.Tensor | None
+    event: Any
+
+
+
+class PostprocessStage(Stage):
+    """Logits -> uint8 mask at the mask size + class fractions; depth -> summary. Small results to host.
+
+    On CUDA the work runs on this stage's own stream after the inference event, and only the uint8 mask, the
+    class histogram and the depth summary numbers are copied back, asynchronously into pinned memory. Up to
+    ``inflight`` frames are queued before the oldest is waited for (its event alone), so the host formats one
+    frame's results while the GPU computes the next ones. On CPU each frame is finished at once.
+    """
+
+    name = "postprocess"
+
+    def __init__(self, inq: NamedQueue[Any], outq: NamedQueue[Any], metrics: Metrics, abort: threading.Event,
+                 mask_spec: str, net_side: int, num_classes: int, depth_grid: int, depth_kind: str,
+                 keep_depth_map: bool = False, device: str | torch.device | None = None, inflight: int = 4) -> None:
+        super().__init__(inq, outq, metrics, abort)
+        self.mask_spec = mask_spec
+        self.net_side = net_side
+        self.num_classes = num_classes
+        self.grid = depth_grid
+        self.kind = depth_kind
+        self.keep_depth_map = keep_depth_map
+        self._stream = StageStream(device) if device is not None else None  # else: the first item's device
+        self.inflight = max(1, inflight)
+        self._queued: collections.deque[_Launched] = collections.deque()
+
+    def _stream_for(self, item: Inferred) -> StageStream:
+        if self._stream is None:
+            first = next(iter(item.outputs.values()), None)
+            self._stream = StageStream(first.device if isinstance(first, torch.Tensor) else "cpu")
+        return self._stream
+
+    def _launch(self, item: Inferred) -> _Launched:
+        """Queue every computation for ``item`` (on CPU: compute it)."""
+        st = self._stream_for(item)
+        st.wait(item.event)
+        st.keep(*item.outputs.values())
+        w, h = mask_size(self.mask_spec, item.id.width, item.id.height, self.net_side)
+        hist = max(self.num_classes, 256)
+        mask_t = counts = depth_map = None
+        stats: DepthStats | None = None
+        if "logits" in item.outputs:
+            mask_t = segment(item.outputs["logits"], (h, w))
+            counts = class_counts(mask_t, hist)
+        if "depth" in item.outputs:
+            d = resize_depth(item.outputs["depth"], (h, w))
+            stats = depth_stats(d, mask_t, self.grid, self.kind, hist, counts)
+            if self.keep_depth_map:
+                depth_map = d
+        if st.active:
+            mask_t = to_host_async(mask_t) if mask_t is not None else None
+            counts = to_host_async(counts) if counts is not None else None
+            stats = stats.replace([to_host_async(t) for t in stats.tensors()]) if stats is not None else None
+            depth_map = to_host_async(depth_map) if depth_map is not None else None
+        return _Launched(item, mask_t, counts, stats, depth_map, st.record())
+
+    def _finish(self, job: _Launched) -> Result:
+        wait_event(job.event)
+        item = job.item
+        mask = classes = None
+        if job.mask is not None and job.counts is not None:
+            classes = class_fractions(job.mask, self.num_classes, counts=job.counts)
+            mask = job.mask.cpu().numpy()
+        depth = depth_dict(job.depth.replace([t.cpu() for t in job.depth.tensors()]), self.grid, self.kind) \
+            if job.depth is not None else None
+        depth_map = job.depth_map.cpu().numpy() if job.depth_map is not None else None
+        return Result(item.id, mask, classes or {}, depth, depth_map, item.image)
+
+    def process(self, item: Inferred) -> Iterable[Result]:
+        st = self._stream_for(item)
+        if not st.active:
+            return (self._finish(self._launch(item)),)
+        with st.use():
+            self._queued.append(self._launch(item))
+        out = []
+        while self._queued and (len(self._queued) > self.inflight or self._queued[0].event.query()):
+            out.append(self._finish(self._queued.popleft()))
+        return out
+
+    def flush(self) -> Iterable[Result]:
+        out = [self._finish(job) for job in self._queued]
+        self._queued.clear()
+        return out

@@ -16,12 +16,12 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipeline.app import create_engines, labels_of
 from pipeline.config import PipelineConfig
 from pipeline.metrics import Metrics
 from pipeline.runtime import Pipeline, RunReport
+from pipeline.runtime.app import create_engines, labels_of
 from pipeline.sinks import create_sink
-from tests.rtsp_server import rtsp_available, write_raw_frames
+from tests.support.rtsp_server import rtsp_available, write_raw_frames
 
 W, H, FPS = 320, 180, 15
 NET = 96  # network side of the test checkpoints: ~15 ms per task on one CPU thread

@@ -4,7 +4,7 @@ Two halves in one file:
 
 * :class:`RtspServer` (imported by the tests, runs in the venv) writes a real-content clip's decoded
   frames to a raw file and starts/stops/restarts the server process on a fixed port.
-* ``serve()`` (run as ``/usr/bin/python3 tests/rtsp_server.py ...``) is the server itself. It needs
+* ``serve()`` (run as ``/usr/bin/python3 tests/support/rtsp_server.py ...``) is the server itself. It needs
   Debian's ``python3-gi``, ``gir1.2-gst-rtsp-server-1.0``, ``gstreamer1.0-rtsp`` and
   ``gstreamer1.0-plugins-{base,good,ugly}``, which exist for the system Python only.
 

@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from tests.conftest import RedisServer, cli, free_port, model_args
+from tests.support.servers import RedisServer, cli, free_port, model_args
 
 pytestmark = pytest.mark.slow
 

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT, RedisServer, cli, free_port, model_args
-from tests.oracle import Oracle, decode_rgb
+from tests.support.oracle import Oracle, decode_rgb
+from tests.support.servers import ROOT, RedisServer, cli, free_port, model_args
 
 pytestmark = pytest.mark.slow
 

@@ -18,10 +18,10 @@ import pytest
 import torch
 
 from pipeline.frames import EndOfStream, FrameId, Inferred, Result, Shutdown
-from pipeline.gpu import StageStream
 from pipeline.metrics import Metrics
 from pipeline.queues import NamedQueue
 from pipeline.stages import PostprocessStage
+from pipeline.stages.gpu import StageStream
 
 CUDA = torch.cuda.is_available()
 gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (runs in bench/gpu_check.sh)")
@@ -148,7 +148,7 @@ def _reference_depth_summary(depth: torch.Tensor, mask: torch.Tensor, grid: int)
 
 @pytest.mark.parametrize("hw", [(108, 192), (270, 480), (37, 53)])
 def test_depth_summary_matches_its_definition(hw: tuple[int, int]) -> None:
-    from pipeline.postprocess import depth_summary
+    from pipeline.stages.postprocess import depth_summary
 
     g = torch.Generator().manual_seed(1)
     depth = torch.rand(*hw, generator=g) * 4
@@ -200,7 +200,7 @@ def test_fp16_masks_agree_with_fp32_at_full_size() -> None:
     """DPT-Large-ADE @480 (random weights, real architecture): FP16 + CUDA graphs vs FP32 on real-content
     1080p frames, masks at the published size: >= 99 % of pixels on every frame. Depth @384: close."""
     from engines import EngineConfig, Preprocessor, create_engine
-    from pipeline.postprocess import mask_size, resize_depth, segment
+    from pipeline.stages.postprocess import mask_size, resize_depth, segment
 
     ckpt = _large_checkpoints()
     frames = _frames()
@@ -272,9 +272,9 @@ def _run_pipeline(clip: Path, seg: Path, depth: Path, out_dir: Path, device: str
 
     from PIL import Image
 
-    from pipeline.app import create_engines
     from pipeline.config import load_config
     from pipeline.runtime import Pipeline
+    from pipeline.runtime.app import create_engines
     from pipeline.sinks import create_sink
 
     cfg = load_config(None, {
@@ -329,13 +329,13 @@ def test_cuda_stream_pipeline_gives_the_cpu_masks(assets: dict[str, Path], tmp_p
 def test_stages_queue_gpu_work_without_synchronising(assets: dict[str, Path]) -> None:
     """Preprocess, infer and postprocess launches make no synchronising CUDA call (sync debug mode = error);
     results come back through their own events, equal to the synchronous computation."""
-    from pipeline.app import create_engines
     from pipeline.config import load_config
     from pipeline.frames import Frame
-    from pipeline.postprocess import class_fractions, depth_summary, mask_size, resize_depth, segment
     from pipeline.queues import FanIn
+    from pipeline.runtime.app import create_engines
     from pipeline.stages import InferStage, PreprocessStage
-    from tests.oracle import decode_rgb
+    from pipeline.stages.postprocess import class_fractions, depth_summary, mask_size, resize_depth, segment
+    from tests.support.oracle import decode_rgb
 
     cfg = load_config(None, {"models": {"segmentation": str(assets["segmentation"]), "depth": str(assets["depth"])},
                              "engine": {"backend": "torch", "device": "cuda", "precision": "fp16", "batch_size": 4}})
@@ -372,7 +372,7 @@ def test_stages_queue_gpu_work_without_synchronising(assets: dict[str, Path]) ->
 @gpu
 @pytest.mark.gpu
 def test_postprocess_on_cuda_matches_cpu() -> None:
-    from pipeline.postprocess import depth_summary, resize_depth, segment
+    from pipeline.stages.postprocess import depth_summary, resize_depth, segment
 
     for it in _inferred(3, seed=2):
         lg, dp = it.outputs["logits"], it.outputs["depth"]

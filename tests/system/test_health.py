@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, RedisServer, free_port
-from tests.live_support import (
+from tests.support.live import (
     FPS,
     H,
     LiveAssets,
@@ -28,7 +27,8 @@ from tests.live_support import (
     session_live_assets,
     wait_for,
 )
-from tests.rtsp_server import RtspServer
+from tests.support.rtsp_server import RtspServer
+from tests.support.servers import ROOT, RedisServer, free_port
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ from typing import Any
 import av
 import pytest
 
-from tests.conftest import ROOT, RedisServer, cli, model_args
+from tests.support.servers import ROOT, RedisServer, cli, model_args
 
 PREFIX = "dpt"
 
@@ -101,7 +101,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_job_ids_from_files_globs_and_uris(clips: dict[str, Path], tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from pipeline.config import ConfigError
-    from pipeline.jobs import expand_inputs, job_id_for
+    from pipeline.jobs.submit import expand_inputs, job_id_for
 
     d = clips["clip0"].parent
     jobs = expand_inputs([str(d / "clip*.mp4"), f"file://{clips['long']}", f"mine={clips['bad']}"])
@@ -171,8 +171,8 @@ def test_submit_queues_once_and_refuses_a_second_file_under_one_id(redis_server:
 # -- one worker in this process (real engines, real Redis) -----------------------------------------------
 
 def _runtime(assets: dict[str, Path], redis: RedisServer, **jobs: Any) -> Any:
-    from pipeline.app import start_runtime
     from pipeline.config import load_config
+    from pipeline.runtime.app import start_runtime
 
     cfg = load_config(None, {
         "sinks": [redis.url], "models": {"segmentation": str(assets["segmentation"]),
@@ -184,14 +184,17 @@ def _runtime(assets: dict[str, Path], redis: RedisServer, **jobs: Any) -> Any:
 
 
 def _submit(redis: RedisServer, *paths: str, prefix: str = PREFIX) -> None:
-    from pipeline.jobs import JobKeys, expand_inputs, submit
+    from pipeline.jobs.keys import JobKeys
+    from pipeline.jobs.submit import expand_inputs, submit
 
     submit(redis.client(), JobKeys(prefix), "dptstream-workers", expand_inputs(paths, check=False))
 
 
 def test_bad_files_fail_with_reason_and_never_block_the_others(assets: dict[str, Path], clips: dict[str, Path],
                                                                redis_server: RedisServer, tmp_path: Path) -> None:
-    from pipeline.jobs import JobKeys, Worker, job_status
+    from pipeline.jobs.keys import JobKeys
+    from pipeline.jobs.status import job_status
+    from pipeline.jobs.worker import Worker
 
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
@@ -225,7 +228,7 @@ def test_stopped_worker_hands_the_job_back_and_the_next_resumes_exactly_once(
         assets: dict[str, Path], clips: dict[str, Path], redis_server: RedisServer) -> None:
     """SIGTERM path (in-process): the frames in flight are published, the job goes back to the queue at once
     (no claim_idle wait), and the next worker continues after the last published frame."""
-    from pipeline.jobs import Worker
+    from pipeline.jobs.worker import Worker
 
     _submit(redis_server, str(clips["long"]))
     r = redis_server.client()
@@ -265,7 +268,7 @@ def test_stopped_worker_hands_the_job_back_and_the_next_resumes_exactly_once(
 def test_heartbeat_keeps_a_long_job_from_being_taken_over(assets: dict[str, Path], clips: dict[str, Path],
                                                           redis_server: RedisServer) -> None:
     """claim_idle_s is far shorter than the job: a live worker's heartbeat must keep others off it."""
-    from pipeline.jobs import Worker
+    from pipeline.jobs.worker import Worker
 
     _submit(redis_server, str(clips["long"]))
     r = redis_server.client()
@@ -297,7 +300,7 @@ def test_heartbeat_keeps_a_long_job_from_being_taken_over(assets: dict[str, Path
 
 def test_a_job_delivered_too_often_is_marked_failed(assets: dict[str, Path], clips: dict[str, Path],
                                                     redis_server: RedisServer) -> None:
-    from pipeline.jobs import Worker
+    from pipeline.jobs.worker import Worker
 
     _submit(redis_server, str(clips["clip2"]))
     r = redis_server.client()
@@ -415,7 +418,7 @@ def test_an_idle_worker_outlives_a_redis_restart(assets: dict[str, Path], clips:
                                                  redis_server: RedisServer) -> None:
     """Redis goes away and comes back empty (no persistence): the waiting worker neither exits nor crashes,
     re-creates its group and takes the next job."""
-    from pipeline.jobs import Worker
+    from pipeline.jobs.worker import Worker
 
     cfg, rt = _runtime(assets, redis_server)
     try:

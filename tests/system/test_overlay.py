@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import RedisServer, cli, model_args
+from tests.support.servers import RedisServer, cli, model_args
 
 
 def decode_all(path: Path) -> list[np.ndarray]:

@@ -12,8 +12,7 @@ import pytest
 
 from pipeline.metrics import Metrics
 from pipeline.sinks import RedisSink, SinkError
-from tests.conftest import RedisServer, free_port
-from tests.live_support import (
+from tests.support.live import (
     FPS,
     H,
     LiveAssets,
@@ -27,7 +26,8 @@ from tests.live_support import (
     session_live_assets,
     wait_for,
 )
-from tests.rtsp_server import RtspServer
+from tests.support.rtsp_server import RtspServer
+from tests.support.servers import RedisServer, free_port
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ import pytest
 from engines.base import BackendUnavailable, EngineConfig, EngineError
 from engines.cache import PlanKey
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STUBS = ROOT / ".cache" / "trt-stubs"
 MYPY_CACHE = ROOT / ".cache" / "mypy-trt"
 ENGINE_FILE = "engines/tensorrt_engine.py"

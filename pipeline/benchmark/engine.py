@@ -1,0 +1,123 @@
+"""Engine-only throughput: inputs prepared once, then ``engine.infer`` timed per batch size."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.benchmark.plan import COMBINED, Variant
+from pipeline.benchmark.timing import Timer
+from pipeline.config import ConfigError
+
+# -- inputs: clip and checkpoints ---------------------------------------------------------------------------
+log = logging.getLogger("dptstream")
+
+
+@dataclass
+class Inputs:
+    clip: Path
+    warm_clip: Path
+    width: int
+    height: int
+    frames: int
+    models: dict[str, str]
+    model_names: dict[str, str]  # what the JSON says about each model
+    input_size: dict[str, int] = field(default_factory=dict)
+
+
+def prepare_inputs(work: Path, tasks: list[str], models: dict[str, str], random_large: bool, clip: Path | None,
+                   clip_size: tuple[int, int], clip_frames: int) -> Inputs:
+    from pipeline.sample import make_checkpoint, make_clip, make_sample
+    from pipeline.sources import probe_file
+
+    work.mkdir(parents=True, exist_ok=True)
+    names: dict[str, str] = {}
+    chosen: dict[str, str] = {}
+    real = {"segmentation": "Intel/dpt-large-ade", "depth": "Intel/dpt-large"}
+    for task in tasks:
+        if task in models:
+            chosen[task] = models[task]
+            names[task] = models[task]
+        elif random_large:
+            path = work / f"dpt-large-{task}-random"
+            if not (path / "config.json").exists():
+                log.info("building random-weight %s (the real DPT-Large architecture) in %s", real[task], path)
+                make_checkpoint(path, task, large=True)
+            chosen[task] = str(path)
+            names[task] = f"{real[task]} (random weights)"
+        else:
+            paths = make_sample(work / "tiny", frames=8)
+            chosen[task] = str(paths[task])
+            names[task] = f"dpt-tiny-{'ade' if task == 'segmentation' else 'depth'} (random weights)"
+    w, h = clip_size
+    if clip is None:
+        clip = work / f"clip-{w}x{h}-{clip_frames}.mp4"
+        if not clip.exists():
+            log.info("encoding a %dx%d real-content clip of %d frames: %s", w, h, clip_frames, clip)
+            make_clip(clip, frames=clip_frames, width=w, height=h)
+    elif not clip.is_file():
+        raise ConfigError(f"--clip {clip}: file not found")
+    from pipeline.config import parse_source
+
+    facts = probe_file(parse_source(str(clip)))
+    w, h = int(facts["width"]), int(facts["height"])
+    warm = work / f"warm-{w}x{h}.mp4"
+    if not warm.exists():
+        make_clip(warm, frames=12, width=w, height=h, seed=3)
+    n = int(facts["frames"] or 0) or sum(1 for _ in decode_frames(clip))
+    return Inputs(clip, warm, w, h, n, chosen, names)
+
+
+def decode_frames(path: Path, limit: int | None = None) -> Iterator[Any]:
+    import av
+
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        stream.thread_type = "AUTO"
+        for i, f in enumerate(c.decode(stream)):
+            if limit is not None and i >= limit:
+                return
+            yield f.to_ndarray(format="rgb24")
+
+
+# -- engine-only --------------------------------------------------------------------------------------------
+def engine_config_for(task: str, model: str, v: Variant, device: str, max_batch: int, cache_dir: str) -> Any:
+    from engines import EngineConfig
+
+    return EngineConfig(task=task, model=model, backend=v.backend, device=device,  # type: ignore[arg-type]
+                        precision=v.precision, max_batch=max_batch,  # type: ignore[arg-type]
+                        cuda_graphs=v.cuda_graphs, cache_dir=cache_dir, threads=v.threads)
+
+
+def engine_inputs(engines: dict[str, Any], frames: list[Any], max_batch: int) -> dict[str, list[Any]]:
+    """Per task: device-resident network inputs of real frames, as batches of 1 .. max_batch (cycled)."""
+    import torch
+
+    from engines import Preprocessor
+
+    out: dict[str, list[Any]] = {}
+    for task, e in engines.items():
+        pre = Preprocessor(e.spec.preprocess, e.spec.device, e.spec.dtype)
+        x = pre([torch.from_numpy(f) for f in frames])
+        reps = -(-max_batch // x.shape[0])
+        out[task] = [x.repeat(reps, 1, 1, 1)[:max_batch].contiguous()]
+    return out
+
+
+def bench_engines(engines: dict[str, Any], inputs: dict[str, list[Any]], batch: int, task_sets: list[list[str]],
+                  device: str, warmup: int, min_calls: int, min_seconds: float) -> list[tuple[str, Timer]]:
+    out = []
+    for tasks in task_sets:
+        xs = {t: inputs[t][0][:batch] for t in tasks}
+
+        def call(tasks: list[str] = tasks, xs: dict[str, Any] = xs) -> int:
+            for t in tasks:
+                engines[t].infer(xs[t])
+            return batch
+
+        timer = Timer(device).run(call, warmup, min_calls, min_seconds)
+        out.append((COMBINED if len(tasks) > 1 else tasks[0], timer))
+    return out

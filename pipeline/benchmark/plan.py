@@ -1,0 +1,92 @@
+"""What a benchmark run measures: variants (precision, graphs, TensorRT), batch sizes, streams."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeline.config import ConfigError
+
+COMBINED = "segmentation+depth"
+
+
+VARIANTS = ("fp32", "fp16", "fp16-graphs", "bf16", "bf16-graphs", "tensorrt")
+
+
+GPU_BATCHES = "1,2,4,8,16"
+
+
+CPU_BATCHES = "1,4,8"
+
+
+# -- small helpers -------------------------------------------------------------------------------------------
+def int_list(text: str, what: str) -> list[int]:
+    try:
+        out = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{what}: {text!r} is not a comma-separated list of integers") from None
+    if not out or any(v < 1 for v in out):
+        raise ConfigError(f"{what}: {text!r} needs one or more integers >= 1")
+    return list(dict.fromkeys(out))
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    w, sep, h = text.lower().partition("x")
+    if not sep or not w.isdigit() or not h.isdigit() or int(w) < 16 or int(h) < 16:
+        raise ConfigError(f"--clip-size {text!r}: use WxH, e.g. 1280x720")
+    return int(w), int(h)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One engine configuration to measure."""
+
+    name: str  # "fp32", "fp16-graphs", "tensorrt", ...
+    backend: str  # "torch" | "tensorrt"
+    precision: str  # "fp32" | "fp16" | "bf16"
+    cuda_graphs: bool
+    threads: int | None = None  # torch intra-op threads (CPU)
+
+    @property
+    def label(self) -> str:
+        return self.name + (f"-t{self.threads}" if self.threads else "")
+
+
+def parse_variants(text: str, device: str, threads: list[int] | None) -> list[Variant]:
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in names if v not in VARIANTS]
+    if bad or not names:
+        raise ConfigError(f"--variants: unknown variant {bad[0] if bad else text!r} (use {', '.join(VARIANTS)})")
+    out: list[Variant] = []
+    for n in names:
+        if device == "cpu" and n != "fp32":
+            raise ConfigError(f"--variants {n}: on CPU only fp32 is measured (FP16/BF16 and TensorRT need CUDA)")
+        if n == "tensorrt":
+            out.append(Variant(n, "tensorrt", "fp16", False))
+            continue
+        prec, _, graphs = n.partition("-")
+        for t in threads or [None]:  # type: ignore[list-item]
+            out.append(Variant(n, "torch", prec, graphs == "graphs", t))
+    return out
+
+
+# -- the benchmark ------------------------------------------------------------------------------------------
+@dataclass
+class Plan:
+    tasks: list[str]
+    device: str
+    variants: list[Variant]
+    batches: list[int]
+    e2e_batches: list[int]
+    e2e_variants: list[str]
+    streams: int
+    modes: list[str]
+    redis_url: str
+    min_seconds: float
+    min_calls: int
+    warmup: int
+    naive_frames: int
+    soak_seconds: float
+    cache_dir: str
+    memory_streams: bool
+    repeat: int = 1
+    naive_threads: list[int | None] = field(default_factory=lambda: [None])

@@ -1,0 +1,127 @@
+"""Timers, percentiles, CPU seconds per thread and RSS for the benchmark."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (``q`` in 0..100) of ``values``; 0.0 for none."""
+    if not values:
+        return 0.0
+    s = sorted(values)
+    pos = (len(s) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def latency_ms(values_s: list[float]) -> dict[str, float]:
+    return {"p50": round(percentile(values_s, 50) * 1000, 3), "p99": round(percentile(values_s, 99) * 1000, 3)}
+
+
+def rss_mb() -> float:
+    """Resident set size of this process (Linux ``/proc``; 0.0 elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024.0, 1)
+    except OSError:
+        pass
+    return 0.0
+
+
+class Timer:
+    """Per-call latencies and total wall time of a timed loop; CUDA work is waited for at each call's end."""
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device.startswith("cuda")
+        self.calls: list[float] = []
+        self.frames = 0
+        self.seconds = 0.0
+        self.cpu_seconds = 0.0  # this process's CPU time over the timed region (all threads)
+
+    def run(self, fn: Callable[[], int], warmup: int, min_calls: int, min_seconds: float) -> Timer:
+        import torch
+
+        for _ in range(warmup):
+            fn()
+        self._sync(torch)
+        c_start = time.process_time()
+        t_start = time.perf_counter()
+        while len(self.calls) < min_calls or time.perf_counter() - t_start < min_seconds:
+            t0 = time.perf_counter()
+            self.frames += fn()
+            self._sync(torch)
+            self.calls.append(time.perf_counter() - t0)
+        self.seconds = time.perf_counter() - t_start
+        self.cpu_seconds = time.process_time() - c_start
+        return self
+
+    @property
+    def cpu_ms_per_frame(self) -> float:
+        return round(self.cpu_seconds / self.frames * 1000, 2) if self.frames else 0.0
+
+    def _sync(self, torch: Any) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+def thread_cpu() -> dict[int, tuple[str, float]]:
+    """CPU seconds used so far by each thread of this process: ``{tid: (name, seconds)}`` (Linux ``/proc``).
+
+    Threads that Python did not start (torch's OpenMP workers, FFmpeg's codec threads) are named ``other``.
+    """
+    names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    out: dict[int, tuple[str, float]] = {}
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = names.get(int(tid), "other")
+        name = "source" if name.startswith("source-") else name.removeprefix("stage-")
+        out[int(tid)] = (name, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def cpu_by_thread(before: dict[int, tuple[str, float]], last: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds per thread kind between two sets of readings (threads that ended keep their last one)."""
+    out: dict[str, float] = {}
+    for tid, (name, secs) in last.items():
+        out[name] = out.get(name, 0.0) + secs - before.get(tid, (name, 0.0))[1]
+    return {k: round(v, 2) for k, v in sorted(out.items())}
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Intra-op threads for what runs inside (the engine's and, in e2e, every stage's torch ops)."""
+    import torch
+
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def median(values: list[float]) -> float:
+    return percentile(values, 50)

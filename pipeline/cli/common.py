@@ -1,0 +1,185 @@
+"""Helpers every command module shares: logging set-up, flag -> config overrides, signal handling, exit codes
+and the one-line error report."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pipeline.config import ConfigError, PipelineConfig, load_config, parse_source, redact
+
+log = logging.getLogger("dptstream")
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")]
+
+
+
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")]
+
+
+
+def setup_logging(debug: bool = False, quiet: bool = False) -> None:
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    level = logging.DEBUG if debug else (logging.WARNING if quiet else logging.INFO)
+    handler: logging.Handler
+    if sys.stderr.isatty():
+        handler = RichHandler(console=Console(stderr=True), show_path=debug, rich_tracebacks=debug,
+                              log_time_format="%H:%M:%S")
+        fmt = "%(message)s"
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    handler.setFormatter(logging.Formatter(fmt))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("transformers", "urllib3", "httpx", "filelock", "huggingface_hub", "PIL", "libav"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
+    # PyAV's FFmpeg log forwarding stays off (its default): with it on, FFmpeg's decoder threads need the GIL
+    # to log while the decode thread holds it closing the codec, which deadlocks on an early stop. FFmpeg's
+    # own stderr logging is quietened instead: our one-line errors say what went wrong.
+    import av.logging
+
+    av.logging.set_libav_level(av.logging.WARNING if debug else av.logging.PANIC)
+
+
+
+def build_overrides(sources: list[str] | None, sinks: list[str] | None, models: list[str] | None,
+                    tasks: str | None, engine: str | None, device: str | None, batch_size: int | None,
+                    mask_size: str | None, metrics_port: int | None, precision: str | None = None,
+                    redis_prefix: str | None = None, no_resume: bool = False) -> dict[str, Any]:
+    o: dict[str, Any] = {}
+    if sources:
+        o["sources"] = [parse_source(s).model_dump(exclude_defaults=True) | {"uri": parse_source(s).uri}
+                        for s in sources]
+    if sinks:
+        o["sinks"] = list(sinks)
+    if models:
+        m: dict[str, str] = {}
+        for spec in models:
+            task, sep, mid = spec.partition("=")
+            if not sep or task not in ("segmentation", "depth") or not mid:
+                raise ConfigError(f"--model {spec!r}: use TASK=ID|PATH with TASK segmentation or depth")
+            m[task] = mid
+        o["models"] = m
+    if tasks:
+        ts = [t.strip() for t in tasks.split(",") if t.strip()]
+        bad = [t for t in ts if t not in ("segmentation", "depth")]
+        if bad:
+            raise ConfigError(f"--tasks: unknown task {bad[0]!r} (use segmentation, depth or both)")
+        o["tasks"] = ts
+    given = {"backend": engine, "device": device, "batch_size": batch_size, "precision": precision}
+    eng = {k: v for k, v in given.items() if v}
+    if eng:
+        o["engine"] = eng
+    if mask_size:
+        o["mask_size"] = mask_size
+    if metrics_port is not None:
+        o["metrics"] = {"port": None if metrics_port < 0 else metrics_port}
+    if redis_prefix:
+        o["redis"] = {"prefix": redis_prefix}
+    if no_resume:
+        o["resume"] = False
+    return o
+
+
+
+class stop_on_signals:
+    """First SIGINT/SIGTERM: call ``target.request_stop()`` (stop reading; what was decoded drains to the
+    sinks) and log ``what``. A second signal exits at once."""
+
+    def __init__(self, target: Any, what: str = "draining decoded frames to the sinks") -> None:
+        self.target = target
+        self.what = what
+        self.count = 0
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        if self.count == 1:
+            log.warning("%s: stopping; %s (again to quit at once)", signal.Signals(signum).name, self.what)
+            self.target.request_stop()
+        else:
+            raise SystemExit(EXIT_INTERRUPTED)
+
+    def __enter__(self) -> stop_on_signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, h in self._old.items():
+            signal.signal(sig, h)
+
+
+
+def err(msg: str) -> None:
+    print(f"dptstream: error: {msg}", file=sys.stderr, flush=True)
+
+
+
+def report_error(e: Exception) -> int:
+    from engines import EngineError
+    from pipeline.runtime import PipelineError
+    from pipeline.sinks import SinkError
+    from pipeline.sources import SourceError
+
+    if isinstance(e, ConfigError):
+        err(str(e))
+        return EXIT_USAGE
+    if isinstance(e, SourceError | EngineError | SinkError | PipelineError):
+        err(str(e))
+        return EXIT_FAIL
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    err(f"unexpected {type(e).__name__}: {msg} (run with --debug for the traceback)")
+    return EXIT_FAIL
+
+
+def queue_url(cfg: PipelineConfig, url: str | None = None) -> str:
+    """The job queue's Redis: ``url``, else the config's first redis:// or rediss:// sink."""
+    if url:
+        if url.split(":", 1)[0].lower() not in ("redis", "rediss"):
+            raise ConfigError(f"{redact(url)!r} is not a Redis URL: use redis://host:port/db or rediss://")
+        return url
+    for s in cfg.sinks:
+        if s.split(":", 1)[0].lower() in ("redis", "rediss"):
+            return s
+    raise ConfigError("no Redis for the job queue: pass --redis redis://HOST:PORT/DB (or set REDIS_URL)")
+
+
+
+def connect(url: str, cfg: PipelineConfig, timeout: float = 5.0) -> Any:
+    import redis
+
+    from pipeline.sinks import redis_client
+
+    client = redis_client(url, cfg.redis.ca_file, timeout=timeout)
+    try:
+        client.ping()
+    except redis.AuthenticationError as e:
+        raise ConfigError(f"Redis at {redact(url)} refused the credentials ({e})") from e
+    except redis.RedisError as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"cannot reach Redis at {redact(url)} ({msg}); is redis-server running?") from e
+    return client
+
+
+
+def small_config(config: Path | None, redis_url: str | None, prefix: str | None) -> PipelineConfig:
+    o: dict[str, Any] = {}
+    if redis_url:
+        o["sinks"] = [redis_url]
+    if prefix:
+        o["redis"] = {"prefix": prefix}
+    return load_config(config, o)

@@ -1,0 +1,61 @@
+"""``dptstream show``: the latest results from Redis, with class names."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from pipeline.cli.common import DebugOpt, setup_logging
+from pipeline.config import ConfigError, redact
+
+
+def show(
+    stream: Annotated[str | None, typer.Argument(help="Stream id (default: every stream).")] = None,
+    count: Annotated[int, typer.Option("--count", "-n", help="Latest entries per stream.")] = 1,
+    redis_url: Annotated[str | None, typer.Option("--redis", help="Redis URL (default $REDIS_URL or redis://127.0.0.1:6379/0).")] = None,
+    redis_prefix: Annotated[str, typer.Option("--redis-prefix")] = "dpt",
+    debug: DebugOpt = False,
+) -> None:
+    """Print the latest published results from Redis (classes by name, depth summary)."""
+    setup_logging(debug, quiet=True)
+    import os
+
+    from pipeline.frames import valid_stream_id
+    from pipeline.sinks import RedisKeys, redis_client
+
+    url = redis_url or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    keys = RedisKeys(redis_prefix)
+    try:
+        r = redis_client(url)
+        meta = r.hgetall(keys.meta)
+        ids = [stream] if stream else sorted(x.decode() for x in r.smembers(keys.streams))
+    except Exception as e:
+        raise ConfigError(f"cannot read Redis at {redact(url)} ({str(e).splitlines()[0]})") from e
+    if stream and not valid_stream_id(stream):
+        raise ConfigError(f"invalid stream id {stream!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+    labels = json.loads(meta.get(b"labels", b"{}"))
+    if not ids:
+        print(f"no streams under {redis_prefix}: in {redact(url)}")
+    for sid in ids:
+        entries = r.xrevrange(keys.frames(sid), count=count)
+        if not entries:
+            print(f"{sid}: no entries")
+        for _id, f in reversed(entries):
+            fields = {k.decode(): v for k, v in f.items()}
+            line = [f"{sid} frame {int(fields['frame'])} pts {float(fields['pts']):.3f}s"]
+            if b"classes" in f:
+                classes = json.loads(fields["classes"])
+                top = sorted(classes.items(), key=lambda kv: -kv[1])[:5]
+                line.append(f"mask {int(fields['mask_w'])}x{int(fields['mask_h'])}: "
+                            + ", ".join(f"{labels.get(c, c)} {v:.0%}" for c, v in top))
+            if b"depth" in f:
+                d = json.loads(fields["depth"])
+                line.append(f"depth p05/p50/p95 {d['p05']:.3g}/{d['p50']:.3g}/{d['p95']:.3g} ({d['kind']})")
+            line.append(f"latency {float(fields['latency_ms']):.0f} ms")
+            print("  ".join(line))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(show)

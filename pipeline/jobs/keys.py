@@ -1,0 +1,24 @@
+"""Redis key names and job states of the batch-job queue."""
+
+from __future__ import annotations
+
+import redis
+
+STATES = ("queued", "running", "done", "failed")
+
+
+REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+
+
+class JobKeys:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.queue = f"{prefix}:jobs"
+        self.index = f"{prefix}:jobs:all"
+        self.workers = f"{prefix}:workers"
+
+    def job(self, jid: str) -> str:
+        return f"{self.prefix}:job:{jid}"
+
+    def progress(self, jid: str) -> str:  # the Redis sink's per-stream progress marker
+        return f"{self.prefix}:stream:{jid}:progress"

@@ -1,0 +1,35 @@
+"""Sinks: one backend per file behind :class:`~pipeline.sinks.base.Sink` — ``redis`` (streams, resume point,
+outage buffer), ``directory`` (``dir:`` mask PNGs + JSON lines), ``video`` (``video:`` overlay MP4); ``encode`` holds
+the PNG/JPEG/summary encoding they share. The runtime creates them with :func:`create_sink`."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from pipeline.config import ConfigError, PipelineConfig
+from pipeline.metrics import Metrics
+from pipeline.sinks.base import Sink, SinkError
+from pipeline.sinks.directory import DirSink
+from pipeline.sinks.redis import SCHEMA_VERSION, RedisKeys, RedisSink, redis_client
+
+__all__ = ["SCHEMA_VERSION", "DirSink", "RedisKeys", "RedisSink", "Sink", "SinkError", "create_sink",
+           "redis_client"]
+
+
+def create_sink(uri: str, cfg: PipelineConfig, metrics: Metrics, labels: dict[int, str] | None = None,
+                models: dict[str, str] | None = None,
+                stop: threading.Event | None = None, **extra: Any) -> Sink:
+    scheme = uri.split(":", 1)[0].lower()
+    if scheme in ("redis", "rediss"):
+        return RedisSink(uri, cfg, metrics, labels, models, stop)
+    if scheme == "dir":
+        path = uri[4:].removeprefix("//")
+        if not path:
+            raise ConfigError("dir: sink needs a path, e.g. dir:out/")
+        return DirSink(path, metrics)
+    if scheme == "video":
+        from pipeline.sinks.video import VideoSink
+
+        return VideoSink(uri[6:].removeprefix("//"), cfg, metrics, labels or {}, **extra)
+    raise ConfigError(f"unknown sink scheme {scheme!r}: use redis://, rediss://, dir:PATH or video:PATH")

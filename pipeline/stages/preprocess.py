@@ -1,0 +1,75 @@
+"""Preprocess: resize + normalise each decoded frame on the engine's device, as the checkpoint's processor does."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from engines import Engine, Preprocessor
+from pipeline.frames import EndOfStream, Frame, Prepared, Shutdown
+from pipeline.metrics import Metrics
+from pipeline.queues import FanIn, NamedQueue
+from pipeline.stages.base import Stage
+from pipeline.stages.gpu import StageStream, device_of, pinned_image
+
+
+class PreprocessStage(Stage):
+    """Decoded frame -> network input per task (resize + normalise on the engine's device).
+
+    Tasks whose engines want the same input share one tensor. Emits :class:`Shutdown` once every source
+    has ended (it counts :class:`EndOfStream` markers). On CUDA the frame goes through pinned host memory,
+    is copied once, asynchronously, and resized on this stage's own stream; the item carries the event.
+    """
+
+    name = "preprocess"
+
+    def __init__(self, inq: FanIn[Any], outq: NamedQueue[Any], metrics: Metrics, abort: threading.Event,
+                 engines: dict[str, Engine], expected_streams: int | None,
+                 select_tasks: Callable[[Frame], tuple[str, ...]] | None = None, keep_image: bool = False) -> None:
+        super().__init__(inq, outq, metrics, abort)
+        self.engines = engines
+        self.expected = expected_streams
+        self.ended = 0
+        self.select_tasks = select_tasks
+        self.keep_image = keep_image
+        self._pre: dict[str, Preprocessor] = {}
+        self._share: dict[str, str] = {}  # task -> task whose tensor it reuses
+        by_key: dict[tuple[Any, ...], str] = {}
+        for task, eng in engines.items():
+            s = eng.spec
+            key = (s.preprocess, s.device, s.dtype)
+            if key in by_key:
+                self._share[task] = by_key[key]
+            else:
+                by_key[key] = task
+                self._pre[task] = Preprocessor(s.preprocess, s.device, s.dtype)
+        self._stream = StageStream(device_of(engines))
+
+    def next_item(self) -> Any:
+        if self.expected is not None and self.ended >= self.expected:
+            return Shutdown()
+        return super().next_item()
+
+    def on_end_of_stream(self, eos: EndOfStream) -> None:
+        self.ended += 1
+
+    def process(self, frame: Frame) -> Iterable[Prepared]:
+        tasks = self.select_tasks(frame) if self.select_tasks else tuple(self.engines)
+        if not tasks:
+            return ()
+        st = self._stream
+        img = pinned_image(frame.image) if st.active else torch.from_numpy(frame.image)
+        inputs: dict[str, torch.Tensor] = {}
+        with st.use():
+            if st.active:  # one upload, shared by every task's resize
+                img = img.to(st.device, non_blocking=True)
+            for task in tasks:
+                src = self._share.get(task, task)
+                if src not in inputs:
+                    inputs[src] = self._pre[src]([img])
+                inputs[task] = inputs[src]
+            event = st.record()
+        return (Prepared(frame.id, inputs, frame.image if self.keep_image else None, tuple(tasks), event),)

@@ -1,0 +1,70 @@
+"""The config model: source ids, redaction, unknown keys, flags over YAML, environment, profiles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import ConfigError, load_config, parse_source, redact
+from tests.support.servers import ROOT
+
+
+def test_parse_source_ids() -> None:
+    assert parse_source("/data/front door.mp4").id == "front_door"
+    assert parse_source("cam1=rtsp://u:p@host:554/live/ch1").id == "cam1"
+    assert parse_source("rtsp://host/live/ch1").id == "live_ch1"
+    assert parse_source("file:///x/clip.mkv").path == "/x/clip.mkv"
+    with pytest.raises(ConfigError, match="invalid stream id"):
+        parse_source("bad!=clip.mp4")
+
+
+def test_redact_hides_passwords() -> None:
+    assert redact("redis://user:s3cret@host:6379/0") == "redis://user:***@host:6379/0"
+    assert "s3cret" not in redact("rtsps://admin:s3cret@cam/stream")
+
+
+def test_unknown_config_key_is_named(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("engine:\n  batch_size: 4\n  bogus_key: 1\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'engine\.bogus_key'"):
+        load_config(p)
+
+
+def test_flags_override_yaml_and_sinks_are_checked(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("engine: {batch_size: 4, max_wait_ms: 3}\nsources: [clip.mp4]\n")
+    cfg = load_config(p, {"engine": {"batch_size": 2}})
+    assert cfg.engine.batch_size == 2 and cfg.engine.max_wait_ms == 3 and cfg.sources[0].id == "clip"
+    with pytest.raises(ConfigError, match="unknown sink"):
+        load_config(None, {"sinks": ["kafka://x"]})
+
+
+def test_redis_url_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://:pw@example:6380/2")
+    assert load_config(None).sinks == ["redis://:pw@example:6380/2"]
+    assert load_config(None, {"sinks": ["dir:out"]}).sinks == ["dir:out"]
+
+
+def test_camera_credentials_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(yaml.safe_dump({"sources": [
+        {"id": "door", "uri": "rtsp://admin:${DOOR_PW}@127.0.0.1:554/live"}]}))
+    monkeypatch.setenv("DOOR_PW", "p@ss word")
+    cfg = load_config(cfg_file)
+    assert cfg.sources[0].uri == "rtsp://admin:p%40ss%20word@127.0.0.1:554/live"
+    monkeypatch.delenv("DOOR_PW")
+    with pytest.raises(ConfigError, match="DOOR_PW is not set"):
+        load_config(cfg_file)
+
+
+@pytest.mark.parametrize("name", ["latency", "throughput"])
+def test_profiles_load_and_keep_live_queues_dropping(name: str) -> None:
+    cfg = load_config(ROOT / "configs" / f"{name}.yaml", {"sources": [{"id": "cam", "uri": "rtsp://h/s"}]})
+    assert cfg.queues.live_policy == "drop_oldest" and cfg.live.latency_budget_ms > 0
+    if name == "latency":
+        assert cfg.engine.batch_size == 1 and cfg.engine.max_wait_ms == 0
+        assert max(cfg.queues.decoded, cfg.queues.prepared, cfg.queues.inferred, cfg.queues.results) <= 2
+    else:
+        assert cfg.engine.batch_size >= 8 and cfg.queues.prepared >= 16

@@ -1,0 +1,44 @@
+"""Postprocess math: mask sizes, logits resize + argmax, depth summaries against torch references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipeline.stages.postprocess import class_fractions, depth_summary, mask_size, segment
+
+
+def test_mask_size_rules() -> None:
+    assert mask_size("default", 1280, 720, 480) == (480, 270)
+    assert mask_size("default", 720, 1280, 480) == (270, 480)
+    assert mask_size("network", 1280, 720, 480) == (480, 480)
+    assert mask_size("source", 1280, 720, 480) == (1280, 720)
+    assert mask_size("320x200", 1280, 720, 480) == (320, 200)
+
+
+def test_segment_equals_interpolate_then_argmax_in_both_layouts() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(150, 48, 48) * 2.5
+    ref = F.interpolate(logits[None], size=(27, 48), mode="bilinear", align_corners=False)[0].argmax(0)
+    assert torch.equal(segment(logits, (27, 48)).long(), ref)
+    cl = logits[None].contiguous(memory_format=torch.channels_last)[0]
+    assert torch.equal(segment(cl, (27, 48)).long(), ref)
+
+
+def test_depth_summary_matches_torch_reference() -> None:
+    torch.manual_seed(1)
+    depth = torch.rand(54, 96) * 5
+    mask = torch.randint(0, 7, (54, 96), dtype=torch.uint8)
+    s = depth_summary(depth, mask, grid=4)
+    flat = depth.reshape(-1)
+    q = torch.quantile(flat, torch.tensor([0.05, 0.5, 0.95]))
+    assert s["kind"] == "relative_inverse"
+    assert s["min"] == pytest.approx(float(flat.min()), abs=1e-5)
+    assert s["mean"] == pytest.approx(float(flat.mean()), abs=1e-5)
+    assert [s["p05"], s["p50"], s["p95"]] == pytest.approx(q.tolist(), abs=1e-5)
+    assert s["grid"][1][2] == pytest.approx(float(torch.quantile(depth[13:27, 48:72].reshape(-1), 0.9)), abs=1e-5)
+    for c in range(7):
+        assert s["per_class"][str(c)] == pytest.approx(float(flat[mask.reshape(-1) == c].median()), abs=1e-6)
+    fr = class_fractions(mask, 150)
+    assert sum(fr.values()) == pytest.approx(1.0, abs=1e-4) and set(fr) == set(range(7))
