@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from engines.base import OUTPUT_NAME, BackendUnavailable, EngineConfig, EngineSpec
+from engines.base import OUTPUT_NAME, BackendUnavailable, EngineConfig, EngineError, EngineSpec
 from engines.loading import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,13 @@ def padded_size(n: int, sizes: list[int]) -> int:
     raise ValueError(f"batch of {n} exceeds the largest captured size {sizes[-1]}")
 
 
+class _Closed:
+    """Stands in for the module of a closed engine (whose weights were released)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise EngineError("the torch engine is closed")
+
+
 class TorchEngine:
     def __init__(self, loaded: LoadedModel, cfg: EngineConfig) -> None:
         device = cfg.device
@@ -49,11 +56,11 @@ class TorchEngine:
             # threads = cores - 1 keeps the engine busiest relative to its own speed and holds up better when
             # other work shares the machine (bench/results/cpu-tiny.json has both).
             torch.set_num_threads(cfg.threads)
-        self._module = loaded.module.to(device=device, dtype=dtype).eval()
+        self._module: Any = loaded.module.to(device=device, dtype=dtype).eval()
         for p in self._module.parameters():
             p.requires_grad_(False)
         if cfg.compile:
-            self._module = torch.compile(self._module, mode="max-autotune-no-cudagraphs")  # type: ignore[assignment]
+            self._module = torch.compile(self._module, mode="max-autotune-no-cudagraphs")
         self._out = OUTPUT_NAME[loaded.task]
         self._device = torch.device(device)
         self._use_graphs = cfg.cuda_graphs and self._device.type == "cuda"
@@ -98,11 +105,19 @@ class TorchEngine:
         return self._graphs[n]
 
     def warmup(self) -> None:
-        """Capture a graph per batch size, largest first (the smaller ones reuse its pool's memory)."""
+        """On CUDA, before frames flow: capture a graph per batch size, largest first (the smaller ones reuse
+        its pool's memory), or without graphs run the largest batch once (cuDNN/SDPA algorithm selection,
+        lazy kernel loading, the allocator's first blocks). Nothing to do on CPU."""
+        if self._device.type != "cuda":
+            return
         if self._use_graphs:
             for n in sorted(self._graph_sizes, reverse=True):
                 self._graph_for(n)
-            torch.cuda.current_stream(self._device).synchronize()
+        else:
+            p = self.spec.preprocess
+            x = torch.zeros(self.spec.max_batch, 3, p.height, p.width, device=self._device, dtype=self.spec.dtype)
+            self.infer(x)
+        torch.cuda.current_stream(self._device).synchronize()
 
     @property
     def graph_sizes(self) -> list[int]:
@@ -121,11 +136,13 @@ class TorchEngine:
             graph, static_in, static_out = self._graph_for(size)
             static_in[:n].copy_(x)  # rows n..size-1 keep stale inputs: their outputs are never read
             graph.replay()
-            # a copy: the static output buffer is overwritten by the next replay (.float() of a half tensor
-            # already is one; a float32 output needs an explicit clone)
-            out = static_out[:n]
-            return {self._out: out.float() if out.dtype != torch.float32 else out.clone()}
-        return {self._out: self._module(x).float()}
+            # a copy: the static output buffer is overwritten by the next replay. In the engine's dtype: an
+            # FP32 upcast here would be 138 MB per frame of 150 x 480 x 480 logits, resized right after anyway
+            return {self._out: static_out[:n].clone()}
+        return {self._out: self._module(x)}
 
     def close(self) -> None:
+        """Release the captured graphs, their memory pool and the module (its GPU weights). Idempotent."""
         self._graphs.clear()
+        self._pool = None
+        self._module = _Closed()
