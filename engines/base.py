@@ -87,3 +87,6 @@ class EngineConfig:
     cache_dir: str = "~/.cache/dptstream"
     input_size: int | None = None  # override the checkpoint's square input side
     threads: int | None = None
+    # TensorRT FP16: the attention Softmax in float32 (Casts around it) or, False, in FP16 (no Casts: lets
+    # TensorRT fuse the attention block where the Casts prevent it; see engines.tensorrt_engine.attention_report)
+    fp32_softmax: bool = True

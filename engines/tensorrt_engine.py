@@ -16,10 +16,11 @@ output are torch tensors whose ``data_ptr()`` is handed to ``set_tensor_address`
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -150,6 +151,8 @@ def _build_plan(onnx_path: Path, key: PlanKey, plan_path: Path, timing_path: Pat
         raise EngineError(f"TensorRT could not parse {onnx_path.name}: {errors or 'unknown error'}")
 
     config = builder.create_builder_config()
+    # layer names, types and tactics in the plan, for IEngineInspector (is attention fused?); no run-time cost
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     if workspace_bytes:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     profile = builder.create_optimization_profile()
@@ -195,10 +198,13 @@ def ensure_plan(loaded: LoadedModel, cfg: EngineConfig, min_batch: int, opt_batc
     root = cache_root(cfg.cache_dir)
 
     onnx_path = onnx_cache_path(root, loaded, precision)
+    fp32_softmax = cfg.fp32_softmax or precision == "fp32"
+    if not fp32_softmax:  # a different graph: FP16 Softmax, no Casts around it
+        onnx_path = onnx_path.with_name(f"{onnx_path.stem}-fp16softmax{onnx_path.suffix}")
     if onnx_path.exists():
         log.info("reusing exported ONNX graph %s", onnx_path)
     else:
-        export_onnx(loaded, onnx_path, precision)
+        export_onnx(loaded, onnx_path, precision, fp32_softmax=fp32_softmax)
     key = _plan_key(loaded, onnx_path, precision, device, min_batch, opt_batch, max_batch, trt_version)
     plan_path = key.plan_path(root)
     if plan_path.exists():
@@ -236,6 +242,66 @@ def build_engine(cfg: EngineConfig, min_batch: int = 1, opt_batch: int | None = 
     loaded = load_model(cfg.task, cfg.model, cfg.input_size)
     path, _, _ = ensure_plan(loaded, cfg, min_batch, opt_b, max_b)  # logs whether it built or reused
     return path
+
+
+def _engine_information(engine: trt.ICudaEngine) -> str | None:
+    """The plan's layers as JSON (``IEngineInspector``; detailed for plans built here), or None."""
+    import tensorrt as trt
+
+    inspector = engine.create_engine_inspector()
+    if inspector is None:
+        return None
+    return inspector.get_engine_information(trt.LayerInformationFormat.JSON)
+
+
+# kernel / layer names of fused attention (TensorRT's MHA and flash kernels, 10.14+'s IAttention layer type);
+# not "attention" in layer names, which carry the ONNX node names ("/layer.0/attention/Softmax")
+_FUSED_ATTENTION = ("mha", "flash")
+
+
+def attention_report(info: str | None) -> dict[str, Any]:
+    """What ``IEngineInspector`` says about attention in a plan: is the MatMul -> Softmax -> MatMul fused?
+
+    ``info`` is ``get_engine_information(JSON)``: ``{"Layers": [...]}`` with one name per layer
+    (``LAYER_NAMES_ONLY``) or one object per layer (``DETAILED``: ``Name``, ``LayerType``, ``TacticName``...).
+    ``attention_fused``: True when a layer's name, type or tactic names a fused attention kernel (MHA, FMHA,
+    flash); False when Softmax layers stand alone (the attention ran as separate MatMul / Softmax / MatMul
+    kernels, which is what Casts to FP32 around the Softmax can force); None when neither shows (e.g. the
+    block went whole into one Myelin ``ForeignNode``, whose kernels the inspector does not list).
+    """
+    if not info:
+        return {"layers": 0, "attention_fused": None, "softmax_layers": 0, "fused_attention_layers": 0,
+                "evidence": ["no layer information in the plan"]}
+    try:
+        doc = json.loads(info)
+    except ValueError:
+        return {"layers": 0, "attention_fused": None, "softmax_layers": 0, "fused_attention_layers": 0,
+                "evidence": ["layer information is not JSON"]}
+    layers = doc.get("Layers", []) if isinstance(doc, dict) else []
+    fused: list[str] = []
+    softmax: list[str] = []
+    foreign = 0
+    for layer in layers:
+        if isinstance(layer, dict):
+            name = str(layer.get("Name", ""))
+            kind = str(layer.get("LayerType", ""))
+            text = " ".join(str(layer.get(k, "")) for k in ("Name", "LayerType", "TacticName", "Metadata"))
+        else:  # LAYER_NAMES_ONLY: the name alone
+            name = text = str(layer)
+            kind = ""
+        low = text.lower()
+        if "foreignnode" in low or kind.lower() == "myelin":
+            foreign += 1
+        if any(k in low for k in _FUSED_ATTENTION) or "attention" in kind.lower():
+            fused.append(name)
+        elif "softmax" in kind.lower() or ("softmax" in name.lower() and "foreignnode" not in name.lower()):
+            softmax.append(name)
+    verdict: bool | None = True if fused else (False if softmax else None)
+    evidence = [f"fused: {n}" for n in fused[:3]] + [f"standalone softmax: {n}" for n in softmax[:3]]
+    if verdict is None:
+        evidence.append(f"{foreign} Myelin/ForeignNode layers: attention fusion inside them is not visible")
+    return {"layers": len(layers), "attention_fused": verdict, "softmax_layers": len(softmax),
+            "fused_attention_layers": len(fused), "myelin_layers": foreign, "evidence": evidence}
 
 
 def _torch_dtype(dtype: trt.DataType) -> torch.dtype:
@@ -292,10 +358,16 @@ class TensorRTEngine:
         self._out_dtype = _torch_dtype(engine.get_tensor_dtype(self._out))
         self._side_stream: torch.cuda.Stream | None = None
         self.plan_path = plan_path
+        # TensorRT's own device memory is invisible to torch's counters: the execution context's activation
+        # memory (device_memory_size_v2, TensorRT 10+) and the weights, which the plan file holds
+        self.device_memory_bytes = int(engine.device_memory_size_v2)
+        self.plan_bytes = plan_path.stat().st_size
+        self.layers = attention_report(_engine_information(engine))
+        softmax = "" if cfg.fp32_softmax or precision == "fp32" else "-fp16softmax"
         self.spec = EngineSpec(
             task=loaded.task,
             model_id=loaded.model_id,
-            backend=f"tensorrt-{precision}",
+            backend=f"tensorrt-{precision}{softmax}",
             device=str(self._device),
             dtype=self._in_dtype,  # float32: the graph casts to FP16 itself
             preprocess=loaded.preprocess,

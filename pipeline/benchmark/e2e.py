@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.benchmark.timing import cpu_by_thread, rss_mb, thread_cpu
+from pipeline.benchmark.timing import cpu_by_thread, cpu_ms_per_frame_by_stage, rss_mb, thread_cpu
 from pipeline.config import ConfigError
 
 # -- end to end ---------------------------------------------------------------------------------------------
@@ -32,6 +32,10 @@ class E2EResult:
     @property
     def fps(self) -> float:
         return self.published / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def cpu_ms_by_stage(self) -> dict[str, float]:
+        return cpu_ms_per_frame_by_stage(self.thread_cpu_s, self.published)
 
 
 def stage_profile(metrics: Any) -> tuple[dict[str, float], float]:

@@ -28,7 +28,16 @@ import typer
 
 from pipeline.benchmark.e2e import check_redis
 from pipeline.benchmark.engine import prepare_inputs
-from pipeline.benchmark.plan import CPU_BATCHES, GPU_BATCHES, VARIANTS, Plan, int_list, parse_size, parse_variants
+from pipeline.benchmark.plan import (
+    CPU_BATCHES,
+    GPU_BATCHES,
+    VARIANTS,
+    Plan,
+    int_list,
+    parse_size,
+    parse_variant_batches,
+    parse_variants,
+)
 from pipeline.benchmark.results import default_out, machine_info, versions
 from pipeline.benchmark.run import run_bench
 from pipeline.cli.common import DebugOpt, QuietOpt
@@ -44,9 +53,11 @@ def register(app: typer.Typer) -> None:
         tasks: Annotated[str, typer.Option(help="segmentation,depth (default both).")] = "segmentation,depth",
         random_large: Annotated[bool, typer.Option("--random-large", help="Random weights of the real DPT-Large architecture (DPT-Large-ADE @480, DPT-Large @384).")] = False,
         device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
-        variants: Annotated[str | None, typer.Option(help=f"Engine variants, comma-separated: {', '.join(VARIANTS)}. Default: fp32,fp16,fp16-graphs (+tensorrt when installed) on CUDA; fp32 on CPU.")] = None,
+        variants: Annotated[str | None, typer.Option(help=f"Engine variants, comma-separated: {', '.join(VARIANTS)}. Default: fp32,fp16,fp16-graphs (+tensorrt,tensorrt-fp16softmax when installed) on CUDA; fp32 on CPU.")] = None,
         threads: Annotated[str | None, typer.Option(help="CPU: torch intra-op thread counts to measure, comma-separated (each one a variant). Default: 1 and the core count.")] = None,
         batch_sizes: Annotated[str | None, typer.Option("--batch-sizes", help=f"Engine-only batch sizes. Default {GPU_BATCHES} on CUDA, {CPU_BATCHES} on CPU.")] = None,
+        variant_batches: Annotated[list[str] | None, typer.Option("--variant-batches", help="VARIANT=SIZES: engine-only batch sizes for one variant instead of --batch-sizes (repeatable), e.g. fp32=1,8.")] = None,
+        naive_precisions: Annotated[str | None, typer.Option("--naive-precisions", help="Precisions of the naive loop on CUDA (default fp32,fp16; CPU: fp32).")] = None,
         e2e_batch: Annotated[str, typer.Option("--e2e-batch", help="Batch size(s) of the end-to-end runs.")] = "8",
         e2e_variants: Annotated[str | None, typer.Option("--e2e-variants", help="Variants also run end to end (default: the fastest kind measured: tensorrt, else fp16-graphs, else fp32).")] = None,
         streams: Annotated[int | None, typer.Option(help="Concurrent streams of the clip end to end (default 8 on CUDA, 2 on CPU).")] = None,
@@ -91,7 +102,7 @@ def register(app: typer.Typer) -> None:
         from engines import tensorrt_available
 
         vtext = variants or ("fp32" if dev == "cpu" else
-                             "fp32,fp16,fp16-graphs" + (",tensorrt" if tensorrt_available() else ""))
+                             "fp32,fp16,fp16-graphs" + (",tensorrt,tensorrt-fp16softmax" if tensorrt_available() else ""))
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         thread_list = int_list(threads, "--threads") if threads else ([1, cores] if cores > 1 else [1])
         vlist = parse_variants(vtext, dev, thread_list if dev == "cpu" else None)
@@ -105,6 +116,12 @@ def register(app: typer.Typer) -> None:
             e2e_vs = [v for v in e2e_vs if v != "tensorrt"] or ["fp16-graphs" if "fp16-graphs" in names else names[0]]
         if streams is not None and streams < 1:
             raise ConfigError("--streams must be >= 1")
+        naive_list = [p.strip() for p in (naive_precisions or ("fp32,fp16" if dev == "cuda" else "fp32")).split(",")
+                      if p.strip()]
+        if not naive_list or any(p not in ("fp32", "fp16", "bf16") for p in naive_list) or \
+                (dev == "cpu" and naive_list != ["fp32"]):
+            raise ConfigError(f"--naive-precisions {naive_precisions!r}: use fp32, fp16 and/or bf16 (CUDA); "
+                              "on CPU only fp32")
         redis_url = redis or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
         plan = Plan(
             tasks=task_list, device=dev, variants=vlist,
@@ -115,6 +132,8 @@ def register(app: typer.Typer) -> None:
             soak_seconds=soak_seconds, cache_dir=cache_dir, memory_streams=memory_per_stream,
             repeat=max(1, repeat or (1 if dev == "cuda" else 3)),
             naive_threads=list(thread_list) if dev == "cpu" else [None],
+            naive_precisions=naive_list,
+            variant_batches=parse_variant_batches(variant_batches, names),
         )
         size = parse_size(clip_size or ("1920x1080" if dev == "cuda" else "1280x720"))
         if "e2e" in mode_list:  # a dead Redis fails now, not after minutes of engine-only measurements
