@@ -81,11 +81,12 @@ class Timer:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
-def thread_cpu() -> dict[int, tuple[str, float]]:
+def thread_cpu(kinds: dict[int, str] | None = None) -> dict[int, tuple[str, float]]:
     """CPU seconds used so far by each thread of this process: ``{tid: (name, seconds)}`` (Linux ``/proc``).
 
     Threads that Python did not start are told apart by their kernel name: FFmpeg names its codec threads
     ``av:<codec>:...`` (``codec``); the rest, torch's intra-op (OpenMP) workers above all, are ``other``.
+    ``kinds`` caches each thread's kind between calls (fewer reads of ``/proc``).
     """
     names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
     tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -100,7 +101,9 @@ def thread_cpu() -> dict[int, tuple[str, float]]:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        name = names.get(int(tid)) or _native_kind(tid)
+        name = names.get(int(tid)) or (kinds.get(int(tid)) if kinds is not None else None) or _native_kind(tid)
+        if kinds is not None:
+            kinds.setdefault(int(tid), name)
         name = "source" if name.startswith("source-") else name.removeprefix("stage-")
         out[int(tid)] = (name, (int(fields[11]) + int(fields[12])) / tick)
     return out

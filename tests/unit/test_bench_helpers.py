@@ -70,3 +70,21 @@ def test_e2e_against_the_naive_loop_of_each_precision() -> None:
     ]
     got = {r["naive_backend"]: r["value"] for r in ratios(results) if r["ratio"] == "e2e/naive"}
     assert got == {"transformers-cuda-fp32": 20.0, "transformers-cuda-fp16": 10.0}
+
+
+def test_variant_batches() -> None:
+    from pipeline.benchmark.plan import Plan, parse_variant_batches, parse_variants
+    from pipeline.config import ConfigError
+
+    vb = parse_variant_batches(["fp32=1,8", "fp16=8"], ["fp16-graphs", "fp16", "fp32"])
+    assert vb == {"fp32": [1, 8], "fp16": [8]}
+    plan = Plan(tasks=["segmentation"], device="cuda", variants=parse_variants("fp16-graphs,fp32", "cuda", None),
+                batches=[1, 2, 4, 8, 16], e2e_batches=[8], e2e_variants=["fp16-graphs"], streams=8, modes=["engine"],
+                redis_url="", min_seconds=0.5, min_calls=3, warmup=2, naive_frames=16, soak_seconds=30.0,
+                cache_dir="", memory_streams=False, variant_batches=vb)
+    assert plan.batches_for("fp32") == [1, 8] and plan.batches_for("fp16-graphs") == [1, 2, 4, 8, 16]
+    for bad in (["bf16=8"], ["fp32"], ["fp32=0"]):
+        with pytest.raises(ConfigError):
+            parse_variant_batches(bad, ["fp16-graphs", "fp16", "fp32"])
+    trt = parse_variants("tensorrt,tensorrt-fp16softmax", "cuda", None)
+    assert [(v.backend, v.fp32_softmax) for v in trt] == [("tensorrt", True), ("tensorrt", False)]
