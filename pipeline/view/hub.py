@@ -122,7 +122,6 @@ class Hub:
         self.redis_error: str | None = None  # redacted, for logs and /api/streams
         self.now_ms = 0
         self.version = 0  # bumped when anything a viewer shows changes (not the ages)
-        self.payload_json = json.dumps(self._payload())
         self.ready = asyncio.Event()  # the first poll answered (or failed)
         self.viewers = 0
         self.renders = 0  # pictures made (one per new entry per stream)
@@ -134,6 +133,7 @@ class Hub:
         self._renders: set[asyncio.Task[None]] = set()
         self._meta_raw: dict[str, bytes] = {}
         self._significant: str | None = None
+        self.payload_json = json.dumps(self._payload())
         self._closed = False
 
     # -- lifecycle -----------------------------------------------------------------------------------------
@@ -376,6 +376,8 @@ class Hub:
             "error": None if self.redis_ok else UNREACHABLE,
             "prefix": self.settings.prefix,
             "stale_after_s": self.settings.stale_after_s,
+            "renders": self.renders,  # pictures made so far: one per new entry per stream, whoever watches
+            "viewers": self.viewers,  # open event streams (browser pages)
             "streams": [self.stream_info(t) for _sid, t in sorted(self.tiles.items())],
         }
 

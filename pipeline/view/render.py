@@ -50,5 +50,5 @@ def render_tile(fields: dict[str, bytes], labels: dict[int, str], zones: list[Zo
     if zones:
         picture = draw_zones(picture, left_half_width(fields, picture), zones, active_zones or set())
     buf = io.BytesIO()
-    Image.fromarray(picture).save(buf, format="JPEG", quality=quality)
+    Image.fromarray(picture).save(buf, format="JPEG", quality=quality, subsampling=0)  # 4:4:4: exact class hues
     return buf.getvalue(), (int(picture.shape[1]), int(picture.shape[0]))

@@ -95,7 +95,7 @@ async def latest_jpg(request: web.Request) -> web.Response:
     if pic is None:
         why = tile.render_error or ("no entries yet" if tile.last_id is None else "not rendered yet")
         return text(503, f"stream {sid!r}: {why if hub.redis_ok else UNREACHABLE}")
-    headers = {"ETag": f'"{pic.entry_id}"', "X-Dptstream-Frame": str(pic.frame),
+    headers = {"ETag": f'"{pic.entry_id}.{pic.version}"', "X-Dptstream-Frame": str(pic.frame),
                "X-Dptstream-State": "ok" if hub.redis_ok else "unreachable"}
     if request.headers.get("If-None-Match") == headers["ETag"]:
         return web.Response(status=304, headers=headers)
