@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT, RedisServer, cli, free_port
+from tests.support.servers import ROOT, RedisServer, cli, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -52,12 +52,18 @@ def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str,
         return e.code, dict(e.headers), e.read()
 
 
+def dptstream() -> list[str]:
+    """The installed ``dptstream`` command (next to this interpreter), as a user runs it."""
+    exe = Path(sys.executable).with_name("dptstream")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "pipeline.cli"]
+
+
 class Proc:
-    """A ``dptstream`` subprocess whose stderr is collected (and checked for secrets) while it runs."""
+    """A ``dptstream`` subprocess whose output is collected (and checked for secrets) while it runs."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         e = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=str(ROOT), env=e,
+        self.proc = subprocess.Popen([*dptstream(), *args], cwd=str(ROOT), env=e,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
