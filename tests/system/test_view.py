@@ -168,6 +168,15 @@ def console_errors(driver: Any) -> list[str]:
     return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
 
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """The browser with an empty console; left on a blank page (so no page outlives its view server)."""
+    browser.get("about:blank")
+    browser.get_log("browser")
+    yield browser
+    browser.get("about:blank")
+
+
 _PIXELS_JS = """
 const img = arguments[0];
 if (!img || !img.complete || !img.naturalWidth) return null;
@@ -205,7 +214,8 @@ def publish_files(redis: RedisServer, assets: dict[str, Path], tmp: Path) -> Non
 # -- the wall, latest.jpg, the API, zones and alerts over a finished run -----------------------------------
 
 def test_wall_latest_jpg_api_zones_and_alerts(assets: dict[str, Path], redis_server: RedisServer, tmp_path: Path,
-                                              browser: Any) -> None:
+                                              page: Any) -> None:
+    browser = page
     from engines.labels import ADE20K_LABELS
 
     publish_files(redis_server, assets, tmp_path)
@@ -321,13 +331,15 @@ def test_wall_latest_jpg_api_zones_and_alerts(assets: dict[str, Path], redis_ser
         wait_for(lambda: tile_text(browser, "a", ".alerts") == "", 5, "the alert gone from the tile")
         assert console_errors(browser) == []
     finally:
+        browser.get("about:blank")
         assert view.stop() == 0, view.output
 
 
 # -- a live source: the picture changes by itself; Redis restarts; the page recovers without a reload --------
 
 def test_live_tile_changes_and_recovers_from_a_redis_restart(assets: dict[str, Path], redis_server: RedisServer,
-                                                             tmp_path: Path, browser: Any) -> None:
+                                                             tmp_path: Path, page: Any) -> None:
+    browser = page
     cfg = tmp_path / "live.yaml"
     cfg.write_text(
         f"sources:\n  - {{id: cam, uri: '{assets['live']}', loop: true, realtime: true, live: true}}\n"
@@ -373,6 +385,7 @@ def test_live_tile_changes_and_recovers_from_a_redis_restart(assets: dict[str, P
         assert console_errors(browser) == []
         assert "Redis at redis://127.0.0.1" in view.output and "reachable again" in view.output
     finally:
+        browser.get("about:blank")
         if view is not None:
             assert view.stop() == 0, view.output
         pipe.stop()
