@@ -57,7 +57,7 @@ class ViewSettings:
     port: int = 8088
     token: str | None = None
     stale_after_s: float = 5.0
-    poll_s: float = 0.2
+    poll_s: float = 0.1
     write_timeout_s: float = 5.0  # a viewer whose socket takes longer than this to accept one update is dropped
     render_threads: int = 1
     ca_file: str | None = None
