@@ -133,6 +133,7 @@ class Hub:
         self._renders: set[asyncio.Task[None]] = set()
         self._meta_raw: dict[str, bytes] = {}
         self._significant: str | None = None
+        self._labels_version = 0  # bumped when {prefix}:meta labels change (pictures name classes)
         self.payload_json = json.dumps(self._payload())
         self._closed = False
 
@@ -248,7 +249,10 @@ class Hub:
         self.now_ms = r.now_ms
         if r.meta != self._meta_raw:
             self._meta_raw = r.meta
-            self.labels = parse_labels(r.meta.get("labels"))
+            labels = parse_labels(r.meta.get("labels"))
+            if labels != self.labels:
+                self.labels = labels
+                self._labels_version += 1
             self.zones = parse_zones(r.meta.get("zones"))
         self.active = parse_active_alerts(r.active)
         now = time.monotonic()
@@ -309,7 +313,7 @@ class Hub:
         if tile.rendering or tile.last_id is None or fields is None:
             return
         zones, active = self._zones_for(tile.id)
-        key = (tile.last_id, tuple(zones), tuple(sorted(active)), tuple(sorted(self.labels.items())))
+        key = (tile.last_id, tuple(zones), tuple(sorted(active)), self._labels_version)
         if key == tile.render_key:
             return
         tile.rendering = True
