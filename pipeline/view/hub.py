@@ -133,6 +133,7 @@ class Hub:
         self._renders: set[asyncio.Task[None]] = set()
         self._meta_raw: dict[str, bytes] = {}
         self._significant: str | None = None
+        self._apply_error: str | None = None
         self._labels_version = 0  # bumped when {prefix}:meta labels change (pictures name classes)
         self.payload_json = json.dumps(self._payload())
         self._closed = False
@@ -194,7 +195,15 @@ class Hub:
                 self._went_down(e)
             else:
                 self._came_back()
-                self._apply(result)
+                try:
+                    self._apply(result)
+                except Exception as e:  # entries we cannot make sense of must not stop the view
+                    msg = f"{type(e).__name__}: {e}"
+                    if msg != self._apply_error:
+                        log.exception("cannot use what Redis returned (%s); skipping it", redact(msg))
+                    self._apply_error = msg
+                else:
+                    self._apply_error = None
             self.ready.set()
             await self._publish()
             pause = self.settings.poll_s if self.redis_ok else max(self.settings.poll_s, 0.5)
