@@ -266,17 +266,17 @@ def check_loading_info(task: Task, model_id: str, info: CheckpointInfo, loading:
     errors = list(loading.get("error_msgs") or [])
     problems = []
     if missing:
-        problems.append(f"{len(missing)} missing ({_keys(missing)})")
+        problems.append(f"{len(missing)} missing keys ({_keys(missing)})")
     if mismatched:
-        problems.append(f"{len(mismatched)} with another shape ({_keys(mismatched)})")
+        problems.append(f"{len(mismatched)} keys with another shape ({_keys(mismatched)})")
     if unexpected:
-        problems.append(f"{len(unexpected)} unexpected ({_keys(unexpected)})")
+        problems.append(f"{len(unexpected)} unexpected keys ({_keys(unexpected)})")
     if errors:
         problems.append(f"load errors ({_first_line(Exception(str(errors[0])))})")
     if problems:
         raise ModelLoadError(
             f"{task} model {model_id!r} ({info.model_type}, {info.architecture}): its weights do not match "
-            f"{info.class_name}: {'; '.join(problems)} keys; refusing to run with randomly initialised weights "
+            f"{info.class_name}: {'; '.join(problems)}; refusing to run with randomly initialised weights "
             f"(is it a {info.model_type} {task} checkpoint, and is its weight file complete?)"
         )
 

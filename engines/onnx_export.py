@@ -65,6 +65,38 @@ class _Fp32Norm(nn.Module):
         return self.norm(x.float()).to(x.dtype)  # type: ignore[no-any-return]
 
 
+class _Fp32Module(nn.Module):
+    """Runs a whole submodule in float32 inside an FP16 graph: floating tensor arguments cast in, floating
+    tensor outputs cast back to the input's dtype.
+
+    Used for SwinV2's cosine attention: ``normalize`` of the zero keys of padded window tokens divides 0 by
+    ``max(0, eps=1e-12)``, and 1e-12 is 0 in FP16, so the FP16 graph would produce NaN.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.inner = module.float()
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        dtype = next((a.dtype for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()), None)
+
+        def up(v: Any) -> Any:
+            return v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+
+        out = self.inner(*[up(a) for a in args], **{k: up(v) for k, v in kwargs.items()})
+        if dtype is None:
+            return out
+
+        def down(v: Any) -> Any:
+            return v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+
+        return tuple(down(v) for v in out) if isinstance(out, tuple) else down(out)
+
+
+# attention modules run in float32 in FP16 graphs (see _Fp32Module)
+_FP32_MODULES = ("Swinv2SelfAttention",)
+
+
 class _ExplicitSelfAttention(nn.Module):
     """ViT self-attention written out as MatMul -> Softmax -> MatMul, with the Softmax in float32.
 
@@ -109,6 +141,12 @@ class _GraphIO(nn.Module):
 
 
 def _is_vit_self_attention(m: nn.Module) -> bool:
+    """DPT's own ViT self-attention only: other backbones' attention modules with the same attribute names
+    (SwinV2's cosine attention with a position-bias MLP, BEiT's relative position bias) compute more than
+    plain softmax attention, and are exported as they are."""
+    if type(m).__name__ not in ("DPTSelfAttention", "DPTViTSelfAttention") or not type(m).__module__.startswith(
+            "transformers.models.dpt."):
+        return False
     return all(isinstance(getattr(m, a, None), nn.Linear) for a in ("query", "key", "value")) and all(
         hasattr(m, a) for a in ("num_attention_heads", "attention_head_size")
     )
@@ -126,7 +164,10 @@ def prepare_for_export(module: nn.Module, precision: Precision, fp32_softmax: bo
     if precision == "fp16":
         m = m.half()
         for name, child in list(m.named_modules()):
-            if isinstance(child, nn.LayerNorm | nn.GroupNorm):
+            if type(child).__name__ in _FP32_MODULES:
+                _set_submodule(m, name, _Fp32Module(child))
+        for name, child in list(m.named_modules()):
+            if isinstance(child, nn.LayerNorm | nn.GroupNorm) and ".inner." not in f".{name}.":
                 _set_submodule(m, name, _Fp32Norm(child))
                 n_norm += 1
     log.debug("export copy: %d attention blocks made explicit, %d norms kept in float32", n_attn, n_norm)

@@ -73,9 +73,11 @@ def _processor(size: int, mean: list[float], std: list[float], **extra: Any) -> 
 
 def _build(family: str, size: int | None, large: bool) -> tuple[Any, Any]:
     """``(model, image processor)`` for ``family`` at network side ``size``."""
-    import transformers as tf
+    import transformers
 
     from engines.labels import ADE20K_LABELS
+
+    tf: Any = transformers  # configs built from keyword dicts: untyped on purpose
 
     seg_labels = dict(enumerate(ADE20K_LABELS))
     seg_kw = dict(num_labels=150, id2label=seg_labels, label2id={v: k for k, v in seg_labels.items()},
@@ -216,8 +218,9 @@ def make_family_checkpoint(path: str | Path, family: str, image_size: int | None
 
 def make_glpn_checkpoint(path: str | Path) -> Path:
     """A tiny GLPN depth checkpoint (another depth architecture, not DPT)."""
-    import transformers as tf
+    import transformers
 
+    tf: Any = transformers
     path = Path(path)
     cfg = tf.GLPNConfig(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[16, 32],
                         patch_sizes=[7, 3], strides=[4, 2], num_attention_heads=[1, 1], mlp_ratios=[2, 2],
@@ -228,8 +231,9 @@ def make_glpn_checkpoint(path: str | Path) -> Path:
 
 def make_vit_classifier_checkpoint(path: str | Path) -> Path:
     """A tiny ViT image classifier (not a dense-prediction model at all)."""
-    import transformers as tf
+    import transformers
 
+    tf: Any = transformers
     path = Path(path)
     cfg = tf.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                        image_size=32, patch_size=16, num_labels=3)
