@@ -12,12 +12,12 @@ import torch
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from engines.base import EngineError  # noqa: E402
-from engines.loading import LoadedModel, load_model  # noqa: E402
-from engines.onnx_export import OnnxRuntimeEngine, export_onnx, onnx_cache_path  # noqa: E402
-from engines.preprocess import Preprocessor  # noqa: E402
-from pipeline.checkpoints import DEPTH_FAMILIES, make_family_checkpoint  # noqa: E402
-from pipeline.sample import make_frames  # noqa: E402
+from engines.base import EngineError
+from engines.loading import LoadedModel, load_model
+from engines.onnx_export import OnnxRuntimeEngine, export_onnx, onnx_cache_path
+from engines.preprocess import Preprocessor
+from pipeline.checkpoints import DEPTH_FAMILIES, make_family_checkpoint
+from pipeline.sample import make_frames
 
 pytestmark = pytest.mark.slow
 SRC_W, SRC_H = 1280, 720
@@ -64,7 +64,7 @@ def test_fp32_equals_torch_and_fp16_correlates(family: tuple[str, LoadedModel, t
 
 
 def test_dynamic_batch(family: tuple[str, LoadedModel, torch.Tensor, dict[str, Path]]) -> None:
-    _, loaded, x, graphs = family
+    _, _, x, graphs = family
     eng = OnnxRuntimeEngine(graphs["fp32"], threads=2)
     one = eng.run(x[:1])
     three = eng.run(x)

@@ -83,7 +83,7 @@ def test_depth_family_matches_transformers(family: str, ckpts: dict[str, Path], 
         assert corr >= CORR_MIN and p99 <= P99_MAX, (family, corr, p99)
         assert float(np.std(ref)) > 0.05 * float(np.abs(ref).mean() + 1e-6), "oracle depth is flat"
         if spec.metric:
-            assert 0.0 <= float(ours.min()) and float(ours.max()) <= 20.0 + 1e-3
+            assert float(ours.min()) >= 0.0 and float(ours.max()) <= 20.0 + 1e-3
     if spec.preprocess.keep_aspect_ratio:
         assert len(shapes) == 2, shapes  # landscape and portrait sources: two network shapes
     else:
