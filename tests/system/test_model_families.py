@@ -29,7 +29,7 @@ from pipeline.checkpoints import (
     truncate_weights,
 )
 from pipeline.sample import make_clip
-from tests.oracle import decode_rgb
+from tests.support.oracle import decode_rgb
 from tests.support.families import CORR_MIN, P99_MAX, DepthOracle, agreement
 
 pytestmark = pytest.mark.slow
