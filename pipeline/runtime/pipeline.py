@@ -116,7 +116,9 @@ class Pipeline:
         inferred = self._queue("inferred", cfg.queues.inferred)
         results = self._queue("results", cfg.queues.results)
         seg = self.engines.get("segmentation")
-        net_side = (seg or next(iter(self.engines.values()))).spec.preprocess.height
+        ref = (seg or next(iter(self.engines.values()))).spec
+        depth = self.engines.get("depth")
+        depth_kind = (depth.spec.depth_kind or "relative_inverse") if depth is not None else "relative_inverse"
         num_classes = max(len(seg.spec.labels), 1) if seg is not None else 1
         keep_image = any(getattr(s, "wants_images", False) for s in self.sinks)
         watchers: list[Any] = []
@@ -132,8 +134,9 @@ class Pipeline:
                             self.select_tasks, keep_image),
             InferStage(prepared, inferred, self.metrics, self.abort, self.engines, cfg.engine.batch_size,
                        cfg.engine.max_wait_ms),
-            PostprocessStage(inferred, results, self.metrics, self.abort, cfg.mask_size, net_side, num_classes,
-                             cfg.depth_grid, "relative_inverse", keep_depth_map=keep_image),
+            PostprocessStage(inferred, results, self.metrics, self.abort, cfg.mask_size, ref.network_shape,
+                             num_classes, cfg.depth_grid, depth_kind,
+                             keep_depth_map=keep_image or cfg.redis.depth_map),
             PublishStage(results, self.metrics, self.abort, [*self.sinks, *watchers], on_eos=self._on_eos),
         ]
         for st in self.stages:

@@ -29,8 +29,8 @@ from pipeline.checkpoints import (
     truncate_weights,
 )
 from pipeline.sample import make_clip
-from tests.support.oracle import decode_rgb
 from tests.support.families import CORR_MIN, P99_MAX, DepthOracle, agreement
+from tests.support.oracle import decode_rgb
 
 pytestmark = pytest.mark.slow
 SEG_FAMILIES = tuple(n for n, f in FAMILIES.items() if f.task == "segmentation")
