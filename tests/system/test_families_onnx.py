@@ -84,3 +84,20 @@ def test_cache_path_is_keyed_by_shape(family: tuple[str, LoadedModel, torch.Tens
     else:
         assert onnx_cache_path(tmp_path, loaded, "fp16") == onnx_cache_path(
             tmp_path, loaded, "fp16", shape=loaded.preprocess.fixed_shape)
+
+
+def test_build_engine_onnx_only_exports_at_the_sources_network_shape(tmp_path: Path) -> None:
+    import re
+
+    from tests.support.servers import cli
+
+    ckpt = make_family_checkpoint(tmp_path / "da", "depth-anything-v2")
+    p = cli("build-engine", "--onnx-only", "-m", f"depth={ckpt}", "--tasks", "depth", "--source-size", "1280x720",
+            "--cache-dir", str(tmp_path / "cache"), "--out-dir", str(tmp_path / "onnx"), "--threads", "2")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.strip().splitlines()
+    assert len(lines) == 2 and all("depth-fp" in ln and "-168x98.onnx" in ln for ln in lines), lines
+    corr = [float(m) for m in re.findall(r"depth_correlation_min ([0-9.]+)", p.stdout)]
+    assert len(corr) == 2 and min(corr) >= 0.99
+    bad = cli("build-engine", "--onnx-only", "-m", f"depth={ckpt}", "--tasks", "depth", "--source-size", "wide")
+    assert bad.returncode == 2 and "--source-size 'wide'" in bad.stderr
