@@ -141,6 +141,32 @@ class Pipeline:
         ]
         for st in self.stages:
             st.on_fatal = self._on_fatal
+        self._warm_shapes()
+
+    def _warm_shapes(self) -> None:
+        """Engines whose network shape follows the source (checkpoints that keep the aspect ratio) prepare each
+        file source's shape now (CUDA graphs, TensorRT plans), before frames flow; a live source's shape is
+        known only once it streams, and is prepared on its first batch."""
+        from pipeline.sources import SourceError, probe_file
+
+        todo = [e for e in self.engines.values()
+                if e.spec.preprocess.fixed_shape is None and getattr(e, "warmup", None) is not None]
+        if not todo:
+            return
+        sizes: set[tuple[int, int]] = set()
+        for s in self.cfg.sources:
+            if s.is_live:
+                continue
+            try:
+                facts = probe_file(s)
+            except SourceError:
+                continue  # the source reports it itself
+            if facts.get("width") and facts.get("height"):
+                sizes.add((int(facts["height"]), int(facts["width"])))
+        for e in todo:
+            shapes = sorted({e.spec.network_shape(h, w) for h, w in sizes})
+            if shapes:
+                e.warmup(shapes)  # type: ignore[attr-defined]
 
     def _on_eos(self, eos: EndOfStream) -> None:
         rep = self.report.streams.setdefault(eos.stream_id, StreamReport(eos.stream_id))

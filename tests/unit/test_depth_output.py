@@ -136,3 +136,34 @@ def test_snapshot_renders_metric_entries_with_units() -> None:
     with_map = render_entry({**fields, "depth_map": encode_depth_png(dmap, depth)}, {})
     assert with_map.shape == pic.shape
     assert depth_units("metric") == "metres" and "relative" in depth_units("relative_inverse")
+
+
+def test_pipeline_prepares_each_file_sources_network_shape(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from types import SimpleNamespace
+
+    from engines.base import PreprocessSpec
+    from pipeline.config import load_config
+    from pipeline.runtime import Pipeline
+    from pipeline.sample import make_clip
+
+    land = make_clip(tmp_path / "land.mp4", frames=2, width=320, height=180)
+    port = make_clip(tmp_path / "port.mp4", frames=2, width=180, height=320)
+
+    class Warmed:
+        def __init__(self, spec: PreprocessSpec) -> None:
+            self.spec = SimpleNamespace(preprocess=spec, network_shape=spec.network_shape)
+            self.shapes: list[tuple[int, int]] = []
+
+        def warmup(self, shapes: list[tuple[int, int]]) -> None:
+            self.shapes += shapes
+
+    keep = Warmed(PreprocessSpec(98, 98, keep_aspect_ratio=True, ensure_multiple_of=14))
+    square = Warmed(PreprocessSpec(96, 96))
+    from pipeline.config import parse_source
+
+    cfg = load_config(None, {"sources": [parse_source(str(land)), parse_source(str(port))],
+                             "sinks": [f"dir:{tmp_path / 'out'}"]})
+    p = Pipeline(cfg, {"depth": keep, "segmentation": square}, [], Metrics())  # type: ignore[dict-item]
+    p._warm_shapes()
+    assert keep.shapes == [(98, 168), (168, 98)]  # one network shape per source resolution, before frames flow
+    assert square.shapes == []  # a fixed-shape engine warms its one shape when it is created
