@@ -230,6 +230,14 @@ def run_bench(plan: Plan, inp: Inputs,
                     torch.cuda.empty_cache()
         if progress is not None:
             progress(results, pairs + ratios(results, with_engine=not pairs), notes)
+    if "engine" in plan.modes and (plan.families or plan.random_large):
+        from pipeline.benchmark.families import bench_family_rows, family_models
+
+        fmodels = family_models(inp.clip.parent, plan.families, plan.random_large)
+        results += bench_family_rows(fmodels, frames, plan.variants, plan.device, plan.batches, plan.warmup,
+                                     plan.min_calls, plan.min_seconds, plan.cache_dir, eng.tensorrt_available())
+        if progress is not None:
+            progress(results, pairs + ratios(results, with_engine=not pairs), notes)
     if "naive" in plan.modes:
         limit = plan.naive_frames or inp.frames
         dev = "cuda" if plan.device.startswith("cuda") else "cpu"
@@ -281,6 +289,7 @@ class BenchRequest:
     clip: Path | None
     clip_frames: int
     out: Path | None
+    families: bool = False
 
 
 def bench(r: BenchRequest) -> Path:
@@ -320,6 +329,7 @@ def bench(r: BenchRequest) -> Path:
         soak_seconds=r.soak_seconds, cache_dir=r.cache_dir, memory_streams=r.memory_per_stream,
         repeat=max(1, r.repeat or (1 if dev == "cuda" else 3)),
         naive_threads=list(thread_list) if dev == "cpu" else [None],
+        families=r.families, random_large=r.random_large,
     )
     size = parse_size(r.clip_size or ("1920x1080" if dev == "cuda" else "1280x720"))
     if "e2e" in mode_list:  # a dead Redis fails now, not after minutes of engine-only measurements

@@ -20,7 +20,8 @@ def register(app: typer.Typer) -> None:
     def bench(
         model: Annotated[list[str] | None, typer.Option("--model", "-m", help="TASK=PATH|ID. Default: the tiny sample checkpoints (or --random-large).")] = None,
         tasks: Annotated[str, typer.Option(help="segmentation,depth (default both).")] = "segmentation,depth",
-        random_large: Annotated[bool, typer.Option("--random-large", help="Random weights of the real DPT-Large architecture (DPT-Large-ADE @480, DPT-Large @384).")] = False,
+        random_large: Annotated[bool, typer.Option("--random-large", help="Random weights of the real DPT-Large architecture (DPT-Large-ADE @480, DPT-Large @384), plus an engine-only row for a Depth-Anything-V2-Large-sized model (ViT-L/14 at 518).")] = False,
+        families: Annotated[bool, typer.Option("--families", help="Engine-only rows for the tiny checkpoint of every depth family (DPT-Hybrid, BEiT, SwinV2, DINOv2, Depth Anything V1/V2, metric).")] = False,
         device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
         variants: Annotated[str | None, typer.Option(help=f"Engine variants, comma-separated: {', '.join(VARIANTS)}. Default: fp32,fp16,fp16-graphs (+tensorrt when installed) on CUDA; fp32 on CPU.")] = None,
         threads: Annotated[str | None, typer.Option(help="CPU: torch intra-op thread counts to measure, comma-separated (each one a variant). Default: 1 and the core count.")] = None,
@@ -65,6 +66,6 @@ def register(app: typer.Typer) -> None:
             redis=redis, batch_sizes=batch_sizes, e2e_batch=e2e_batch, seconds=seconds, min_calls=min_calls,
             warmup=warmup, naive_frames=naive_frames, soak_seconds=soak_seconds, cache_dir=cache_dir,
             memory_per_stream=memory_per_stream, repeat=repeat, clip_size=clip_size, work_dir=work_dir,
-            random_large=random_large, clip=clip, clip_frames=clip_frames, out=out)
+            random_large=random_large, clip=clip, clip_frames=clip_frames, out=out, families=families)
         path = bench(req)
         print(str(path))
