@@ -90,6 +90,9 @@ class RedisSection(_Strict):
     cert_file: str | None = None  # client certificate (PEM) for a TLS server that asks for one
     key_file: str | None = None  # its private key (PEM)
     thumbnail: int = Field(0, ge=0, le=1024)  # long side (px) of a JPEG of the frame in each entry; 0 = off
+    # a 16-bit PNG depth map at the mask size in each entry (field depth_map; the dir: sink writes one per frame):
+    # metric depth in millimetres (clipped at 65.535 m), relative depth scaled from depth.min..max to 0..65535
+    depth_map: bool = False
 
     @field_validator("prefix")
     @classmethod

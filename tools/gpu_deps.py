@@ -24,7 +24,8 @@ from pathlib import Path
 # import name -> distribution, for everything the GPU check imports (pipeline, engines, tests/system/test_gpu.py,
 # tests/support, the benchmark); tests/unit/test_gpu_deps.py keeps this in step with the code
 MODULES: dict[str, str] = {
-    "torch": "torch", "transformers": "transformers", "huggingface_hub": "huggingface-hub", "numpy": "numpy",
+    "torch": "torch", "transformers": "transformers", "huggingface_hub": "huggingface-hub",
+    "safetensors": "safetensors", "numpy": "numpy",
     "av": "av", "redis": "redis", "pydantic": "pydantic", "pydantic_core": "pydantic-core",
     "annotated_types": "annotated-types", "typing_inspection": "typing-inspection",
     "typing_extensions": "typing-extensions", "PIL": "pillow", "typer": "typer", "click": "click", "rich": "rich",
@@ -33,7 +34,8 @@ MODULES: dict[str, str] = {
 }
 # imported by the code but not needed by the GPU check (the run says what it skips without them)
 OPTIONAL: dict[str, str] = {"tensorrt": "the tensorrt bench variants and TensorRT tests are skipped",
-                            "gi": "GStreamer, only for the RTSP tests, which the GPU check does not run"}
+                            "gi": "GStreamer, only for the RTSP tests, which the GPU check does not run",
+                            "aiohttp": "only for `dptstream view`, which the GPU check does not run"}
 # exactly what the H200 image lacks
 CARRY = ("av", "redis", "pydantic", "pydantic-core", "annotated-types", "typing-inspection")
 

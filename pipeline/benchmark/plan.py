@@ -91,6 +91,8 @@ class Plan:
     memory_streams: bool
     repeat: int = 1
     naive_threads: list[int | None] = field(default_factory=lambda: [None])
+    families: bool = False  # engine-only rows for every tiny depth family (pipeline.checkpoints)
+    random_large: bool = False  # plus a Depth-Anything-V2-Large-sized depth model
     naive_precisions: list[str] = field(default_factory=lambda: ["fp32"])  # fp32 and fp16 on CUDA
     variant_batches: dict[str, list[int]] = field(default_factory=dict)  # engine-only batch sizes per variant
 
