@@ -127,7 +127,10 @@ class Engine(Protocol):
     """An engine takes a batch ``N x 3 x H x W`` on ``spec.device`` in ``spec.dtype`` and returns named outputs.
 
     Segmentation engines return ``{"logits": N x C x h x w}``; depth engines ``{"depth": N x h x w}``,
-    both as float32 on ``spec.device``. ``infer`` may be called from one thread at a time.
+    on ``spec.device``, in the engine's compute dtype (float32 on CPU; float16/bfloat16 for torch on CUDA:
+    the consumer resizes first and upcasts only what it keeps). ``infer`` may be called from one thread at a
+    time. ``warmup`` (optional: the runtime calls it when present, before any frame flows) does the first-run
+    work: CUDA graph capture, algorithm selection, lazy kernel loading.
     """
 
     spec: EngineSpec
@@ -152,3 +155,6 @@ class EngineConfig:
     cache_dir: str = "~/.cache/dptstream"
     input_size: int | None = None  # override the checkpoint's square input side
     threads: int | None = None
+    # TensorRT FP16: the attention Softmax in float32 (Casts around it) or, False, in FP16 (no Casts: lets
+    # TensorRT fuse the attention block where the Casts prevent it; see engines.tensorrt_engine.attention_report)
+    fp32_softmax: bool = True

@@ -115,7 +115,11 @@ class _ExplicitSelfAttention(nn.Module):
         self.scaling = float(getattr(attn, "scaling", self.head_size**-0.5))
         self.fp32_softmax = fp32_softmax
 
-    def forward(self, hidden_states: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    def forward(self, hidden_states: torch.Tensor, head_mask: torch.Tensor | None = None,
+                output_attentions: bool = False, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """transformers 5.x calls ``attention(hidden_states, **kwargs)`` and unpacks ``(context, probs)``;
+        4.x calls ``attention(hidden_states, head_mask, output_attentions)`` and reads ``[0]`` (and ``[1]`` only
+        when ``output_attentions``). Both get ``(context, probs or None)``."""
         n = hidden_states.shape[0]
         shape = (n, -1, self.heads, self.head_size)
         q = self.query(hidden_states).view(shape).transpose(1, 2) * self.scaling
@@ -124,8 +128,10 @@ class _ExplicitSelfAttention(nn.Module):
         scores = torch.matmul(q, k.transpose(-1, -2))
         # the Softmax in float32 (cast back for the second product) unless asked otherwise
         probs = F.softmax(scores.float(), dim=-1).to(v.dtype) if self.fp32_softmax else F.softmax(scores, dim=-1)
+        if head_mask is not None:  # 4.x: per-layer head mask, applied to the probabilities as transformers does
+            probs = probs * head_mask
         ctx = torch.matmul(probs, v).transpose(1, 2).reshape(n, -1, self.heads * self.head_size)
-        return ctx, None
+        return ctx, (probs if output_attentions else None)
 
 
 class _GraphIO(nn.Module):

@@ -17,12 +17,13 @@ output are torch tensors whose ``data_ptr()`` is handed to ``set_tensor_address`
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -154,6 +155,8 @@ def _build_plan(onnx_path: Path, key: PlanKey, plan_path: Path, timing_path: Pat
         raise EngineError(f"TensorRT could not parse {onnx_path.name}: {errors or 'unknown error'}")
 
     config = builder.create_builder_config()
+    # layer names, types and tactics in the plan, for IEngineInspector (is attention fused?); no run-time cost
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     if workspace_bytes:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
     profile = builder.create_optimization_profile()
@@ -202,10 +205,13 @@ def ensure_plan(loaded: LoadedModel, cfg: EngineConfig, min_batch: int, opt_batc
     hw = export_shape(loaded, shape)
 
     onnx_path = onnx_cache_path(root, loaded, precision, shape=hw)
+    fp32_softmax = cfg.fp32_softmax or precision == "fp32"
+    if not fp32_softmax:  # a different graph: FP16 Softmax, no Casts around it
+        onnx_path = onnx_path.with_name(f"{onnx_path.stem}-fp16softmax{onnx_path.suffix}")
     if onnx_path.exists():
         log.info("reusing exported ONNX graph %s", onnx_path)
     else:
-        export_onnx(loaded, onnx_path, precision, shape=hw)
+        export_onnx(loaded, onnx_path, precision, shape=hw, fp32_softmax=fp32_softmax)
     key = _plan_key(loaded, onnx_path, precision, device, min_batch, opt_batch, max_batch, trt_version, hw)
     plan_path = key.plan_path(root)
     if plan_path.exists():
@@ -249,6 +255,66 @@ def build_engine(cfg: EngineConfig, min_batch: int = 1, opt_batch: int | None = 
     return path
 
 
+def _engine_information(engine: trt.ICudaEngine) -> str | None:
+    """The plan's layers as JSON (``IEngineInspector``; detailed for plans built here), or None."""
+    import tensorrt as trt
+
+    inspector = engine.create_engine_inspector()
+    if inspector is None:
+        return None
+    return inspector.get_engine_information(trt.LayerInformationFormat.JSON)
+
+
+# kernel / layer names of fused attention (TensorRT's MHA and flash kernels, 10.14+'s IAttention layer type);
+# not "attention" in layer names, which carry the ONNX node names ("/layer.0/attention/Softmax")
+_FUSED_ATTENTION = ("mha", "flash")
+
+
+def attention_report(info: str | None) -> dict[str, Any]:
+    """What ``IEngineInspector`` says about attention in a plan: is the MatMul -> Softmax -> MatMul fused?
+
+    ``info`` is ``get_engine_information(JSON)``: ``{"Layers": [...]}`` with one name per layer
+    (``LAYER_NAMES_ONLY``) or one object per layer (``DETAILED``: ``Name``, ``LayerType``, ``TacticName``...).
+    ``attention_fused``: True when a layer's name, type or tactic names a fused attention kernel (MHA, FMHA,
+    flash); False when Softmax layers stand alone (the attention ran as separate MatMul / Softmax / MatMul
+    kernels, which is what Casts to FP32 around the Softmax can force); None when neither shows (e.g. the
+    block went whole into one Myelin ``ForeignNode``, whose kernels the inspector does not list).
+    """
+    if not info:
+        return {"layers": 0, "attention_fused": None, "softmax_layers": 0, "fused_attention_layers": 0,
+                "evidence": ["no layer information in the plan"]}
+    try:
+        doc = json.loads(info)
+    except ValueError:
+        return {"layers": 0, "attention_fused": None, "softmax_layers": 0, "fused_attention_layers": 0,
+                "evidence": ["layer information is not JSON"]}
+    layers = doc.get("Layers", []) if isinstance(doc, dict) else []
+    fused: list[str] = []
+    softmax: list[str] = []
+    foreign = 0
+    for layer in layers:
+        if isinstance(layer, dict):
+            name = str(layer.get("Name", ""))
+            kind = str(layer.get("LayerType", ""))
+            text = " ".join(str(layer.get(k, "")) for k in ("Name", "LayerType", "TacticName", "Metadata"))
+        else:  # LAYER_NAMES_ONLY: the name alone
+            name = text = str(layer)
+            kind = ""
+        low = text.lower()
+        if "foreignnode" in low or kind.lower() == "myelin":
+            foreign += 1
+        if any(k in low for k in _FUSED_ATTENTION) or "attention" in kind.lower():
+            fused.append(name)
+        elif "softmax" in kind.lower() or ("softmax" in name.lower() and "foreignnode" not in name.lower()):
+            softmax.append(name)
+    verdict: bool | None = True if fused else (False if softmax else None)
+    evidence = [f"fused: {n}" for n in fused[:3]] + [f"standalone softmax: {n}" for n in softmax[:3]]
+    if verdict is None:
+        evidence.append(f"{foreign} Myelin/ForeignNode layers: attention fusion inside them is not visible")
+    return {"layers": len(layers), "attention_fused": verdict, "softmax_layers": len(softmax),
+            "fused_attention_layers": len(fused), "myelin_layers": foreign, "evidence": evidence}
+
+
 def _torch_dtype(dtype: trt.DataType) -> torch.dtype:
     import tensorrt as trt
 
@@ -270,6 +336,9 @@ class _Plan:
     context: trt.IExecutionContext
     in_dtype: torch.dtype
     out_dtype: torch.dtype
+    device_memory_bytes: int = 0
+    plan_bytes: int = 0
+    layers: dict[str, Any] | None = None  # attention_report of the plan
 
 
 class TensorRTEngine:
@@ -301,7 +370,8 @@ class TensorRTEngine:
         self.spec = EngineSpec(
             task=loaded.task,
             model_id=loaded.model_id,
-            backend=f"tensorrt-{self._precision}",
+            backend=f"tensorrt-{self._precision}"
+                    + ("" if cfg.fp32_softmax or self._precision == "fp32" else "-fp16softmax"),
             device=str(self._device),
             dtype=first.in_dtype if first is not None else torch.float32,  # the graph casts to FP16 itself
             preprocess=loaded.preprocess,
@@ -350,7 +420,11 @@ class TensorRTEngine:
             raise EngineError(f"plan {plan_path.name} has inputs {inputs} and outputs {outputs}; "
                               f"expected [{INPUT_NAME!r}] and {self._out!r}")
         plan = _Plan(plan_path, shape, engine, context, _torch_dtype(engine.get_tensor_dtype(INPUT_NAME)),
-                     _torch_dtype(engine.get_tensor_dtype(self._out)))
+                     _torch_dtype(engine.get_tensor_dtype(self._out)),
+                     # TensorRT's own device memory is invisible to torch's counters: the execution context's
+                     # activation memory (device_memory_size_v2, TensorRT 10+); the weights are in the plan file
+                     int(engine.device_memory_size_v2), plan_path.stat().st_size,
+                     attention_report(_engine_information(engine)))
         self._plans[shape] = plan
         return plan
 
@@ -407,6 +481,22 @@ class TensorRTEngine:
     @property
     def plan_paths(self) -> dict[tuple[int, int], Path]:
         return {shape: p.path for shape, p in self._plans.items()}
+
+    @property
+    def device_memory_bytes(self) -> int:
+        """TensorRT's activation memory of every loaded plan's context (not in torch's memory counters)."""
+        return sum(p.device_memory_bytes for p in self._plans.values())
+
+    @property
+    def plan_bytes(self) -> int:
+        """Size of the loaded plans (about the weights TensorRT holds on the device)."""
+        return sum(p.plan_bytes for p in self._plans.values())
+
+    @property
+    def layers(self) -> dict[str, Any]:
+        """What IEngineInspector says about attention in the first loaded plan (see :func:`attention_report`)."""
+        first = next(iter(self._plans.values()), None)
+        return (first.layers if first is not None else None) or attention_report(None)
 
     def close(self) -> None:
         """Release the contexts, then the engines, then the runtime (TensorRT's required order). Idempotent."""

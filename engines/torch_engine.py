@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from engines.base import OUTPUT_NAME, BackendUnavailable, EngineConfig, EngineSpec
+from engines.base import OUTPUT_NAME, BackendUnavailable, EngineConfig, EngineError, EngineSpec
 from engines.loading import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,13 @@ def padded_size(n: int, sizes: list[int]) -> int:
     raise ValueError(f"batch of {n} exceeds the largest captured size {sizes[-1]}")
 
 
+class _Closed:
+    """Stands in for the module of a closed engine (whose weights were released)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise EngineError("the torch engine is closed")
+
+
 class TorchEngine:
     def __init__(self, loaded: LoadedModel, cfg: EngineConfig) -> None:
         device = cfg.device
@@ -54,11 +61,11 @@ class TorchEngine:
             # threads = cores - 1 keeps the engine busiest relative to its own speed and holds up better when
             # other work shares the machine (bench/results/cpu-tiny.json has both).
             torch.set_num_threads(cfg.threads)
-        self._module = loaded.module.to(device=device, dtype=dtype).eval()
+        self._module: Any = loaded.module.to(device=device, dtype=dtype).eval()
         for p in self._module.parameters():
             p.requires_grad_(False)
         if cfg.compile:
-            self._module = torch.compile(self._module, mode="max-autotune-no-cudagraphs")  # type: ignore[assignment]
+            self._module = torch.compile(self._module, mode="max-autotune-no-cudagraphs")
         self._out = OUTPUT_NAME[loaded.task]
         self._device = torch.device(device)
         self._use_graphs = cfg.cuda_graphs and self._device.type == "cuda"
@@ -109,16 +116,22 @@ class TorchEngine:
         return self._graphs[key]
 
     def warmup(self, shapes: Iterable[tuple[int, int]] | None = None) -> None:
-        """Capture a graph per batch size and network shape, largest batch first (the smaller ones reuse its
-        pool's memory). ``shapes`` default to the checkpoint's one fixed shape (none if it keeps the aspect
-        ratio: pass the shapes of the streams, :meth:`EngineSpec.network_shape`)."""
-        if not self._use_graphs:
+        """On CUDA, before frames flow: capture a graph per batch size and network shape, largest batch first
+        (the smaller ones reuse its pool's memory), or without graphs run the largest batch once per shape
+        (cuDNN/SDPA algorithm selection, lazy kernel loading, the allocator's first blocks). ``shapes`` default
+        to the checkpoint's one fixed shape (none if it keeps the aspect ratio: pass the shapes of the streams,
+        :meth:`EngineSpec.network_shape`). Nothing to do on CPU."""
+        if self._device.type != "cuda":
             return
         fixed = self.spec.preprocess.fixed_shape
         todo = list(shapes) if shapes is not None else ([fixed] if fixed else [])
         for shape in dict.fromkeys(todo):
-            for n in sorted(self._graph_sizes, reverse=True):
-                self._graph_for(n, shape)
+            if self._use_graphs:
+                for n in sorted(self._graph_sizes, reverse=True):
+                    self._graph_for(n, shape)
+            else:
+                x = torch.zeros(self.spec.max_batch, 3, *shape, device=self._device, dtype=self.spec.dtype)
+                self.infer(x)
         torch.cuda.current_stream(self._device).synchronize()
 
     @property
@@ -143,11 +156,13 @@ class TorchEngine:
             graph, static_in, static_out = self._graph_for(size, (int(x.shape[-2]), int(x.shape[-1])))
             static_in[:n].copy_(x)  # rows n..size-1 keep stale inputs: their outputs are never read
             graph.replay()
-            # a copy: the static output buffer is overwritten by the next replay (.float() of a half tensor
-            # already is one; a float32 output needs an explicit clone)
-            out = static_out[:n]
-            return {self._out: out.float() if out.dtype != torch.float32 else out.clone()}
-        return {self._out: self._module(x).float()}
+            # a copy: the static output buffer is overwritten by the next replay. In the engine's dtype: an
+            # FP32 upcast here would be 138 MB per frame of 150 x 480 x 480 logits, resized right after anyway
+            return {self._out: static_out[:n].clone()}
+        return {self._out: self._module(x)}
 
     def close(self) -> None:
+        """Release the captured graphs, their memory pool and the module (its GPU weights). Idempotent."""
         self._graphs.clear()
+        self._pool = None
+        self._module = _Closed()

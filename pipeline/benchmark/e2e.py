@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.benchmark.timing import cpu_by_thread, rss_mb, thread_cpu
+from pipeline.benchmark.timing import cpu_by_thread, cpu_ms_per_frame_by_stage, rss_mb, thread_cpu
 from pipeline.config import ConfigError
 
 # -- end to end ---------------------------------------------------------------------------------------------
@@ -32,6 +32,10 @@ class E2EResult:
     @property
     def fps(self) -> float:
         return self.published / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def cpu_ms_by_stage(self) -> dict[str, float]:
+        return cpu_ms_per_frame_by_stage(self.thread_cpu_s, self.published)
 
 
 def stage_profile(metrics: Any) -> tuple[dict[str, float], float]:
@@ -88,10 +92,15 @@ def run_e2e(engines: dict[str, Any], base: dict[str, Any], clip: Path, streams: 
         c0 = time.process_time()
         t0 = time.monotonic()
         pipe.start()
-        next_sample = 0.0
+        next_sample = next_cpu = 0.0
+        kinds: dict[int, str] = {}  # native thread id -> kind, read from /proc once per thread
         while pipe.running:
             now = time.monotonic() - t0
-            last.update(thread_cpu())  # read while the stage threads are alive
+            # read while the stage threads are alive; every 0.25 s (this loop's own CPU counts in the run's
+            # CPU per frame: reading /proc for every thread ten times a second cost ~1 ms per frame)
+            if now >= next_cpu:
+                last.update(thread_cpu(kinds))
+                next_cpu = now + 0.25
             if now >= next_sample:
                 r = rss_mb()
                 rss_max = max(rss_max, r)

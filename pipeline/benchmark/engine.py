@@ -89,7 +89,20 @@ def engine_config_for(task: str, model: str, v: Variant, device: str, max_batch:
 
     return EngineConfig(task=task, model=model, backend=v.backend, device=device,  # type: ignore[arg-type]
                         precision=v.precision, max_batch=max_batch,  # type: ignore[arg-type]
-                        cuda_graphs=v.cuda_graphs, cache_dir=cache_dir, threads=v.threads)
+                        cuda_graphs=v.cuda_graphs, cache_dir=cache_dir, threads=v.threads,
+                        fp32_softmax=v.fp32_softmax)
+
+
+def tensorrt_facts(engines: dict[str, Any]) -> dict[str, Any]:
+    """TensorRT's own device memory (invisible to torch's counters) and the attention report, per task."""
+    out: dict[str, Any] = {}
+    for task, e in engines.items():
+        if getattr(e, "device_memory_bytes", None) is None:
+            continue
+        out[task] = {"device_memory_mb": round(e.device_memory_bytes / 2**20, 1),
+                     "plan_mb": round(getattr(e, "plan_bytes", 0) / 2**20, 1),
+                     "attention": getattr(e, "layers", None)}
+    return out
 
 
 def engine_inputs(engines: dict[str, Any], frames: list[Any], max_batch: int) -> dict[str, list[Any]]:

@@ -12,8 +12,12 @@ from pipeline.benchmark.timing import Timer
 
 
 # -- naive transformers loop --------------------------------------------------------------------------------
-def run_naive(models: dict[str, str], clip: Path, device: str, limit: int, net_side: int) -> Timer:
-    """decode -> DPTImageProcessor -> model -> post_process_* per frame, sequentially (masks to host)."""
+def run_naive(models: dict[str, str], clip: Path, device: str, limit: int, net_side: int,
+              precision: str = "fp32") -> Timer:
+    """decode -> DPTImageProcessor -> model -> post_process_* per frame, sequentially (masks to host).
+
+    ``precision`` fp16 (CUDA): the model in half precision and its input cast to half, as a user would write
+    it (``model.half()``), so the pipeline's FP16 engines are compared with an FP16 loop too."""
     import torch
     from transformers import AutoImageProcessor, DPTForDepthEstimation, DPTForSemanticSegmentation
     from transformers.utils import logging as hf_logging
@@ -21,6 +25,7 @@ def run_naive(models: dict[str, str], clip: Path, device: str, limit: int, net_s
     from pipeline.stages.postprocess import mask_size
 
     dev = torch.device(device)
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
     procs: dict[str, Any] = {}
     nets: dict[str, Any] = {}
     hf_logging.disable_progress_bar()
@@ -28,7 +33,7 @@ def run_naive(models: dict[str, str], clip: Path, device: str, limit: int, net_s
         for task, path in models.items():
             procs[task] = AutoImageProcessor.from_pretrained(path)
             cls: Any = DPTForSemanticSegmentation if task == "segmentation" else DPTForDepthEstimation
-            nets[task] = cls.from_pretrained(path).to(dev).eval()
+            nets[task] = cls.from_pretrained(path).to(dev, dtype).eval()
     finally:
         hf_logging.enable_progress_bar()
     # one processor call when both checkpoints want the same preprocessing (a fair, not a strawman, loop)
@@ -50,6 +55,8 @@ def run_naive(models: dict[str, str], clip: Path, device: str, limit: int, net_s
                 key = "shared" if shared else task
                 if key not in cache:
                     cache[key] = procs[task](images=image, return_tensors="pt").to(dev)
+                    if dtype != torch.float32:
+                        cache[key]["pixel_values"] = cache[key]["pixel_values"].to(dtype)
                 out = net(**cache[key])
                 if task == "segmentation":
                     procs[task].post_process_semantic_segmentation(out, target_sizes=[(mh, mw)])[0].cpu()

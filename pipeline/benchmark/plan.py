@@ -9,7 +9,7 @@ from pipeline.config import ConfigError
 COMBINED = "segmentation+depth"
 
 
-VARIANTS = ("fp32", "fp16", "fp16-graphs", "bf16", "bf16-graphs", "tensorrt")
+VARIANTS = ("fp32", "fp16", "fp16-graphs", "bf16", "bf16-graphs", "tensorrt", "tensorrt-fp16softmax")
 
 
 GPU_BATCHES = "1,2,4,8,16"
@@ -45,6 +45,7 @@ class Variant:
     precision: str  # "fp32" | "fp16" | "bf16"
     cuda_graphs: bool
     threads: int | None = None  # torch intra-op threads (CPU)
+    fp32_softmax: bool = True  # TensorRT: the attention Softmax in float32 (False: FP16, no Casts around it)
 
     @property
     def label(self) -> str:
@@ -60,8 +61,8 @@ def parse_variants(text: str, device: str, threads: list[int] | None) -> list[Va
     for n in names:
         if device == "cpu" and n != "fp32":
             raise ConfigError(f"--variants {n}: on CPU only fp32 is measured (FP16/BF16 and TensorRT need CUDA)")
-        if n == "tensorrt":
-            out.append(Variant(n, "tensorrt", "fp16", False))
+        if n.startswith("tensorrt"):
+            out.append(Variant(n, "tensorrt", "fp16", False, fp32_softmax=n == "tensorrt"))
             continue
         prec, _, graphs = n.partition("-")
         for t in threads or [None]:  # type: ignore[list-item]
@@ -92,3 +93,21 @@ class Plan:
     naive_threads: list[int | None] = field(default_factory=lambda: [None])
     families: bool = False  # engine-only rows for every tiny depth family (pipeline.checkpoints)
     random_large: bool = False  # plus a Depth-Anything-V2-Large-sized depth model
+    naive_precisions: list[str] = field(default_factory=lambda: ["fp32"])  # fp32 and fp16 on CUDA
+    variant_batches: dict[str, list[int]] = field(default_factory=dict)  # engine-only batch sizes per variant
+
+    def batches_for(self, variant: str) -> list[int]:
+        return self.variant_batches.get(variant, self.batches)
+
+
+def parse_variant_batches(items: list[str] | None, known: list[str]) -> dict[str, list[int]]:
+    """``--variant-batches fp32=1,8`` (repeatable): engine-only batch sizes for one variant."""
+    out: dict[str, list[int]] = {}
+    for item in items or []:
+        name, sep, sizes = item.partition("=")
+        name = name.strip()
+        if not sep or name not in known:
+            raise ConfigError(f"--variant-batches {item!r}: use VARIANT=SIZES with a variant being measured "
+                              f"({', '.join(known)}), e.g. fp32=1,8")
+        out[name] = int_list(sizes, f"--variant-batches {name}")
+    return out

@@ -86,7 +86,8 @@ def e2e_entry(runs: list[E2EResult], task: str, inp: Inputs, backend: str, batch
                 cpu_ms_per_frame=round(sum(r.cpu_seconds for r in runs) * 1000 / max(1, sum(r.published for r in runs)),
                                        2),
                 stage_ms=mid.stage_ms, batch_mean=round(mid.batch_mean, 2),
-                cpu_busy=mid.cpu_busy, thread_cpu_s=mid.thread_cpu_s, rss_mb=mid.rss_mb)
+                cpu_busy=mid.cpu_busy, thread_cpu_s=mid.thread_cpu_s,
+                cpu_ms_per_frame_by_stage=mid.cpu_ms_by_stage, rss_mb=mid.rss_mb)
     if mid.gpu_mem_mb is not None:
         out["gpu_mem_peak_mb"] = max(r.gpu_mem_mb or 0.0 for r in runs)
     return out
@@ -95,8 +96,12 @@ def e2e_entry(runs: list[E2EResult], task: str, inp: Inputs, backend: str, batch
 def ratios(results: list[dict[str, Any]], with_engine: bool = True) -> list[dict[str, Any]]:
     """e2e / engine (same backend, threads, batch and tasks) and e2e / naive, from one file's entries."""
     out: list[dict[str, Any]] = []
-    # against the fastest naive loop measured (its thread count is in the entry): no strawman baseline
-    naive = sorted((r for r in results if r["mode"] == "naive"), key=lambda r: -r["fps"])[:1]
+    # against the fastest naive loop measured of each precision (its thread count is in the entry): no
+    # strawman baseline, and an FP16 pipeline is compared with an FP16 loop as well as with the FP32 one
+    by_precision: dict[str, dict[str, Any]] = {}
+    for r in sorted((r for r in results if r["mode"] == "naive"), key=lambda r: -r["fps"]):
+        by_precision.setdefault(str(r["backend"]).rsplit("-", 1)[-1], r)
+    naive = list(by_precision.values())
     for e in results:
         if e["mode"] != "e2e" or "soak_seconds" in e:
             continue
@@ -110,7 +115,7 @@ def ratios(results: list[dict[str, Any]], with_engine: bool = True) -> list[dict
             if n["task"] == e["task"] and n["fps"] > 0:
                 out.append({"ratio": "e2e/naive", "task": e["task"], "backend": e["backend"],
                             "threads": e.get("threads"), "batch": e["batch"], "e2e_fps": e["fps"],
-                            "naive_fps": n["fps"], "naive_threads": n.get("threads"),
+                            "naive_backend": n["backend"], "naive_fps": n["fps"], "naive_threads": n.get("threads"),
                             "value": round(e["fps"] / n["fps"], 3)})
                 if e.get("cpu_ms_per_frame") and n.get("cpu_ms_per_frame"):
                     # load-independent: CPU time per frame (what a frame costs, whatever share of the cores

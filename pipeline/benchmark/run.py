@@ -17,6 +17,7 @@ same file. Model loading and warm-up (CUDA graph capture, first calls) are never
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -35,93 +36,51 @@ from pipeline.benchmark.engine import (
     engine_config_for,
     engine_inputs,
     prepare_inputs,
+    tensorrt_facts,
 )
 from pipeline.benchmark.naive import run_naive
-from pipeline.benchmark.plan import CPU_BATCHES, GPU_BATCHES, Plan, int_list, parse_size, parse_variants
+from pipeline.benchmark.plan import (
+    CPU_BATCHES,
+    GPU_BATCHES,
+    Plan,
+    Variant,
+    int_list,
+    parse_size,
+    parse_variant_batches,
+    parse_variants,
+)
 from pipeline.benchmark.results import default_out, e2e_entry, entry, machine_info, ratios, variant_label, versions
 from pipeline.benchmark.timing import Timer, latency_ms, median, torch_threads
 from pipeline.config import ConfigError
 
 log = logging.getLogger("dptstream.bench")
 
+Progress = Callable[[list[dict[str, Any]], list[dict[str, Any]], list[str]], None]
 
 
+def release_gpu_memory() -> None:
+    """Between variants: collect what the last one left (engines, graphs, inputs) and return the cached blocks,
+    so the next variant captures its graphs in a device that holds nothing of the previous one."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
 
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-def run_bench(plan: Plan, inp: Inputs,
-              progress: Callable[[list[dict[str, Any]], list[dict[str, Any]], list[str]], None] | None = None,
+def run_bench(plan: Plan, inp: Inputs, progress: Progress | None = None,
               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
     """Every measurement of ``plan``; ``progress`` gets the results so far after each variant (a run cut short
     by a time limit still leaves its completed measurements behind)."""
-    import torch
-
     import engines as eng
 
     results: list[dict[str, Any]] = []
     pairs: list[dict[str, Any]] = []
     notes: list[str] = []
-    max_batch = max(plan.batches + plan.e2e_batches)
+    max_batch = max([b for v in plan.variants for b in plan.batches_for(v.name)] + plan.batches
+                    + plan.e2e_batches)
     frames = list(decode_frames(inp.clip, min(max_batch, 16)))
-    combined = "+".join(plan.tasks)
-    base = {"tasks": plan.tasks, "models": dict(inp.models),
-            "engine": {"device": plan.device, "cache_dir": plan.cache_dir}}
     run_id = f"bench-{uuid.uuid4().hex[:8]}"
     net_side = 0
     for v in plan.variants:
@@ -129,105 +88,9 @@ def run_bench(plan: Plan, inp: Inputs,
             notes.append(f"variant {v.name}: skipped, TensorRT is not installed here")
             log.warning("variant %s: skipped (TensorRT is not installed)", v.name)
             continue
-        paired = "e2e" in plan.modes and v.name in plan.e2e_variants
-        with torch_threads(v.threads):
-            loaded: dict[str, Any] = {}
-            try:
-                for task in plan.tasks:  # loading, graph capture and first calls: never timed
-                    loaded[task] = eng.create_engine(engine_config_for(task, inp.models[task], v, plan.device,
-                                                                       max_batch, plan.cache_dir))
-                for task, e in loaded.items():
-                    inp.input_size[task] = e.spec.preprocess.height
-                    warm = getattr(e, "warmup", None)
-                    if warm is not None:
-                        warm()
-                seg = loaded.get("segmentation")
-                net_side = (seg or next(iter(loaded.values()))).spec.preprocess.height
-                backend = next(iter(loaded.values())).spec.backend
-                extra: dict[str, Any] = {"threads": v.threads} if v.threads else {}
-                inputs = engine_inputs(loaded, frames, max_batch) if "engine" in plan.modes else {}
-
-                def engine_timer(b: int, tasks: list[str], inputs: dict[str, list[Any]] = inputs,
-                                 loaded: dict[str, Any] = loaded) -> Timer:
-                    return bench_engines(loaded, inputs, b, [tasks], plan.device, plan.warmup, plan.min_calls,
-                                         plan.min_seconds)[0][1]
-
-                if "engine" in plan.modes:
-                    for b in plan.batches:
-                        sets = [[t] for t in plan.tasks]
-                        if len(plan.tasks) > 1:
-                            sets.append(plan.tasks)
-                        for tasks in sets:
-                            task = "+".join(tasks)
-                            if paired and b in plan.e2e_batches and task == combined:
-                                continue  # measured below, alternating with the end-to-end runs
-                            timer = engine_timer(b, tasks)
-                            results.append(entry("engine", task, inp, backend, b, timer.fps,
-                                                 latency_ms(timer.calls), timer.frames, **extra,
-                                                 cpu_ms_per_frame=timer.cpu_ms_per_frame))
-                            log.info("engine %-19s %-24s batch %2d: %8.1f frames/s (p50 %.1f ms)", task,
-                                     variant_label(backend, v), b, timer.fps, results[-1]["latency_ms"]["p50"])
-                if paired:
-                    for b in plan.e2e_batches:
-                        eng_runs: list[Timer] = []
-                        e2e_runs: list[E2EResult] = []
-                        for i in range(plan.repeat):
-                            if "engine" in plan.modes:
-                                eng_runs.append(engine_timer(b, plan.tasks))
-                            e2e_runs.append(run_e2e(loaded, base, inp.clip, plan.streams, b, plan.redis_url,
-                                                    f"{run_id}-{v.label}-b{b}-{i}", inp.warm_clip if i == 0 else None))
-                            msg = f"engine {eng_runs[-1].fps:.1f}, " if eng_runs else ""
-                            log.info("e2e    %-19s %-24s batch %2d: %sdecode->Redis %.1f frames/s (%d streams, run "
-                                     "%d/%d)", combined, variant_label(backend, v), b, msg, e2e_runs[-1].fps, plan.streams,
-                                     i + 1, plan.repeat)
-                        if eng_runs:
-                            fps_list = [t.fps for t in eng_runs]
-                            results.append(entry("engine", combined, inp, backend, b, median(fps_list),
-                                                 latency_ms([c for t in eng_runs for c in t.calls]),
-                                                 sum(t.frames for t in eng_runs), **extra,
-                                                 fps_runs=[round(f, 2) for f in fps_list],
-                                                 cpu_ms_per_frame=round(sum(t.cpu_seconds for t in eng_runs) * 1000
-                                                                        / max(1, sum(t.frames for t in eng_runs)),
-                                                                        2)))
-                        results.append(e2e_entry(e2e_runs, combined, inp, backend, b, plan.streams, extra))
-                        if eng_runs:
-                            vals = [r.fps / t.fps for r, t in zip(e2e_runs, eng_runs, strict=True) if t.fps > 0]
-                            pairs.append({"ratio": "e2e/engine", "task": combined, "backend": backend,
-                                          "threads": v.threads, "batch": b, "e2e_fps": results[-1]["fps"],
-                                          "engine_fps": results[-2]["fps"], "value": round(median(vals), 3),
-                                          "runs": [round(x, 3) for x in vals],
-                                          # the least disturbed run of each (timeit's convention) on a busy machine
-                                          "best_value": round(max(r.fps for r in e2e_runs)
-                                                              / max(t.fps for t in eng_runs), 3),
-                                          "cpu_ms_per_frame": {"e2e": results[-1]["cpu_ms_per_frame"],
-                                                               "engine": results[-2]["cpu_ms_per_frame"]},
-                                          "how": "median of per-run ratios, engine-only and e2e alternating"})
-                        if plan.memory_streams and e2e_runs[-1].gpu_mem_mb is not None and plan.streams > 1:
-                            one = run_e2e(loaded, base, inp.clip, 1, b, plan.redis_url,
-                                          f"{run_id}-{v.label}-b{b}-one", None)
-                            many = max(r.gpu_mem_mb or 0.0 for r in e2e_runs)
-                            if one.gpu_mem_mb is not None:
-                                results[-1]["gpu_mem_peak_one_stream_mb"] = one.gpu_mem_mb
-                                results[-1]["gpu_mem_per_extra_stream_mb"] = round(
-                                    (many - one.gpu_mem_mb) / (plan.streams - 1), 1)
-                    if plan.soak_seconds > 0:
-                        trace: list[tuple[float, float]] = []
-                        b = plan.e2e_batches[-1]
-                        r = run_e2e(loaded, base, inp.clip, plan.streams, b, plan.redis_url,
-                                    f"{run_id}-{v.label}-soak", None, plan.soak_seconds, trace)
-                        soak = e2e_entry([r], combined, inp, backend, b, plan.streams, extra)
-                        soak.update(soak_seconds=plan.soak_seconds, rss_trace=trace)
-                        results.append(soak)
-                        log.info("soak   %-19s %-24s batch %2d: %.0f s, %.1f frames/s, RSS %.0f -> %.0f MB",
-                                 combined, variant_label(backend, v), b, r.seconds, r.fps, r.rss_mb["start"],
-                                 r.rss_mb["end"])
-                del inputs
-            finally:
-                for e in loaded.values():
-                    e.close()
-                del loaded
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+        # everything of one variant lives in _bench_variant's frame: gone when it returns (issue 12, item 10)
+        net_side = _bench_variant(plan, inp, v, frames, max_batch, run_id, results, pairs, notes) or net_side
+        release_gpu_memory()
         if progress is not None:
             progress(results, pairs + ratios(results, with_engine=not pairs), notes)
     if "engine" in plan.modes and (plan.families or plan.random_large):
@@ -236,27 +99,159 @@ def run_bench(plan: Plan, inp: Inputs,
         fmodels = family_models(inp.clip.parent, plan.families, plan.random_large)
         results += bench_family_rows(fmodels, frames, plan.variants, plan.device, plan.batches, plan.warmup,
                                      plan.min_calls, plan.min_seconds, plan.cache_dir, eng.tensorrt_available())
+        release_gpu_memory()
         if progress is not None:
             progress(results, pairs + ratios(results, with_engine=not pairs), notes)
     if "naive" in plan.modes:
-        limit = plan.naive_frames or inp.frames
-        dev = "cuda" if plan.device.startswith("cuda") else "cpu"
+        _bench_naive(plan, inp, net_side, results)
+    return results, pairs + ratios(results, with_engine=not pairs), notes
+
+
+def _bench_variant(plan: Plan, inp: Inputs, v: Variant, frames: list[Any], max_batch: int, run_id: str,
+                   results: list[dict[str, Any]], pairs: list[dict[str, Any]], notes: list[str]) -> int:
+    """Engine-only, e2e and soak measurements of one variant; returns the network side. Its engines are
+    closed and unreferenced when this returns."""
+    import engines as eng
+
+    combined = "+".join(plan.tasks)
+    base = {"tasks": plan.tasks, "models": dict(inp.models),
+            "engine": {"device": plan.device, "cache_dir": plan.cache_dir}}
+    paired = "e2e" in plan.modes and v.name in plan.e2e_variants
+    loaded: dict[str, Any] = {}
+    with torch_threads(v.threads):
+        try:
+            for task in plan.tasks:  # loading, graph capture and first calls: never timed
+                loaded[task] = eng.create_engine(engine_config_for(task, inp.models[task], v, plan.device,
+                                                                   max_batch, plan.cache_dir))
+            for task in loaded:
+                inp.input_size[task] = loaded[task].spec.preprocess.height
+                warm = getattr(loaded[task], "warmup", None)
+                if warm is not None:
+                    warm()
+                del warm
+            seg = loaded.get("segmentation") or next(iter(loaded.values()))
+            net_side = int(seg.spec.preprocess.height)
+            backend = str(seg.spec.backend)
+            del seg
+            extra: dict[str, Any] = {"threads": v.threads} if v.threads else {}
+            trt = tensorrt_facts(loaded)
+            if trt:
+                extra["tensorrt"] = trt
+                for task, facts in trt.items():
+                    att = (facts.get("attention") or {}).get("attention_fused")
+                    if att is False and v.fp32_softmax:
+                        notes.append(f"{v.name} {task}: IEngineInspector shows the attention Softmax as separate "
+                                     "layers (not fused); the FP32 Casts around it can prevent TensorRT's "
+                                     "attention fusion: compare variant tensorrt-fp16softmax (Softmax in FP16)")
+            inputs = engine_inputs(loaded, frames, max_batch) if "engine" in plan.modes else {}
+
+            def engine_timer(b: int, tasks: list[str]) -> Timer:
+                return bench_engines(loaded, inputs, b, [tasks], plan.device, plan.warmup, plan.min_calls,
+                                     plan.min_seconds)[0][1]
+
+            if "engine" in plan.modes:
+                for b in plan.batches_for(v.name):
+                    sets = [[t] for t in plan.tasks]
+                    if len(plan.tasks) > 1:
+                        sets.append(plan.tasks)
+                    for tasks in sets:
+                        task = "+".join(tasks)
+                        if paired and b in plan.e2e_batches and task == combined:
+                            continue  # measured below, alternating with the end-to-end runs
+                        timer = engine_timer(b, tasks)
+                        results.append(entry("engine", task, inp, backend, b, timer.fps, latency_ms(timer.calls),
+                                             timer.frames, **extra, cpu_ms_per_frame=timer.cpu_ms_per_frame))
+                        log.info("engine %-19s %-24s batch %2d: %8.1f frames/s (p50 %.1f ms)", task,
+                                 variant_label(backend, v), b, timer.fps, results[-1]["latency_ms"]["p50"])
+            if paired:
+                for b in plan.e2e_batches:
+                    _bench_e2e(plan, inp, v, loaded, base, backend, b, extra, run_id, engine_timer, results, pairs)
+                if plan.soak_seconds > 0:
+                    trace: list[tuple[float, float]] = []
+                    b = plan.e2e_batches[-1]
+                    r = run_e2e(loaded, base, inp.clip, plan.streams, b, plan.redis_url, f"{run_id}-{v.label}-soak",
+                                None, plan.soak_seconds, trace)
+                    soak = e2e_entry([r], combined, inp, backend, b, plan.streams, extra)
+                    soak.update(soak_seconds=plan.soak_seconds, rss_trace=trace)
+                    results.append(soak)
+                    log.info("soak   %-19s %-24s batch %2d: %.0f s, %.1f frames/s, RSS %.0f -> %.0f MB", combined,
+                             variant_label(backend, v), b, r.seconds, r.fps, r.rss_mb["start"], r.rss_mb["end"])
+            return net_side
+        finally:
+            for e in loaded.values():
+                e.close()
+            loaded.clear()
+
+
+def _bench_e2e(plan: Plan, inp: Inputs, v: Variant, loaded: dict[str, Any], base: dict[str, Any], backend: str,
+               b: int, extra: dict[str, Any], run_id: str, engine_timer: Callable[[int, list[str]], Timer],
+               results: list[dict[str, Any]], pairs: list[dict[str, Any]]) -> None:
+    """``repeat`` end-to-end runs at batch ``b``, alternating with engine-only runs of both tasks."""
+    combined = "+".join(plan.tasks)
+    eng_runs: list[Timer] = []
+    e2e_runs: list[E2EResult] = []
+    for i in range(plan.repeat):
+        if "engine" in plan.modes:
+            eng_runs.append(engine_timer(b, plan.tasks))
+        e2e_runs.append(run_e2e(loaded, base, inp.clip, plan.streams, b, plan.redis_url,
+                                f"{run_id}-{v.label}-b{b}-{i}", inp.warm_clip if i == 0 else None))
+        msg = f"engine {eng_runs[-1].fps:.1f}, " if eng_runs else ""
+        log.info("e2e    %-19s %-24s batch %2d: %sdecode->Redis %.1f frames/s (%d streams, run %d/%d)", combined,
+                 variant_label(backend, v), b, msg, e2e_runs[-1].fps, plan.streams, i + 1, plan.repeat)
+    if eng_runs:
+        fps_list = [t.fps for t in eng_runs]
+        results.append(entry("engine", combined, inp, backend, b, median(fps_list),
+                             latency_ms([c for t in eng_runs for c in t.calls]), sum(t.frames for t in eng_runs),
+                             **extra, fps_runs=[round(f, 2) for f in fps_list],
+                             cpu_ms_per_frame=round(sum(t.cpu_seconds for t in eng_runs) * 1000
+                                                    / max(1, sum(t.frames for t in eng_runs)), 2)))
+    results.append(e2e_entry(e2e_runs, combined, inp, backend, b, plan.streams, extra))
+    if eng_runs:
+        vals = [r.fps / t.fps for r, t in zip(e2e_runs, eng_runs, strict=True) if t.fps > 0]
+        pairs.append({"ratio": "e2e/engine", "task": combined, "backend": backend, "threads": v.threads, "batch": b,
+                      "e2e_fps": results[-1]["fps"], "engine_fps": results[-2]["fps"],
+                      "value": round(median(vals), 3), "runs": [round(x, 3) for x in vals],
+                      # the least disturbed run of each (timeit's convention) on a busy machine
+                      "best_value": round(max(r.fps for r in e2e_runs) / max(t.fps for t in eng_runs), 3),
+                      "cpu_ms_per_frame": {"e2e": results[-1]["cpu_ms_per_frame"],
+                                           "engine": results[-2]["cpu_ms_per_frame"]},
+                      # CPU per frame outside the engine: e2e minus engine-only (issue 12, item 13)
+                      "host_cpu_ms_per_frame": round(results[-1]["cpu_ms_per_frame"]
+                                                     - results[-2]["cpu_ms_per_frame"], 2),
+                      "how": "median of per-run ratios, engine-only and e2e alternating"})
+    if plan.memory_streams and e2e_runs[-1].gpu_mem_mb is not None and plan.streams > 1:
+        one = run_e2e(loaded, base, inp.clip, 1, b, plan.redis_url, f"{run_id}-{v.label}-b{b}-one", None)
+        many = max(r.gpu_mem_mb or 0.0 for r in e2e_runs)
+        if one.gpu_mem_mb is not None:
+            results[-1]["gpu_mem_peak_one_stream_mb"] = one.gpu_mem_mb
+            results[-1]["gpu_mem_per_extra_stream_mb"] = round((many - one.gpu_mem_mb) / (plan.streams - 1), 1)
+
+
+def _bench_naive(plan: Plan, inp: Inputs, net_side: int, results: list[dict[str, Any]]) -> None:
+    """The naive transformers loop per thread count (CPU) and precision (FP32, and FP16 on CUDA)."""
+    import torch
+
+    combined = "+".join(plan.tasks)
+    limit = plan.naive_frames or inp.frames
+    dev = "cuda" if plan.device.startswith("cuda") else "cpu"
+    precisions = plan.naive_precisions if dev == "cuda" else ["fp32"]
+    for precision in precisions:
         for threads in plan.naive_threads:
             with torch_threads(threads):
                 timers = [run_naive(inp.models, inp.clip, dev, limit,
-                                    net_side or max(inp.input_size.values(), default=384))
+                                    net_side or max(inp.input_size.values(), default=384), precision)
                           for _ in range(plan.repeat)]
                 n_threads = torch.get_num_threads()
+            release_gpu_memory()
             fps_list = [t.fps for t in timers]
-            results.append(entry("naive", combined, inp, f"transformers-{dev}-fp32", 1, median(fps_list),
+            results.append(entry("naive", combined, inp, f"transformers-{dev}-{precision}", 1, median(fps_list),
                                  latency_ms([c for t in timers for c in t.calls]), sum(t.frames for t in timers),
                                  streams=1, source=[inp.width, inp.height], threads=n_threads,
                                  fps_runs=[round(f, 2) for f in fps_list],
                                  cpu_ms_per_frame=round(sum(t.cpu_seconds for t in timers) * 1000
                                                         / max(1, sum(t.frames for t in timers)), 2)))
-            log.info("naive  %-19s transformers-%s t%d: %8.1f frames/s", combined, dev, n_threads,
+            log.info("naive  %-19s transformers-%s-%s t%d: %8.1f frames/s", combined, dev, precision, n_threads,
                      median(fps_list))
-    return results, pairs + ratios(results, with_engine=not pairs), notes
 
 
 @dataclass(frozen=True)
@@ -289,6 +284,8 @@ class BenchRequest:
     clip: Path | None
     clip_frames: int
     out: Path | None
+    variant_batches: list[str] | None = None  # VARIANT=SIZES: engine-only batch sizes of one variant
+    naive_precisions: str | None = None  # CUDA: fp32,fp16 by default
     families: bool = False
 
 
@@ -305,7 +302,7 @@ def bench(r: BenchRequest) -> Path:
         raise ConfigError("--device cuda: torch sees no CUDA GPU here (use --device cpu)")
     dev = "cuda" if r.device == "cuda" or (r.device == "auto" and torch.cuda.is_available()) else "cpu"
     vtext = r.variants or ("fp32" if dev == "cpu" else
-                         "fp32,fp16,fp16-graphs" + (",tensorrt" if tensorrt_available() else ""))
+                         "fp32,fp16,fp16-graphs" + (",tensorrt,tensorrt-fp16softmax" if tensorrt_available() else ""))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     thread_list = int_list(r.threads, "--threads") if r.threads else ([1, cores] if cores > 1 else [1])
     vlist = parse_variants(vtext, dev, thread_list if dev == "cpu" else None)
@@ -319,6 +316,12 @@ def bench(r: BenchRequest) -> Path:
         e2e_vs = [v for v in e2e_vs if v != "tensorrt"] or ["fp16-graphs" if "fp16-graphs" in names else names[0]]
     if r.streams is not None and r.streams < 1:
         raise ConfigError("--streams must be >= 1")
+    naive_list = [p.strip() for p in (r.naive_precisions or ("fp32,fp16" if dev == "cuda" else "fp32")).split(",")
+                  if p.strip()]
+    if not naive_list or any(p not in ("fp32", "fp16", "bf16") for p in naive_list) or \
+            (dev == "cpu" and naive_list != ["fp32"]):
+        raise ConfigError(f"--naive-precisions {r.naive_precisions!r}: use fp32, fp16 and/or bf16 (CUDA); "
+                          "on CPU only fp32")
     redis_url = r.redis or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
     plan = Plan(
         tasks=r.tasks, device=dev, variants=vlist,
@@ -330,6 +333,7 @@ def bench(r: BenchRequest) -> Path:
         repeat=max(1, r.repeat or (1 if dev == "cuda" else 3)),
         naive_threads=list(thread_list) if dev == "cpu" else [None],
         families=r.families, random_large=r.random_large,
+        naive_precisions=naive_list, variant_batches=parse_variant_batches(r.variant_batches, names),
     )
     size = parse_size(r.clip_size or ("1920x1080" if dev == "cuda" else "1280x720"))
     if "e2e" in mode_list:  # a dead Redis fails now, not after minutes of engine-only measurements

@@ -70,17 +70,23 @@ class Timer:
 
     def _sync(self, torch: Any) -> None:
         if self.cuda:
-            torch.cuda.synchronize()
+            # a blocking-sync event on the stream the engines ran on: the host sleeps while it waits, so
+            # cpu_ms_per_frame counts the host's work, not a core spinning in cudaDeviceSynchronize
+            ev = torch.cuda.Event(blocking=True)
+            ev.record()
+            ev.synchronize()
 
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
-def thread_cpu() -> dict[int, tuple[str, float]]:
+def thread_cpu(kinds: dict[int, str] | None = None) -> dict[int, tuple[str, float]]:
     """CPU seconds used so far by each thread of this process: ``{tid: (name, seconds)}`` (Linux ``/proc``).
 
-    Threads that Python did not start (torch's OpenMP workers, FFmpeg's codec threads) are named ``other``.
+    Threads that Python did not start are told apart by their kernel name: FFmpeg names its codec threads
+    ``av:<codec>:...`` (``codec``); the rest, torch's intra-op (OpenMP) workers above all, are ``other``.
+    ``kinds`` caches each thread's kind between calls (fewer reads of ``/proc``).
     """
     names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
     tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -95,10 +101,42 @@ def thread_cpu() -> dict[int, tuple[str, float]]:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        name = names.get(int(tid), "other")
+        name = names.get(int(tid)) or (kinds.get(int(tid)) if kinds is not None else None) or _native_kind(tid)
+        if kinds is not None:
+            kinds.setdefault(int(tid), name)
         name = "source" if name.startswith("source-") else name.removeprefix("stage-")
         out[int(tid)] = (name, (int(fields[11]) + int(fields[12])) / tick)
     return out
+
+
+def _native_kind(tid: str) -> str:
+    try:
+        with open(f"/proc/self/task/{tid}/comm") as f:
+            comm = f.read().strip()
+    except OSError:
+        return "other"
+    return "codec" if comm.startswith("av:") else "other"
+
+
+# thread kinds -> the stage they work for (``other``: torch's intra-op workers, shared by every torch op)
+STAGE_OF_THREAD = {"source": "decode", "codec": "decode", "preprocess": "preprocess", "infer": "infer",
+                   "postprocess": "postprocess", "publish": "publish", "MainThread": "bench"}
+HOST_STAGES = ("decode", "preprocess", "postprocess", "publish")
+
+
+def cpu_ms_per_frame_by_stage(thread_cpu_s: dict[str, float], frames: int) -> dict[str, float]:
+    """CPU milliseconds per published frame of each stage's threads (see :data:`STAGE_OF_THREAD`), plus
+    ``host``: the sum over decode, preprocess, postprocess and publish (what a frame costs outside the engine
+    thread; the intra-op workers in ``other`` are not in it)."""
+    if frames <= 0:
+        return {}
+    out: dict[str, float] = {}
+    for name, secs in thread_cpu_s.items():
+        stage = STAGE_OF_THREAD.get(name, "other")
+        out[stage] = out.get(stage, 0.0) + secs
+    per = {k: round(v * 1000 / frames, 2) for k, v in sorted(out.items())}
+    per["host"] = round(sum(out.get(k, 0.0) for k in HOST_STAGES) * 1000 / frames, 2)
+    return per
 
 
 def cpu_by_thread(before: dict[int, tuple[str, float]], last: dict[int, tuple[str, float]]) -> dict[str, float]:

@@ -23,9 +23,11 @@ def register(app: typer.Typer) -> None:
         random_large: Annotated[bool, typer.Option("--random-large", help="Random weights of the real DPT-Large architecture (DPT-Large-ADE @480, DPT-Large @384), plus an engine-only row for a Depth-Anything-V2-Large-sized model (ViT-L/14 at 518).")] = False,
         families: Annotated[bool, typer.Option("--families", help="Engine-only rows for the tiny checkpoint of every depth family (DPT-Hybrid, BEiT, SwinV2, DINOv2, Depth Anything V1/V2, metric).")] = False,
         device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
-        variants: Annotated[str | None, typer.Option(help=f"Engine variants, comma-separated: {', '.join(VARIANTS)}. Default: fp32,fp16,fp16-graphs (+tensorrt when installed) on CUDA; fp32 on CPU.")] = None,
+        variants: Annotated[str | None, typer.Option(help=f"Engine variants, comma-separated: {', '.join(VARIANTS)}. Default: fp32,fp16,fp16-graphs (+tensorrt,tensorrt-fp16softmax when installed) on CUDA; fp32 on CPU.")] = None,
         threads: Annotated[str | None, typer.Option(help="CPU: torch intra-op thread counts to measure, comma-separated (each one a variant). Default: 1 and the core count.")] = None,
         batch_sizes: Annotated[str | None, typer.Option("--batch-sizes", help=f"Engine-only batch sizes. Default {GPU_BATCHES} on CUDA, {CPU_BATCHES} on CPU.")] = None,
+        variant_batches: Annotated[list[str] | None, typer.Option("--variant-batches", help="VARIANT=SIZES: engine-only batch sizes for one variant instead of --batch-sizes (repeatable), e.g. fp32=1,8.")] = None,
+        naive_precisions: Annotated[str | None, typer.Option("--naive-precisions", help="Precisions of the naive loop on CUDA (default fp32,fp16; CPU: fp32).")] = None,
         e2e_batch: Annotated[str, typer.Option("--e2e-batch", help="Batch size(s) of the end-to-end runs.")] = "8",
         e2e_variants: Annotated[str | None, typer.Option("--e2e-variants", help="Variants also run end to end (default: the fastest kind measured: tensorrt, else fp16-graphs, else fp32).")] = None,
         streams: Annotated[int | None, typer.Option(help="Concurrent streams of the clip end to end (default 8 on CUDA, 2 on CPU).")] = None,
@@ -66,6 +68,7 @@ def register(app: typer.Typer) -> None:
             redis=redis, batch_sizes=batch_sizes, e2e_batch=e2e_batch, seconds=seconds, min_calls=min_calls,
             warmup=warmup, naive_frames=naive_frames, soak_seconds=soak_seconds, cache_dir=cache_dir,
             memory_per_stream=memory_per_stream, repeat=repeat, clip_size=clip_size, work_dir=work_dir,
-            random_large=random_large, clip=clip, clip_frames=clip_frames, out=out, families=families)
+            random_large=random_large, clip=clip, clip_frames=clip_frames, out=out, families=families,
+            variant_batches=variant_batches, naive_precisions=naive_precisions)
         path = bench(req)
         print(str(path))

@@ -33,9 +33,20 @@ def engine_config(cfg: PipelineConfig, task: str) -> EngineConfig:
 
 
 def create_engines(cfg: PipelineConfig) -> dict[str, Engine]:
+    """One engine per task, each warmed up (graphs captured, TensorRT's first run done) before any frame
+    flows: a first call in the middle of a run stalls every stream behind it."""
     out: dict[str, Engine] = {}
-    for task in cfg.tasks:
-        out[task] = eng.create_engine(engine_config(cfg, task))
+    try:
+        for task in cfg.tasks:
+            out[task] = eng.create_engine(engine_config(cfg, task))
+        for e in out.values():
+            warm = getattr(e, "warmup", None)
+            if warm is not None:
+                warm()
+    except BaseException:
+        for e in out.values():
+            e.close()
+        raise
     return out
 
 

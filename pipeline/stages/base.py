@@ -110,7 +110,8 @@ class Stage:
                     continue
                 t0 = time.perf_counter()
                 outs = list(self.process(item))
-                self._seconds.observe(time.perf_counter() - t0)
+                if not self.timed_on_gpu:
+                    self._seconds.observe(time.perf_counter() - t0)
                 for out in outs:
                     self.put(out)
         except BaseException as e:
@@ -121,6 +122,16 @@ class Stage:
         finally:
             if self.outq is not None:
                 self.outq.put(Shutdown())
+
+    @property
+    def timed_on_gpu(self) -> bool:
+        """True when the stage's work runs on a CUDA stream: ``stage_seconds`` then gets the GPU time between
+        CUDA events (:meth:`observe_gpu`), not the host time of the call, which only queues kernels."""
+        return False
+
+    def observe_gpu(self, seconds: Iterable[float]) -> None:
+        for s in seconds:
+            self._seconds.observe(s)
 
     def process(self, item: Any) -> Iterable[Any]:
         raise NotImplementedError

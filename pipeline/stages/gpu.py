@@ -32,6 +32,7 @@ class StageStream:
     def __init__(self, device: str | torch.device) -> None:
         self.device = torch.device(device)
         self.stream: torch.cuda.Stream | None = None
+        self._timed: list[tuple[Any, Any]] = []  # (start, end) timing events not yet read
         if self.device.type == "cuda":
             self.stream = torch.cuda.Stream(self.device)
 
@@ -48,13 +49,43 @@ class StageStream:
         if self.stream is not None and event is not None:
             self.stream.wait_event(event)
 
-    def record(self) -> Any:
-        """An event marking everything queued on this stream so far (``None`` on CPU)."""
+    def record(self, blocking: bool = False, timing: bool = False) -> Any:
+        """An event marking everything queued on this stream so far (``None`` on CPU).
+
+        ``blocking``: for an event a host thread will wait on. torch's default (``blocking=False``) makes
+        ``synchronize()`` spin a core at 100 % until the GPU gets there, a core the decoders need;
+        a blocking-sync event puts the thread to sleep instead. Events only other streams wait on
+        (``wait_event``) never block a thread: they keep the cheaper default.
+        ``timing``: the event can be used with :meth:`track` to time the stream's work.
+        """
         if self.stream is None:
             return None
-        ev = torch.cuda.Event()
+        ev = torch.cuda.Event(enable_timing=timing, blocking=blocking)
         ev.record(self.stream)
         return ev
+
+    def mark(self) -> Any:
+        """A timing event at this point of the stream: the start of a piece of work to :meth:`track`."""
+        return self.record(timing=True)
+
+    def track(self, start: Any, end: Any) -> None:
+        """Time the GPU work between two timing events of this stream (read by :meth:`elapsed`)."""
+        if start is not None and end is not None:
+            self._timed.append((start, end))
+
+    def elapsed(self, wait: bool = False) -> list[float]:
+        """GPU seconds of each tracked piece of work that has finished, oldest first (``wait``: all of them,
+        waiting for the last). Kernel launches return at once; this is the time the GPU spent on the work."""
+        out: list[float] = []
+        while self._timed:
+            start, end = self._timed[0]
+            if wait:
+                end.synchronize()
+            elif not end.query():
+                break
+            self._timed.pop(0)
+            out.append(start.elapsed_time(end) / 1000.0)
+        return out
 
     def keep(self, *tensors: Any) -> None:
         """Tensors allocated on another stream and used on this one: keep their memory until this stream's use."""

@@ -48,6 +48,14 @@ class InferStage(Stage):
         self.max_wait = max_wait_ms / 1000.0
         self._stream = StageStream(device_of(engines))
 
+    @property
+    def timed_on_gpu(self) -> bool:
+        return self._stream.active
+
+    def flush(self) -> Iterable[Inferred]:
+        self.observe_gpu(self._stream.elapsed(wait=True))
+        return ()
+
     def next_item(self) -> Any:
         items = self.collect(self.max_batch, self.max_wait)
         return items if is_control(items) else Batch(tuple(p.id for p in items), tuple(items))
@@ -59,6 +67,7 @@ class InferStage(Stage):
         with st.use():
             for p in batch.items:
                 st.wait(p.event)
+            start = st.mark()  # after the waits: the GPU reaches it once the batch's inputs are ready
             for task, engine in self.engines.items():
                 for idx in shape_groups(batch.items, task):
                     xs = [batch.items[i].inputs[task] for i in idx]
@@ -67,8 +76,12 @@ class InferStage(Stage):
                     out = engine.infer(x)
                     for name, tensor in out.items():
                         for k, i in enumerate(idx):
-                            per_frame[i][name] = tensor[k]
-            event = st.record()
+                            # on CUDA each frame gets its own copy: a view would keep the whole batch's
+                            # full-resolution output alive until the last frame of the batch is postprocessed
+                            per_frame[i][name] = tensor[k].clone() if st.active and len(idx) > 1 else tensor[k]
+            event = st.record(timing=True)
+            st.track(start, event)
+        self.observe_gpu(st.elapsed())
         done = time.time()
         for p in batch.items:
             self.metrics.frames.labels(stream=p.id.stream_id, stage="inferred").inc()

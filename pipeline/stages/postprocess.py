@@ -55,7 +55,12 @@ def segment(logits: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
         x = logits.float().permute(1, 2, 0).unsqueeze(0).permute(0, 3, 1, 2)
         x = x.contiguous(memory_format=torch.channels_last)
     else:
-        x = logits.unsqueeze(0).float()
+        # FP16 logits are resized in FP16 (CUDA's bilinear kernel accumulates in float32) and argmaxed as they
+        # come: no full-resolution FP32 copy. BF16's 8-bit mantissa makes ties of near-equal classes common
+        # after rounding, so BF16 logits are upcast first (one frame's, freed at once).
+        x = logits.unsqueeze(0)
+        if x.dtype not in (torch.float16, torch.float32):
+            x = x.float()
     if tuple(x.shape[-2:]) != tuple(size_hw):
         x = F.interpolate(x, size=size_hw, mode="bilinear", align_corners=False)
     if cpu:
@@ -314,9 +319,18 @@ class PostprocessStage(Stage):
         return self._net_shapes[key]
 
     def _launch(self, item: Inferred) -> _Launched:
-        """Queue every computation for ``item`` (on CPU: compute it)."""
+        """Queue every computation for ``item`` on this stage's stream (on CPU: compute it).
+
+        The stream is entered here, not by the caller: on the legacy default stream (which does not wait on
+        torch's non-blocking pool streams) the resize could read logits before the inference wrote them.
+        """
         st = self._stream_for(item)
+        with st.use():
+            return self._launch_on(st, item)
+
+    def _launch_on(self, st: StageStream, item: Inferred) -> _Launched:
         st.wait(item.event)
+        start = st.mark()
         st.keep(*item.outputs.values())
         w, h = mask_size(self.mask_spec, item.id.width, item.id.height, self._net(item.id.height, item.id.width))
         hist = max(self.num_classes, 256)
@@ -335,7 +349,10 @@ class PostprocessStage(Stage):
             counts = to_host_async(counts) if counts is not None else None
             stats = stats.replace([to_host_async(t) for t in stats.tensors()]) if stats is not None else None
             depth_map = to_host_async(depth_map) if depth_map is not None else None
-        return _Launched(item, mask_t, counts, stats, depth_map, st.record())
+        # the host waits on this event (in _finish): a blocking-sync one, so the wait sleeps, not spins
+        event = st.record(blocking=True, timing=True)
+        st.track(start, event)
+        return _Launched(item, mask_t, counts, stats, depth_map, event)
 
     def _finish(self, job: _Launched) -> Result:
         wait_event(job.event)
@@ -349,18 +366,24 @@ class PostprocessStage(Stage):
         depth_map = job.depth_map.cpu().numpy() if job.depth_map is not None else None
         return Result(item.id, mask, classes or {}, depth, depth_map, item.image)
 
+    @property
+    def timed_on_gpu(self) -> bool:
+        return self._stream is not None and self._stream.active
+
     def process(self, item: Inferred) -> Iterable[Result]:
         st = self._stream_for(item)
         if not st.active:
             return (self._finish(self._launch(item)),)
-        with st.use():
-            self._queued.append(self._launch(item))
+        self._queued.append(self._launch(item))
         out = []
         while self._queued and (len(self._queued) > self.inflight or self._queued[0].event.query()):
             out.append(self._finish(self._queued.popleft()))
+        self.observe_gpu(st.elapsed())
         return out
 
     def flush(self) -> Iterable[Result]:
         out = [self._finish(job) for job in self._queued]
         self._queued.clear()
+        if self._stream is not None:
+            self.observe_gpu(self._stream.elapsed(wait=True))
         return out

@@ -64,6 +64,7 @@ class PreprocessStage(Stage):
         img = pinned_image(frame.image) if st.active else torch.from_numpy(frame.image)
         inputs: dict[str, torch.Tensor] = {}
         with st.use():
+            start = st.mark()
             if st.active:  # one upload, shared by every task's resize
                 img = img.to(st.device, non_blocking=True)
             for task in tasks:
@@ -71,5 +72,15 @@ class PreprocessStage(Stage):
                 if src not in inputs:
                     inputs[src] = self._pre[src]([img])
                 inputs[task] = inputs[src]
-            event = st.record()
+            event = st.record(timing=True)
+            st.track(start, event)
+        self.observe_gpu(st.elapsed())
         return (Prepared(frame.id, inputs, frame.image if self.keep_image else None, tuple(tasks), event),)
+
+    @property
+    def timed_on_gpu(self) -> bool:
+        return self._stream.active
+
+    def flush(self) -> Iterable[Prepared]:
+        self.observe_gpu(self._stream.elapsed(wait=True))
+        return ()

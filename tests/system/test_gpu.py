@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from engines import EngineConfig, Preprocessor, create_engine
 from pipeline.frames import EndOfStream, FrameId, Inferred, Result, Shutdown
 from pipeline.metrics import Metrics
 from pipeline.queues import NamedQueue
@@ -25,6 +26,15 @@ from pipeline.stages.gpu import StageStream
 
 CUDA = torch.cuda.is_available()
 gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (runs in bench/gpu_check.sh)")
+
+
+def _tensorrt() -> bool:
+    from engines import tensorrt_available
+
+    return tensorrt_available()
+
+
+tensorrt_gpu = pytest.mark.skipif(not (CUDA and _tensorrt()), reason="needs a CUDA GPU and TensorRT")
 
 
 def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -82,10 +92,13 @@ class _FakeStream(StageStream):
     def use(self) -> Any:
         return nullcontext()
 
-    def record(self) -> Any:
+    def record(self, blocking: bool = False, timing: bool = False) -> Any:
         ev = _FakeEvent(polls=len(self.events) % 3)
         self.events.append(ev)
         return ev
+
+    def mark(self) -> Any:
+        return None  # no GPU timing on fake events
 
 
 def _inferred(n: int, seed: int = 0) -> list[Inferred]:
@@ -129,6 +142,84 @@ def test_queued_postprocess_gives_the_immediate_results_in_order() -> None:
     for a, b in zip([o for o in outs if isinstance(o, Result)], ref, strict=True):
         _same(a, b)
     assert all(ev.waited for ev in fake.events)  # every result was read after its own event only
+
+
+class _RecordingStream(StageStream):
+    """An 'active' stream that records, for every event asked of it, whether the stream was entered then."""
+
+    def __init__(self) -> None:
+        super().__init__("cpu")
+        self.depth = 0
+        self.records: list[dict[str, bool]] = []
+
+    @property
+    def active(self) -> bool:
+        return True
+
+    @contextmanager
+    def use(self) -> Iterator[None]:
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+
+    def record(self, blocking: bool = False, timing: bool = False) -> Any:
+        self.records.append({"inside": self.depth > 0, "blocking": blocking, "timing": timing})
+        return _FakeEvent(polls=0)
+
+
+def test_launch_enters_its_own_stream_and_the_host_waits_on_a_blocking_event() -> None:
+    """``_launch`` called directly (as the no-sync GPU test does) still queues its work on the postprocess
+    stream (issue 12, item 1), and the event the host waits on in ``_finish`` is a blocking-sync one, so the
+    wait sleeps instead of spinning a core (item 9)."""
+    q: NamedQueue[Any] = NamedQueue("in", 10)
+    post = PostprocessStage(q, q, Metrics(), threading.Event(), "default", 64, 150, 4, "relative_inverse")
+    rec = _RecordingStream()
+    post._stream = rec
+    job = post._launch(_inferred(1)[0])
+    assert rec.depth == 0 and rec.records, "no event recorded"
+    assert all(r["inside"] for r in rec.records), rec.records  # every event (and the work) on the stage stream
+    assert rec.records[-1]["blocking"], "the event _finish waits on must be a blocking-sync event"
+    assert rec.records[0]["timing"] and rec.records[-1]["timing"]  # GPU time of the stage (item 7)
+    result = post._finish(job)
+    assert result.mask is not None and job.event.waited
+
+
+def test_gpu_stage_time_is_read_from_events_not_the_host_call() -> None:
+    """On an active stream ``stage_seconds`` gets the GPU time between the stage's timing events (item 7):
+    the host time of a call that only queues kernels says nothing about the GPU."""
+
+    class _TimedEvent(_FakeEvent):
+        def __init__(self, t: float) -> None:
+            super().__init__(polls=0)
+            self.t = t
+
+        def elapsed_time(self, end: _TimedEvent) -> float:
+            return (end.t - self.t) * 1000.0  # milliseconds, as torch.cuda.Event
+
+    class _ClockStream(_RecordingStream):
+        def __init__(self) -> None:
+            super().__init__()
+            self.now = 0.0
+
+        def record(self, blocking: bool = False, timing: bool = False) -> Any:
+            super().record(blocking, timing)
+            self.now += 0.25  # the 'GPU' spends 0.25 s between two events
+            return _TimedEvent(self.now)
+
+    metrics = Metrics()
+    q: NamedQueue[Any] = NamedQueue("in", 10)
+    post = PostprocessStage(q, q, metrics, threading.Event(), "default", 64, 150, 4, "relative_inverse")
+    post._stream = _ClockStream()
+    assert post.timed_on_gpu
+    for it in _inferred(3):
+        list(post.process(it))
+    list(post.flush())
+    reg = metrics.registry
+    n = reg.get_sample_value("dptstream_stage_seconds_count", {"stage": "postprocess"})
+    total = reg.get_sample_value("dptstream_stage_seconds_sum", {"stage": "postprocess"})
+    assert n == 3 and total == pytest.approx(0.75)
 
 
 def _reference_depth_summary(depth: torch.Tensor, mask: torch.Tensor, grid: int) -> dict[str, Any]:
@@ -371,6 +462,36 @@ def test_stages_queue_gpu_work_without_synchronising(assets: dict[str, Path]) ->
 
 @gpu
 @pytest.mark.gpu
+def test_fp16_outputs_stay_fp16_and_each_frame_holds_only_its_slice(assets: dict[str, Path]) -> None:
+    """No full-resolution FP32 logits (issue 12, item 6): the engine returns its own dtype, the infer stage
+    gives each frame its own storage (not a view of the whole batch), and the half logits' masks equal
+    those of the same logits upcast first on >= 99 % of pixels."""
+    from pipeline.frames import Batch, FrameId, Prepared
+    from pipeline.stages import InferStage
+    from pipeline.stages.postprocess import segment
+
+    cfg = EngineConfig(task="segmentation", model=str(assets["segmentation"]), backend="torch", device="cuda",
+                       precision="fp16", max_batch=4)
+    engine = create_engine(cfg)
+    x = Preprocessor(engine.spec.preprocess, "cuda", torch.float16)(_frames(2, 640, 360))
+    assert engine.infer(x)["logits"].dtype == torch.float16
+    q: NamedQueue[Any] = NamedQueue("q", 10)
+    inf = InferStage(q, q, Metrics(), threading.Event(), {"segmentation": engine}, 4, 0)
+    prepared = tuple(Prepared(FrameId("s", i, 0.0, time.time(), 640, 360), {"segmentation": x[i : i + 1]},
+                              None, ("segmentation",)) for i in range(4))
+    outs = list(inf.process(Batch(tuple(p.id for p in prepared), prepared)))
+    logits = [o.outputs["logits"] for o in outs]
+    torch.cuda.synchronize()
+    assert all(t.dtype == torch.float16 for t in logits)
+    ptrs = {t.untyped_storage().data_ptr() for t in logits}
+    assert len(ptrs) == 4 and all(t.untyped_storage().nbytes() == t.numel() * 2 for t in logits)
+    for t in logits:
+        assert agreement(segment(t, (203, 360)), segment(t.float(), (203, 360))) >= 0.99
+    engine.close()
+
+
+@gpu
+@pytest.mark.gpu
 def test_postprocess_on_cuda_matches_cpu() -> None:
     from pipeline.stages.postprocess import depth_summary, resize_depth, segment
 
@@ -383,3 +504,49 @@ def test_postprocess_on_cuda_matches_cpu() -> None:
         assert s_cpu["grid"] == pytest.approx(s_gpu["grid"], abs=1e-4)
         assert s_cpu["p50"] == pytest.approx(s_gpu["p50"], abs=1e-4)
         assert s_cpu["per_class"].keys() == s_gpu["per_class"].keys()
+
+
+@tensorrt_gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("fp32_softmax", [True, False], ids=["fp32-softmax", "fp16-softmax"])
+def test_tensorrt_plan_agrees_with_torch_fp32(assets: dict[str, Path], tmp_path: Path, fp32_softmax: bool) -> None:
+    """A strongly typed FP16 TensorRT plan of the tiny checkpoints, built for batch 1..2 (issue 12, item 5):
+    masks at the published size agree with torch FP32 on >= 99 % of pixels of every real-content frame, at
+    batch 1 and 2; depth within 1 % of its range. Reports what IEngineInspector says about attention fusion."""
+    from tests.support.oracle import decode_rgb
+
+    frames = [torch.from_numpy(f.copy()) for f in decode_rgb(assets["clip360"])[:4]]
+    for task in ("segmentation", "depth"):
+        model = str(assets[task])
+        plan = create_engine(EngineConfig(task=task, model=model, backend="tensorrt", device="cuda",  # type: ignore[arg-type]
+                                          precision="fp16", max_batch=2, cache_dir=str(tmp_path),
+                                          fp32_softmax=fp32_softmax))
+        ref = create_engine(EngineConfig(task=task, model=model, backend="torch", device="cuda",  # type: ignore[arg-type]
+                                         precision="fp32", max_batch=2, cuda_graphs=False))
+        layers = getattr(plan, "layers", {})
+        print(task, plan.spec.backend, "attention:", layers, "device memory:", getattr(plan, "device_memory_bytes", None),
+              "plan bytes:", getattr(plan, "plan_bytes", None))
+        assert layers.get("layers", 0) > 0 and getattr(plan, "device_memory_bytes", -1) >= 0
+        spec = plan.spec.preprocess
+        x = Preprocessor(spec, "cuda", torch.float32)(frames)
+        from pipeline.stages.postprocess import mask_size, resize_depth, segment
+
+        w, h = mask_size("default", 640, 360, spec.height)
+        for b in (1, 2):
+            for i in range(0, len(frames), b):
+                out = plan.infer(x[i : i + b])
+                with _true_fp32():
+                    want = ref.infer(x[i : i + b])
+                name = "logits" if task == "segmentation" else "depth"
+                assert out[name].shape == want[name].shape
+                for k in range(b):
+                    if task == "segmentation":
+                        m_ref = segment(want[name][k], (h, w))
+                        assert len(torch.unique(m_ref)) >= 5, "masks too uniform to mean anything"
+                        assert agreement(segment(out[name][k], (h, w)), m_ref) >= 0.99
+                    else:
+                        d_ref, d = resize_depth(want[name][k], (h, w)), resize_depth(out[name][k], (h, w))
+                        span = float(d_ref.max() - d_ref.min())
+                        assert span > 0 and float((d - d_ref).abs().mean()) <= 0.01 * span
+        plan.close()
+        ref.close()

@@ -153,3 +153,31 @@ def test_plan_key_changes_with_everything_that_invalidates_a_plan(tmp_path: Path
     assert _key(max_batch=16, weights_hash="x").timing_cache_path(tmp_path) == timing
     assert _key(gpu_name="NVIDIA H100").timing_cache_path(tmp_path) != timing
     assert _key(tensorrt_version="11.0.0").timing_cache_path(tmp_path) != timing
+
+
+def test_attention_report_reads_the_inspector_json() -> None:
+    """IEngineInspector output -> is attention fused (issue 12, item 5); checked on hand-written JSON in the
+    two shapes TensorRT emits (names only, and DETAILED objects)."""
+    import json
+
+    from engines.tensorrt_engine import attention_report
+
+    fused = attention_report(json.dumps({"Layers": [
+        {"Name": "/embeddings/Conv", "LayerType": "CaskConvolution", "TacticName": "sm90_xmma_fprop"},
+        {"Name": "_gemm_mha_v2_myl0_3", "LayerType": "Myelin", "TacticName": ""},
+        {"Name": "/layer.0/output/MatMul", "LayerType": "CaskGemmMatrixMultiply"},
+    ], "Bindings": ["pixel_values", "logits"]}))
+    assert fused["attention_fused"] is True and fused["fused_attention_layers"] == 1 and fused["layers"] == 3
+
+    split = attention_report(json.dumps({"Layers": [
+        "/layer.0/attention/MatMul", "/layer.0/attention/Cast", "/layer.0/attention/Softmax",
+        "/layer.0/attention/Cast_1", "/layer.0/attention/MatMul_1",
+    ]}))
+    assert split["attention_fused"] is False and split["softmax_layers"] == 1
+
+    hidden = attention_report(json.dumps({"Layers": [
+        {"Name": "{ForeignNode[/layer.0/attention/MatMul.../layer.0/attention/Softmax]}", "LayerType": "Myelin"},
+    ]}))
+    assert hidden["attention_fused"] is None and hidden["myelin_layers"] == 1
+    assert attention_report(None)["attention_fused"] is None
+    assert attention_report("not json")["attention_fused"] is None
