@@ -180,9 +180,11 @@ def inspect_config(task: Task, model_id: str, cfg: dict[str, Any]) -> Checkpoint
     return CheckpointInfo(model_type, architecture, _MODEL_CLASSES[(task, model_type)], depth_kind, max_depth)
 
 
-def _first_line(e: BaseException) -> str:
+def _first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, cut to ``limit`` characters (transformers' can be pages long)."""
     text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    line = text.splitlines()[0] if text else type(e).__name__
+    return line if len(line) <= limit else line[: limit - 3].rstrip() + "..."
 
 
 def _read_json(path: Path, what: str, model_id: str) -> dict[str, Any]:

@@ -222,3 +222,16 @@ def test_invalid_config_json_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "badcfg" / "config.json").write_text("{nope")
     msg = _refused("depth", tmp_path / "badcfg")
     assert "config.json" in msg and "not valid JSON" in msg
+
+
+def test_unloadable_preprocessor_config_names_the_file(tmp_path: Path, ckpts: dict[str, Path]) -> None:
+    """Valid JSON that the image processor cannot be built from: an error naming the file, never 384 defaults."""
+    import shutil
+
+    path = tmp_path / "oddproc"
+    shutil.copytree(ckpts["depth-anything-v2"], path)
+    cfg = json.loads((path / "preprocessor_config.json").read_text())
+    cfg["image_processor_type"] = "NoSuchImageProcessor"
+    (path / "preprocessor_config.json").write_text(json.dumps(cfg))
+    msg = _refused("depth", path)
+    assert "preprocessor_config.json" in msg and "cannot be loaded" in msg
