@@ -10,19 +10,40 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engines import Engine
-from pipeline.config import PipelineConfig
+from pipeline.config import ConfigError, PipelineConfig
 from pipeline.frames import EndOfStream, Frame
 from pipeline.metrics import Metrics
 from pipeline.queues import FanIn, NamedQueue
 from pipeline.sinks import RedisSink, Sink
 from pipeline.sources import Source, create_source
 from pipeline.stages import InferStage, PostprocessStage, PreprocessStage, PublishStage, Stage, is_control
+from pipeline.zones import RuleError, ZonePlan, resolve
 
 log = logging.getLogger(__name__)
 
 
 class PipelineError(Exception):
     """A fatal error inside the running pipeline (dead engine, sink gone for good); one line for the user."""
+
+
+def depth_kind(engines: dict[str, Engine]) -> str:
+    """``metric`` (metres) or ``relative_inverse``, as the depth engine's spec says (relative when it does not)."""
+    depth = engines.get("depth")
+    kind = getattr(depth.spec, "depth_kind", None) if depth is not None else None
+    return kind if kind in ("metric", "relative_inverse") else "relative_inverse"
+
+
+def zone_plan(cfg: PipelineConfig, engines: dict[str, Engine]) -> ZonePlan:
+    """The config's zones and rules resolved against the loaded checkpoints (class names -> ids; a distance
+    rule needs a metric depth checkpoint). A :class:`ConfigError` before any frame is read."""
+    seg = engines.get("segmentation")
+    depth = engines.get("depth")
+    labels = dict(seg.spec.labels) if seg is not None else {}
+    metric = depth_kind(engines) == "metric" if depth is not None else None
+    try:
+        return resolve(cfg.zones, cfg.rules, labels, metric, depth.spec.model_id if depth is not None else "")
+    except RuleError as e:
+        raise ConfigError(str(e)) from e
 
 
 @dataclass
@@ -90,6 +111,8 @@ class Pipeline:
         cfg = self.cfg
         fan: FanIn[Any] = FanIn()
         redis_sink = self._redis()
+        plan = zone_plan(cfg, self.engines)
+        rule_states: dict[str, str] = {}
         for s in cfg.sources:
             start = 0
             rep = StreamReport(s.id)
@@ -101,6 +124,9 @@ class Pipeline:
                     rep.skipped = start
                     if start:
                         log.info("%s: resuming after frame %d (already published)", s.id, start - 1)
+                        state = redis_sink.rule_state(s.id) if plan.rules_for(s.id) else None
+                        if state:  # the debounce continues where the published frames left it
+                            rule_states[s.id] = state
             policy = cfg.queues.live_policy if s.is_live else "block"
             q: NamedQueue[Any] = NamedQueue(f"decoded:{s.id}", cfg.queues.decoded, policy,
                                             on_drop=self._dropped("decoded"), is_control=is_control,
@@ -133,11 +159,18 @@ class Pipeline:
             InferStage(prepared, inferred, self.metrics, self.abort, self.engines, cfg.engine.batch_size,
                        cfg.engine.max_wait_ms),
             PostprocessStage(inferred, results, self.metrics, self.abort, cfg.mask_size, net_side, num_classes,
-                             cfg.depth_grid, "relative_inverse", keep_depth_map=keep_image),
+                             cfg.depth_grid, depth_kind(self.engines), keep_depth_map=keep_image, zones=plan,
+                             rule_states=rule_states, ends_rules=self._ends_rules),
             PublishStage(results, self.metrics, self.abort, [*self.sinks, *watchers], on_eos=self._on_eos),
         ]
         for st in self.stages:
             st.on_fatal = self._on_fatal
+
+    def _ends_rules(self, eos: EndOfStream) -> bool:
+        """A live stream's end ends its rules; a file's only when it was read to its end, not interrupted
+        (a resumed run continues its debounce)."""
+        live = any(s.id == eos.stream_id and s.is_live for s in self.cfg.sources)
+        return live or not self.stopping.is_set()
 
     def _on_eos(self, eos: EndOfStream) -> None:
         rep = self.report.streams.setdefault(eos.stream_id, StreamReport(eos.stream_id))
