@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -39,6 +40,42 @@ def zones_config(n: int) -> dict[str, Any]:
         rules.append({"name": f"z{i}-blocked", "zone": f"z{i}", "classes": ["wall", "floor", "building"],
                       "min_coverage": 0.3, "for_frames": 2, "clear_frames": 2})
     return {"zones": zones, "rules": rules}
+
+
+def zone_work_ms(n: int, width: int, height: int, calls: int = 300) -> dict[str, float]:
+    """The extra work zones add per frame, alone: device stats (histogram, depth ranks) + host tables + the
+    rules' debounce + the JSON, on a ``width x height`` mask and depth map. Median milliseconds per frame."""
+    import time
+
+    import torch
+
+    from pipeline.config import load_config
+    from pipeline.stages.postprocess import zone_layout, zone_results, zone_stats
+    from pipeline.zones import StreamRules, resolve
+
+    cfg = load_config(None, zones_config(n))
+    labels = {0: "wall", 1: "building", 3: "floor", 12: "person", 20: "car"}
+    plan = resolve(cfg.zones, cfg.rules, labels)
+    layout = zone_layout(plan.zones, width, height, "cpu")
+    g = torch.Generator().manual_seed(0)
+    # a mask of ~15 classes in blocks (as real masks are: 10-20 classes in regions), and a smooth depth map
+    blocks = torch.randint(0, 15, (6, 10), generator=g).float() * 7
+    mask = torch.nn.functional.interpolate(blocks[None, None], size=(height, width), mode="nearest")[0, 0]
+    mask = mask.to(torch.uint8)
+    flat = (torch.linspace(0, 1, height)[:, None] + torch.rand(height, width, generator=g) * 0.1).reshape(-1)
+    rules = StreamRules("s", plan.rules)
+    times = []
+    for i in range(calls):
+        t0 = time.perf_counter()
+        zt = zone_stats(layout, mask, flat, 256)
+        stats = zone_results(layout, zt)
+        out = {name: zs.as_json(True) for name, zs in stats.items()}
+        rules.step(i, float(i), stats, True)
+        json.dumps(out)
+        rules.dump()
+        times.append((time.perf_counter() - t0) * 1000)
+    return {"median_ms": round(statistics.median(times), 3), "p90_ms": round(sorted(times)[int(0.9 * calls)], 3),
+            "mask": f"{width}x{height}", "torch_threads": torch.get_num_threads()}
 
 
 def main() -> None:
@@ -85,6 +122,11 @@ def main() -> None:
             proc.wait(10)
     fps0 = statistics.median(runs["0"])
     fpsn = statistics.median(runs[str(args.zones)])
+    net = loaded["segmentation"].spec.preprocess.height
+    mw, mh = (net, max(1, round(inp.height * net / inp.width)))  # the default mask size
+    work = zone_work_ms(args.zones, mw, mh)
+    work["share_of_a_frame_at_0_zones_fps"] = round(work["median_ms"] / (1000 / fps0), 4) if fps0 else None
+    print(f"zone work alone: {work['median_ms']:.3f} ms per frame ({work['mask']} mask)")
     out = {
         "what": f"end-to-end frames/s, 0 vs {args.zones} zones x 2 rules per stream",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -94,6 +136,10 @@ def main() -> None:
         "zones": args.zones, "rules": 2 * args.zones,
         "fps_runs": runs, "fps_median": {"0": fps0, str(args.zones): fpsn},
         "ratio": round(fpsn / fps0, 3) if fps0 else None, "target_ratio": 0.95,
+        "zone_work_per_frame": work,
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "note": "2 cores shared with other jobs while measured: end-to-end runs vary a lot run to run (see fps_runs); "
+                "zone_work_per_frame is the extra per-frame work measured alone",
         "machine": machine_info(), "versions": versions(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

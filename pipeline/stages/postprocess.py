@@ -159,18 +159,16 @@ def _group(order: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
 
 
 def depth_stats(depth: torch.Tensor, mask: torch.Tensor | None, grid: int = 4, kind: str = "relative_inverse",
-                num_classes: int = 256, counts: torch.Tensor | None = None,
-                order: torch.Tensor | None = None) -> DepthStats:
+                num_classes: int = 256, counts: torch.Tensor | None = None) -> DepthStats:
     """The numbers of :func:`depth_summary`, as tensors on ``depth``'s device (see :class:`DepthStats`).
 
     ``relative_inverse`` depth: larger = nearer, so a cell's near-field value is its 90th percentile
     (10th for metric depth). Per-class values are lower medians (as ``torch.median``). One sort of the
     values, then one stable sort by cell and one by class of that order: no per-cell or per-class loop.
-    ``counts`` (the mask's class histogram, at least ``num_classes`` long) and ``order`` (the argsort of the
-    flattened depth) are reused when given.
+    ``counts`` (the mask's class histogram, at least ``num_classes`` long) is reused when given.
     """
     flat = depth.reshape(-1).float().contiguous()
-    order = _order(flat) if order is None else order
+    order = _order(flat)
     sorted_flat = flat[order]
     n = flat.numel()
     stats = torch.cat([
@@ -247,8 +245,9 @@ class ZoneLayout:
     areas: tuple[int, ...]  # pixels inside each zone
     index: torch.Tensor  # int64: flat pixel indices of every zone, zone after zone (zones may overlap)
     owner: torch.Tensor  # int64: the zone number of each element of ``index``
-    member: torch.Tensor  # zones x pixels bool
-    area_t: torch.Tensor  # int32 zone areas, on the device
+    starts: tuple[int, ...]  # where each zone's pixels begin in ``index``
+    index_np: np.ndarray  # the same as numpy, for the CPU path
+    owner_np: np.ndarray
 
 
 def zone_layout(zones: Sequence[Zone], width: int, height: int, device: str | torch.device) -> ZoneLayout:
@@ -256,9 +255,9 @@ def zone_layout(zones: Sequence[Zone], width: int, height: int, device: str | to
     areas = tuple(int(a) for a in inside.sum(axis=1))
     index = np.concatenate([np.flatnonzero(row) for row in inside]).astype(np.int64)
     owner = np.repeat(np.arange(len(zones), dtype=np.int64), areas)
+    starts = tuple(int(v) for v in np.cumsum((0, *areas[:-1])))
     return ZoneLayout(tuple(z.name for z in zones), areas, torch.from_numpy(index).to(device),
-                      torch.from_numpy(owner).to(device), torch.from_numpy(inside).to(device),
-                      torch.tensor(areas, dtype=torch.int32).to(device))
+                      torch.from_numpy(owner).to(device), starts, index, owner)
 
 
 @dataclass
@@ -278,36 +277,73 @@ class ZoneTensors:
                              for t in (self.counts, self.depth, self.class_nearest)))
 
 
-def zone_stats(layout: ZoneLayout, mask: torch.Tensor | None, depth_flat: torch.Tensor | None,
-               order: torch.Tensor | None, num_classes: int, metric: bool = False,
-               per_class_depth: bool = False) -> ZoneTensors:
+def zone_stats(layout: ZoneLayout, mask: torch.Tensor | None, depth_flat: torch.Tensor | None, num_classes: int,
+               metric: bool = False, per_class_depth: bool = False) -> ZoneTensors:
     """Class pixel counts inside each zone (one integer histogram over ``zone * num_classes + class``) and,
-    with depth, each zone's lower median and nearest value (highest relative inverse depth, or lowest metres),
-    read off the frame's one depth sort (``order``) through a cumulative count of zone pixels in sorted order.
-    All on the mask's device, without a host copy; ``per_class_depth`` adds the nearest value per class per zone.
+    with depth, each zone's lower median (``kthvalue``) and nearest value (the highest relative inverse depth,
+    or the lowest metres). All on the mask's device, without a host copy or synchronisation (the zones' pixel
+    counts are known on the host from rasterisation); ``per_class_depth`` adds the nearest value of each class
+    in each zone (for distance rules on classes).
     """
+    like = mask if mask is not None else depth_flat
+    if like is not None and like.device.type == "cpu":
+        return _zone_stats_numpy(layout, mask, depth_flat, num_classes, metric, per_class_depth)
+    return _zone_stats_torch(layout, mask, depth_flat, num_classes, metric, per_class_depth)
+
+
+def _zone_stats_torch(layout: ZoneLayout, mask: torch.Tensor | None, depth_flat: torch.Tensor | None,
+                      num_classes: int, metric: bool, per_class_depth: bool) -> ZoneTensors:
+    """:func:`zone_stats` in torch ops on the tensors' device (the GPU path)."""
     z = len(layout.names)
     out = ZoneTensors()
     keys = None
     if mask is not None:
         keys = mask.reshape(-1)[layout.index].long() + layout.owner * num_classes
         out.counts = histogram(keys, z * num_classes).reshape(z, num_classes)
-    if depth_flat is not None and order is not None:
-        n = depth_flat.numel()
-        dev = depth_flat.device
-        ranks = layout.member[:, order].cumsum(dim=1, dtype=torch.int32)  # zone pixels up to each sorted position
-        areas = layout.area_t
-        med_k = (areas - 1).clamp(min=0) // 2 + 1
-        near_k = areas if not metric else torch.ones_like(areas)
-        targets = torch.stack([med_k, near_k], dim=1).contiguous()
-        pos = torch.searchsorted(ranks, targets).clamp(max=n - 1)
-        out.depth = depth_flat[order[pos]]
+    if depth_flat is not None:
+        vals = depth_flat[layout.index]
+        rows = []
+        for start, area in zip(layout.starts, layout.areas, strict=True):
+            if area == 0:  # a zone with no pixel centre inside at this mask size
+                rows.append(torch.zeros(2, dtype=vals.dtype, device=vals.device))
+                continue
+            seg = vals[start:start + area]
+            rows.append(torch.stack([seg.kthvalue((area - 1) // 2 + 1).values, seg.min() if metric else seg.max()]))
+        out.depth = torch.stack(rows)
         if per_class_depth and keys is not None:
-            vals = depth_flat[layout.index]
             fill = math.inf if metric else -math.inf
-            near = torch.full((z * num_classes,), fill, dtype=vals.dtype, device=dev)
+            near = torch.full((z * num_classes,), fill, dtype=vals.dtype, device=vals.device)
             near.scatter_reduce_(0, keys, vals, "amin" if metric else "amax", include_self=True)
             out.class_nearest = near.reshape(z, num_classes)
+    return out
+
+
+def _zone_stats_numpy(layout: ZoneLayout, mask: torch.Tensor | None, depth_flat: torch.Tensor | None,
+                      num_classes: int, metric: bool, per_class_depth: bool) -> ZoneTensors:
+    """:func:`zone_stats` on CPU, in numpy: the same numbers without torch's intra-op thread pool, whose
+    start-up per small op costs more than the work when the cores are busy with inference."""
+    z = len(layout.names)
+    out = ZoneTensors()
+    keys = None
+    if mask is not None:
+        m = mask.reshape(-1).numpy()
+        keys = m[layout.index_np].astype(np.int64) + layout.owner_np * num_classes
+        out.counts = torch.from_numpy(np.bincount(keys, minlength=z * num_classes).reshape(z, num_classes))
+    if depth_flat is not None:
+        vals = depth_flat.reshape(-1).float().numpy()[layout.index_np]
+        rows = np.zeros((z, 2), dtype=np.float32)
+        for i, (start, area) in enumerate(zip(layout.starts, layout.areas, strict=True)):
+            if area == 0:
+                continue
+            seg = vals[start:start + area]
+            k = (area - 1) // 2
+            rows[i, 0] = np.partition(seg, k)[k]
+            rows[i, 1] = seg.min() if metric else seg.max()
+        out.depth = torch.from_numpy(rows)
+        if per_class_depth and keys is not None:
+            near = np.full(z * num_classes, np.inf if metric else -np.inf, dtype=np.float32)
+            (np.minimum if metric else np.maximum).at(near, keys, vals)
+            out.class_nearest = torch.from_numpy(near.reshape(z, num_classes))
     return out
 
 
@@ -398,18 +434,17 @@ class PostprocessStage(Stage):
         if "logits" in item.outputs:
             mask_t = segment(item.outputs["logits"], (h, w))
             counts = class_counts(mask_t, hist)
-        flat = order = None
+        flat = None
         if "depth" in item.outputs:
             d = resize_depth(item.outputs["depth"], (h, w))
-            flat = d.reshape(-1).float().contiguous()
-            order = _order(flat)
-            stats = depth_stats(d, mask_t, self.grid, self.kind, hist, counts, order=order)
+            flat = d.reshape(-1)
+            stats = depth_stats(d, mask_t, self.grid, self.kind, hist, counts)
             if self.keep_depth_map:
                 depth_map = d
         layout = self._layout(item.id.stream_id, w, h, (mask_t if mask_t is not None else flat))
         zt = None
         if layout is not None:
-            zt = zone_stats(layout, mask_t, flat, order, hist, self.kind == "metric", self._per_class_depth)
+            zt = zone_stats(layout, mask_t, flat, hist, self.kind == "metric", self._per_class_depth)
         if st.active:
             mask_t = to_host_async(mask_t) if mask_t is not None else None
             counts = to_host_async(counts) if counts is not None else None

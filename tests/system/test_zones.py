@@ -174,6 +174,35 @@ def test_zone_coverage_matches_the_mask_and_alerts_follow_the_debounce(assets: d
     assert len(lines) == len(expect)
     assert "cam busy-door START" in lines[0] and f"frame {expect[0][0]}" in lines[0]
 
+    # --follow prints new alerts as they come
+    follow = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "alerts", "--follow", "-n", "0", "--redis",
+                               redis_server.url, "--redis-prefix", "z2"], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        time.sleep(4)  # let it start blocking on the stream
+        r.xadd("z2:alerts", {"rule": "busy-door", "zone": "door", "stream": "cam", "state": "start", "frame": "7",
+                             "ts": "1.0", "coverage": "0.5"})
+        assert follow.stdout is not None
+        got_line = follow.stdout.readline()
+        assert "cam busy-door START" in got_line and "frame 7" in got_line and "coverage 50.0%" in got_line
+    finally:
+        follow.send_signal(signal.SIGINT)
+        follow.wait(30)
+
+    # snapshot outlines the zones (not red: no rule is active after the file's end)
+    from pipeline.overlay import ACTIVE_COLOUR, ZONE_COLOUR
+
+    png = tmp_path / "snap.png"
+    p = cli("snapshot", "cam", "--redis", redis_server.url, "--redis-prefix", "z2", "-o", str(png))
+    assert p.returncode == 0, p.stderr
+    pic = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    half_w = pic.shape[1] // 2
+    for x0 in (0, half_w):  # the door's left edge at y = 0.625 lies at x = 0.075 of each half
+        y, x = round(0.625 * pic.shape[0]), x0 + round(0.075 * half_w)
+        window = pic[y - 3:y + 4, x - 4:x + 5]
+        assert (np.abs(window - np.array(ZONE_COLOUR)).sum(-1) < 40).any(), "no zone outline in the snapshot"
+        assert not (np.abs(window - np.array(ACTIVE_COLOUR)).sum(-1) < 40).any()
+
     # SIGKILL mid-run, then a rerun: the alerts stream holds exactly the debounce of the published series
     killed = tmp_path / "kill.yaml"
     write_config(killed, rules)
@@ -286,3 +315,46 @@ def test_a_live_reconnect_keeps_an_active_rule_active(tmp_path: Path, redis_serv
         assert r.hlen("dpt:alerts:active") == 0
     finally:
         srv.stop()
+
+
+def test_a_fresh_start_ends_what_a_previous_run_left_active(redis_server: RedisServer) -> None:
+    """The Redis side alone: a frame's start alert, a killed run, then the stream started afresh (a live camera
+    at process start, --no-resume): the stale active rule is ended once (reason restart); a stream's end is
+    written once even if sent twice."""
+    from pipeline.config import PipelineConfig
+    from pipeline.frames import EndOfStream, FrameId, Result
+    from pipeline.metrics import Metrics
+    from pipeline.sinks import RedisSink
+
+    cfg = PipelineConfig.model_validate({"sinks": [redis_server.url], "zones": [{"name": "door", "polygon": DOOR}],
+                                         "rules": [{"name": "busy", "zone": "door", "classes": [12]}]})
+    sink = RedisSink(redis_server.url, cfg, Metrics())
+    sink.open()
+    r = redis_server.client()
+    try:
+        start = {"rule": "busy", "zone": "door", "stream": "cam", "state": "start", "frame": 4, "ts": 10.5,
+                 "coverage": 0.25}
+        fid = FrameId("cam", 4, 0.2, 10.5, 64, 36)
+        sink.write([Result(fid, None, alerts=(start,), rule_state='{"frame":4}')])
+        sink.write([Result(fid, None, alerts=(start,), rule_state='{"frame":4}')])  # a retried write: ignored
+        assert [a["state"] for a in alerts(r, "dpt")] == ["start"]
+        assert json.loads(r.hget("dpt:alerts:active", "cam/busy")) == start
+        assert r.hget("dpt:stream:cam:progress", "rules") == b'{"frame":4}'
+        sink.reset_progress("cam")
+        al = alerts(r, "dpt")
+        assert [(a["state"], a.get("reason"), a["frame"]) for a in al] == [("start", None, "4"),
+                                                                          ("end", "restart", "4")]
+        assert r.hlen("dpt:alerts:active") == 0 and r.hget("dpt:stream:cam:progress", "rules") is None
+        sink.reset_progress("cam")  # nothing left to end
+        assert len(alerts(r, "dpt")) == 2
+        # a stream's end: written once
+        sink.write([Result(FrameId("cam", 0, 0.0, 11.0, 64, 36), None, alerts=({**start, "frame": 0},),
+                           rule_state='{"frame":0}')])
+        end = {**start, "state": "end", "frame": 0, "reason": "eof"}
+        eos = EndOfStream("cam", 1, alerts=(end,), rule_state='{"frame":0,"rules":{}}')
+        sink.end_stream(eos)
+        sink.end_stream(eos)
+        assert [(a["state"], a.get("reason")) for a in alerts(r, "dpt")][2:] == [("start", None), ("end", "eof")]
+        assert r.hlen("dpt:alerts:active") == 0
+    finally:
+        sink.close()

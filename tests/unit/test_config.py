@@ -107,3 +107,13 @@ def test_bad_zones_and_rules_are_named(tmp_path: Path, data: dict[str, object], 
     with pytest.raises(ConfigError) as e:
         load_config(p)
     assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_zones_example_config_resolves_against_ade20k() -> None:
+    from engines.labels import ADE20K_LABELS
+    from pipeline.zones import resolve
+
+    cfg = load_config(ROOT / "configs" / "zones.yaml")
+    plan = resolve(cfg.zones, cfg.rules, dict(enumerate(ADE20K_LABELS)), metric=False)
+    assert [r.name for r in plan.rules] == ["person-in-doorway", "bay-blocked"]
+    assert plan.rules[0].classes == (ADE20K_LABELS.index("person"),)

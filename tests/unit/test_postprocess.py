@@ -48,7 +48,7 @@ def test_zone_stats_match_a_numpy_reference() -> None:
     """Per-zone class counts, lower median and nearest depth (both depth kinds), overlapping zones included."""
     import numpy as np
 
-    from pipeline.stages.postprocess import _order, zone_layout, zone_results, zone_stats
+    from pipeline.stages.postprocess import _zone_stats_numpy, _zone_stats_torch, zone_layout, zone_results
     from pipeline.zones import Zone, rasterize
 
     g = torch.Generator().manual_seed(3)
@@ -60,8 +60,8 @@ def test_zone_stats_match_a_numpy_reference() -> None:
              Zone("tiny", ((0.0, 0.0), (0.001, 0.0), (0.0, 0.001)))]  # contains no pixel centre
     layout = zone_layout(zones, w, h, "cpu")
     flat = depth.reshape(-1).contiguous()
-    for metric in (False, True):
-        zt = zone_stats(layout, mask, flat, _order(flat), c, metric=metric, per_class_depth=True)
+    for fn, metric in ((f, m) for f in (_zone_stats_numpy, _zone_stats_torch) for m in (False, True)):
+        zt = fn(layout, mask, flat, c, metric, True)  # numpy on CPU; the torch path is the GPU's
         got = zone_results(layout, zt)
         for z in zones:
             inside = rasterize(z.polygon, w, h)
