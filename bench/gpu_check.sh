@@ -2,7 +2,7 @@
 # The GPU checks of issue 4, as ONE run on a lent GPU (an H200 here), in about 6-8 minutes:
 #   1. installs the carried wheels (av, redis, pydantic: the device image lacks them) and starts a redis-server
 #      unpacked from carried Debian packages;
-#   2. runs the GPU tests (tests/test_gpu.py: FP16 vs FP32 mask agreement at full size, CUDA-graph padding,
+#   2. runs the GPU tests (tests/system/test_gpu.py: FP16 vs FP32 mask agreement at full size, CUDA-graph padding,
 #      the CUDA-stream pipeline against the CPU path, no synchronising calls while queuing GPU work);
 #   3. runs `dptstream bench`: torch fp32 / fp16 / fp16 + CUDA graphs at batch 1/2/4/8/16 for DPT-Large-ADE @480
 #      and DPT-Large @384 (random weights of the real architectures), end to end with 8 concurrent 1080p clips,
@@ -126,8 +126,8 @@ EOF
 fi
 
 # -- 4. GPU tests (and their CPU twins) ------------------------------------------------------------------------
-step "tests: tests/test_gpu.py"
-timeout "$TEST_TIMEOUT" "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py -s >"$OUT/tests.log" 2>&1
+step "tests: tests/system/test_gpu.py"
+timeout "$TEST_TIMEOUT" "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/system/test_gpu.py -s >"$OUT/tests.log" 2>&1
 rc=$?
 step "tests exit $rc: $(tail -1 "$OUT/tests.log")"
 [[ $rc -ne 0 ]] && status=1

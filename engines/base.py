@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -14,6 +15,7 @@ Task = Literal["segmentation", "depth"]
 TASKS: tuple[Task, ...] = ("segmentation", "depth")
 DEFAULT_MODELS: dict[Task, str] = {"segmentation": "Intel/dpt-large-ade", "depth": "Intel/dpt-large"}
 OUTPUT_NAME: dict[Task, str] = {"segmentation": "logits", "depth": "depth"}
+DepthKind = Literal["metric", "relative_inverse"]
 
 
 class EngineError(Exception):
@@ -28,9 +30,23 @@ class BackendUnavailable(EngineError):
     """The requested backend (e.g. TensorRT, CUDA) is not usable on this machine."""
 
 
+def _constrain_to_multiple_of(val: float, multiple: int) -> int:
+    """transformers' DPT rounding (``get_resize_output_image_size``): nearest multiple, at least one."""
+    x = round(val / multiple) * multiple
+    if x < multiple:  # transformers' min_val=0 would allow 0: no network takes an empty side
+        x = math.ceil(val / multiple) * multiple
+    return max(int(x), 1)
+
+
 @dataclass(frozen=True)
 class PreprocessSpec:
-    """How a checkpoint wants its input: from ``preprocessor_config.json``."""
+    """How a checkpoint wants its input: from its ``preprocessor_config.json`` (DPT's image processor).
+
+    ``height`` x ``width`` is the processor's ``size``. With ``keep_aspect_ratio`` the network input follows
+    each source's aspect ratio (scaled as little as possible to reach one side of ``size``), every side rounded
+    to ``ensure_multiple_of``; ``pad_multiple`` zero-pads the normalised input to multiples of it (``do_pad``
+    with ``size_divisor``), centred. :meth:`network_shape` gives the input shape for one source resolution.
+    """
 
     height: int
     width: int
@@ -38,6 +54,46 @@ class PreprocessSpec:
     rescale_factor: float = 1.0 / 255.0
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    keep_aspect_ratio: bool = False
+    ensure_multiple_of: int = 1
+    do_resize: bool = True
+    pad_multiple: int | None = None
+
+    @property
+    def fixed_shape(self) -> tuple[int, int] | None:
+        """The one network shape for every source, or ``None`` when it depends on the source's size."""
+        if not self.do_resize or self.keep_aspect_ratio:
+            return None
+        return self._padded(self.resized_shape(self.height, self.width))
+
+    def resized_shape(self, src_h: int, src_w: int) -> tuple[int, int]:
+        """``(h, w)`` the source image is resized to (what transformers' DPT processor computes)."""
+        if not self.do_resize:
+            return src_h, src_w
+        scale_h, scale_w = self.height / src_h, self.width / src_w
+        if self.keep_aspect_ratio:  # scale as little as possible
+            if abs(1 - scale_w) < abs(1 - scale_h):
+                scale_h = scale_w
+            else:
+                scale_w = scale_h
+        m = max(1, int(self.ensure_multiple_of))
+        return _constrain_to_multiple_of(scale_h * src_h, m), _constrain_to_multiple_of(scale_w * src_w, m)
+
+    def padding(self, h: int, w: int) -> tuple[int, int, int, int]:
+        """``(top, bottom, left, right)`` zero padding of a resized ``h x w`` input (centred, as transformers)."""
+        if not self.pad_multiple:
+            return 0, 0, 0, 0
+        ph = math.ceil(h / self.pad_multiple) * self.pad_multiple - h
+        pw = math.ceil(w / self.pad_multiple) * self.pad_multiple - w
+        return ph // 2, ph - ph // 2, pw // 2, pw - pw // 2
+
+    def _padded(self, hw: tuple[int, int]) -> tuple[int, int]:
+        t, b, left, r = self.padding(*hw)
+        return hw[0] + t + b, hw[1] + left + r
+
+    def network_shape(self, src_h: int, src_w: int) -> tuple[int, int]:
+        """``(h, w)`` of the network input for a ``src_h x src_w`` source (computed once per stream)."""
+        return self._padded(self.resized_shape(src_h, src_w))
 
 
 @dataclass(frozen=True)
@@ -52,6 +108,18 @@ class EngineSpec:
     preprocess: PreprocessSpec
     labels: dict[int, str] = field(default_factory=dict)
     max_batch: int = 8
+    model_type: str = "dpt"  # config.json's model_type: "dpt" or "depth_anything"
+    architecture: str = ""  # e.g. "DPT (ViT)", "DPT (DINOv2 backbone)", "Depth Anything (metric, max 20 m)"
+    depth_kind: DepthKind | None = None  # depth engines: "metric" (metres) or "relative_inverse"; else None
+
+    @property
+    def metric(self) -> bool:
+        """Whether the depth output is in metres (a metric checkpoint)."""
+        return self.depth_kind == "metric"
+
+    def network_shape(self, src_h: int, src_w: int) -> tuple[int, int]:
+        """``(h, w)`` of this engine's network input for a ``src_h x src_w`` source."""
+        return self.preprocess.network_shape(src_h, src_w)
 
 
 @runtime_checkable

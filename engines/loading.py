@@ -1,10 +1,27 @@
-"""Load DPT checkpoints with transformers from a hub id or a local directory."""
+"""Load DPT-family checkpoints with transformers from a hub id or a local directory, by ``model_type``.
+
+The checkpoint's ``config.json`` is read first and its ``model_type`` picks the transformers class:
+
+- ``dpt``: ViT (Base/Large), hybrid BiT+ViT, or a ``backbone_config`` backbone (BEiT, SwinV2, DINOv2);
+  ``DPTForSemanticSegmentation`` for segmentation, ``DPTForDepthEstimation`` for depth;
+- ``depth_anything``: Depth Anything V1/V2 (DINOv2 + DPT head), relative or metric (``max_depth``), depth only.
+
+Anything else is refused with one line naming the model type found and what is supported, and so is a
+checkpoint whose weights do not cover the model (missing, unexpected or mismatched keys, as
+``from_pretrained(output_loading_info=True)`` reports them): a model never runs with freshly initialised weights.
+
+Preprocessing follows the checkpoint's own image processor (:func:`preprocess_spec`); a broken
+``preprocessor_config.json`` is an error naming the file, and only a checkpoint without one gets DPT's defaults.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,11 +29,31 @@ from typing import Any
 import torch
 from torch import nn
 
-from engines.base import ModelLoadError, PreprocessSpec, Task
+from engines.base import DepthKind, ModelLoadError, PreprocessSpec, Task
 
 log = logging.getLogger(__name__)
 
 _RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
+_RESAMPLE_NAMES = {1: "lanczos", 4: "box", 5: "hamming"}
+DPT_BACKBONES = {"beit": "BEiT", "swinv2": "SwinV2", "dinov2": "DINOv2"}
+SUPPORTED: dict[Task, str] = {
+    "segmentation": "dpt (ViT, hybrid, BEiT/SwinV2/DINOv2 backbones)",
+    "depth": "dpt (ViT, hybrid, BEiT/SwinV2/DINOv2 backbones) and depth_anything (V1/V2, relative or metric)",
+}
+_MODEL_CLASSES: dict[tuple[Task, str], str] = {
+    ("segmentation", "dpt"): "DPTForSemanticSegmentation",
+    ("depth", "dpt"): "DPTForDepthEstimation",
+    ("depth", "depth_anything"): "DepthAnythingForDepthEstimation",
+}
+# checkpoint keys of modules that are never run at inference: present in real checkpoints, not an error
+_IGNORED_UNEXPECTED = ("auxiliary_head.",)
+# architectures that say which task a dpt checkpoint was trained for
+_TASK_OF_ARCHITECTURE: dict[str, Task] = {
+    "DPTForSemanticSegmentation": "segmentation",
+    "DPTForDepthEstimation": "depth",
+    "DepthAnythingForDepthEstimation": "depth",
+}
+_OTHER_TASK: dict[Task, Task] = {"segmentation": "depth", "depth": "segmentation"}
 
 
 class SegmentationHead(nn.Module):
@@ -32,7 +69,7 @@ class SegmentationHead(nn.Module):
 
 
 class DepthHead(nn.Module):
-    """DPT depth: ``pixel_values -> predicted_depth`` (N x h x w)."""
+    """DPT / Depth Anything depth: ``pixel_values -> predicted_depth`` (N x h x w)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -51,28 +88,242 @@ class LoadedModel:
     preprocess: PreprocessSpec
     labels: dict[int, str]
     weights_hash: str
+    model_type: str = "dpt"
+    architecture: str = "DPT (ViT)"
+    depth_kind: DepthKind | None = None  # depth: "metric" (metres) or "relative_inverse"
+    max_depth: float | None = None  # metric checkpoints: the output's upper bound in metres
 
 
-def _spec_from_processor(proc: Any, input_size: int | None) -> PreprocessSpec:
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What ``config.json`` says, read before any weights load."""
+
+    model_type: str
+    architecture: str  # human-readable, e.g. "DPT (DINOv2 backbone)"
+    class_name: str  # the transformers class that loads it for the task
+    depth_kind: DepthKind | None
+    max_depth: float | None
+
+
+def _arch_names(cfg: dict[str, Any]) -> str:
+    archs = cfg.get("architectures") or []
+    return ", ".join(str(a) for a in archs) if archs else "no architectures listed"
+
+
+def inspect_config(task: Task, model_id: str, cfg: dict[str, Any]) -> CheckpointInfo:
+    """Check ``config.json`` (as a dict) against what ``task`` supports; one-line :class:`ModelLoadError` if not."""
+    model_type = str(cfg.get("model_type") or "")
+    found = f"{model_type!r}" if model_type else "no model_type"
+    if (task, model_type) not in _MODEL_CLASSES:
+        hint = ""
+        if model_type == "zoedepth":
+            hint = " (ZoeDepth's metric bins head and padded preprocessing are not supported)"
+        elif model_type == "depth_anything" and task == "segmentation":
+            hint = f" (a depth checkpoint: pass it as --model depth={model_id})"
+        raise ModelLoadError(
+            f"{task} model {model_id!r} is a {found} checkpoint ({_arch_names(cfg)}){hint}; "
+            f"{task} supports model types {SUPPORTED[task]}"
+        )
+    for arch in cfg.get("architectures") or []:
+        trained_for = _TASK_OF_ARCHITECTURE.get(str(arch))
+        if trained_for is not None and trained_for != task:
+            raise ModelLoadError(
+                f"{task} model {model_id!r} is a {model_type} {trained_for} checkpoint ({arch}), not a {task} one; "
+                f"pass it as --model {trained_for}={model_id}, and a {task} checkpoint as --model {task}=..."
+            )
+        if trained_for is None and str(arch) and not str(arch).startswith(("DPT", "DepthAnything")):
+            raise ModelLoadError(
+                f"{task} model {model_id!r} is a {model_type} checkpoint for {arch}, not for {task}; "
+                f"{task} supports model types {SUPPORTED[task]}"
+            )
+    backbone = cfg.get("backbone_config") or {}
+    backbone_type = str(backbone.get("model_type") or "") if isinstance(backbone, dict) else ""
+    if cfg.get("backbone") and not backbone_type:
+        raise ModelLoadError(
+            f"{task} model {model_id!r} names a timm/hub backbone {cfg.get('backbone')!r} instead of a "
+            f"backbone_config; supported backbones are ViT, hybrid BiT+ViT, BEiT, SwinV2 and DINOv2"
+        )
+    depth_kind: DepthKind | None = None
+    max_depth: float | None = None
+    if model_type == "dpt":
+        if cfg.get("is_hybrid"):
+            architecture = "DPT-Hybrid (BiT + ViT)"
+        elif backbone_type:
+            if backbone_type not in DPT_BACKBONES:
+                raise ModelLoadError(
+                    f"{task} model {model_id!r} is a dpt checkpoint with a {backbone_type!r} backbone; "
+                    f"supported dpt backbones are ViT, hybrid BiT+ViT, {', '.join(DPT_BACKBONES.values())}"
+                )
+            architecture = f"DPT ({DPT_BACKBONES[backbone_type]} backbone)"
+        else:
+            architecture = "DPT (ViT)"
+        if task == "depth":
+            depth_kind = "relative_inverse"
+    else:  # depth_anything
+        if backbone_type and backbone_type != "dinov2":
+            raise ModelLoadError(
+                f"depth model {model_id!r} is a depth_anything checkpoint with a {backbone_type!r} backbone; "
+                "Depth Anything is supported with its DINOv2 backbone"
+            )
+        kind = str(cfg.get("depth_estimation_type") or "relative")
+        if kind == "metric":
+            depth_kind = "metric"
+            max_depth = float(cfg.get("max_depth") or 1.0)
+            architecture = f"Depth Anything (metric, up to {max_depth:g} m)"
+        elif kind == "relative":
+            depth_kind = "relative_inverse"
+            architecture = "Depth Anything (relative)"
+        else:
+            raise ModelLoadError(
+                f"depth model {model_id!r} has depth_estimation_type {kind!r}; supported are relative and metric"
+            )
+    return CheckpointInfo(model_type, architecture, _MODEL_CLASSES[(task, model_type)], depth_kind, max_depth)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _read_json(path: Path, what: str, model_id: str) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{what} {path} of model {model_id!r} is not valid JSON: {e}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"cannot read {what} {path} of model {model_id!r}: {_first_line(e)}") from e
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{what} {path} of model {model_id!r} is not a JSON object")
+    return data
+
+
+def _resolve(task: Task, model_id: str) -> tuple[str, Path | None]:
+    """``(source for from_pretrained, local directory or None for a hub id)``."""
+    local = Path(os.path.expanduser(model_id))
+    if local.exists() and not local.is_dir():
+        raise ModelLoadError(f"{task} model path {model_id!r} is a file; pass the checkpoint's directory")
+    if not local.exists() and (model_id.startswith((".", "/", "~")) or model_id.count("/") > 1):
+        raise ModelLoadError(f"{task} model directory {model_id!r} does not exist")
+    if local.is_dir():
+        return str(local), local
+    return model_id, None
+
+
+def _hub_hint(task: Task) -> str:
+    return (f"pass --model {task}=PATH to a local checkpoint directory, or allow access to the model hub")
+
+
+def read_config(task: Task, model_id: str) -> dict[str, Any]:
+    """The checkpoint's ``config.json`` as a dict (local directory or hub id); one-line errors."""
+    src, local = _resolve(task, model_id)
+    if local is not None:
+        path = local / "config.json"
+        if not path.is_file():
+            content = "is empty" if not any(local.iterdir()) else "has no config.json"
+            raise ModelLoadError(
+                f"{task} model directory {model_id!r} {content}: not a transformers checkpoint "
+                f"(save one with save_pretrained, or pass a hub id such as Intel/dpt-large)"
+            )
+        return _read_json(path, "config file", model_id)
+    from transformers import PretrainedConfig
+
+    try:
+        cfg, _ = PretrainedConfig.get_config_dict(src)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot load {task} model {model_id!r}: {_first_line(e)} ({_hub_hint(task)})") from e
+    return dict(cfg)
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers' and the hub's own logging and progress bars off while loading (we report in one line)."""
+    import huggingface_hub.utils.logging as hub_logging
+    from transformers.utils import logging as hf_logging
+
+    verbosity, hub_verbosity = hf_logging.get_verbosity(), hub_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hub_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hub_logging.set_verbosity(hub_verbosity)
+        hf_logging.enable_progress_bar()
+
+
+def _keys(keys: Any, limit: int = 3) -> str:
+    items = sorted(str(k[0] if isinstance(k, tuple) else k) for k in keys)
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def check_loading_info(task: Task, model_id: str, info: CheckpointInfo, loading: dict[str, Any]) -> None:
+    """Refuse weights that do not cover the model: missing (freshly initialised), unexpected or mismatched keys."""
+    missing = list(loading.get("missing_keys") or [])
+    unexpected = [k for k in (loading.get("unexpected_keys") or []) if not str(k).startswith(_IGNORED_UNEXPECTED)]
+    mismatched = list(loading.get("mismatched_keys") or [])
+    errors = list(loading.get("error_msgs") or [])
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys ({_keys(missing)})")
+    if mismatched:
+        problems.append(f"{len(mismatched)} keys with another shape ({_keys(mismatched)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys ({_keys(unexpected)})")
+    if errors:
+        problems.append(f"load errors ({_first_line(Exception(str(errors[0])))})")
+    if problems:
+        raise ModelLoadError(
+            f"{task} model {model_id!r} ({info.model_type}, {info.architecture}): its weights do not match "
+            f"{info.class_name}: {'; '.join(problems)}; refusing to run with randomly initialised weights "
+            f"(is it a {info.model_type} {task} checkpoint, and is its weight file complete?)"
+        )
+
+
+def _resample_name(resample: Any, path: str) -> str:
+    code = int(getattr(resample, "value", resample))
+    if code not in _RESAMPLE:
+        name = _RESAMPLE_NAMES.get(code, str(code))
+        raise ModelLoadError(
+            f"{path}: resample {name} is not supported (bicubic, bilinear or nearest; edit the file to choose one)"
+        )
+    return _RESAMPLE[code]
+
+
+def preprocess_spec(proc: Any, input_size: int | None = None, where: str = "preprocessor_config.json"
+                    ) -> PreprocessSpec:
+    """A :class:`PreprocessSpec` that reproduces ``proc`` (a DPT-style image processor) exactly.
+
+    ``input_size`` overrides the processor's ``size`` (both sides); everything else follows the processor.
+    """
     size = getattr(proc, "size", None)
     if isinstance(size, int):
         h = w = size
     else:
         get = size.get if isinstance(size, dict) else (lambda k: getattr(size, k, None))
-        h = int(get("height") or get("shortest_edge") or 384)
-        w = int(get("width") or get("shortest_edge") or h)
-    if h != w:
-        log.info("checkpoint asks for %dx%d input; DPT needs a square grid, using %d", w, h, max(h, w))
-        h = w = max(h, w)
+        sh = get("height") or get("shortest_edge")
+        sw = get("width") or get("shortest_edge") or sh
+        if not sh or not sw:
+            raise ModelLoadError(f"{where}: size {size!r} has no height and width")
+        h, w = int(sh), int(sw)
     if input_size:
         h = w = int(input_size)
-    resample = getattr(proc, "resample", 3)
-    rname = _RESAMPLE.get(int(getattr(resample, "value", resample)), "bicubic")
+    rname = _resample_name(getattr(proc, "resample", 3), where)
     mean = tuple(float(v) for v in (getattr(proc, "image_mean", None) or (0.5, 0.5, 0.5)))
     std = tuple(float(v) for v in (getattr(proc, "image_std", None) or (0.5, 0.5, 0.5)))
+    if len(mean) == 1:
+        mean = mean * 3
+    if len(std) == 1:
+        std = std * 3
     scale = float(getattr(proc, "rescale_factor", 1 / 255) or 1 / 255)
+    if not getattr(proc, "do_rescale", True):
+        scale = 1.0
     if not getattr(proc, "do_normalize", True):
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    pad = None
+    if getattr(proc, "do_pad", False) and getattr(proc, "size_divisor", None):
+        pad = int(proc.size_divisor)
     return PreprocessSpec(
         height=h,
         width=w,
@@ -80,7 +331,51 @@ def _spec_from_processor(proc: Any, input_size: int | None) -> PreprocessSpec:
         rescale_factor=scale,
         mean=mean,  # type: ignore[arg-type]
         std=std,  # type: ignore[arg-type]
+        keep_aspect_ratio=bool(getattr(proc, "keep_aspect_ratio", False)),
+        ensure_multiple_of=max(1, int(getattr(proc, "ensure_multiple_of", 1) or 1)),
+        do_resize=bool(getattr(proc, "do_resize", True)),
+        pad_multiple=pad,
     )
+
+
+def _processor_file(task: Task, model_id: str, src: str, local: Path | None) -> Path | None:
+    """Path of ``preprocessor_config.json`` (downloaded for a hub id), or ``None`` if the checkpoint has none."""
+    if local is not None:
+        path = local / "preprocessor_config.json"
+        return path if path.exists() else None
+    from transformers.utils import cached_file
+
+    try:
+        found = cached_file(src, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False)
+    except OSError as e:
+        raise ModelLoadError(
+            f"cannot load the image processor of {task} model {model_id!r}: {_first_line(e)} ({_hub_hint(task)})"
+        ) from e
+    return Path(found) if found else None
+
+
+def load_processor_spec(task: Task, model_id: str, input_size: int | None = None) -> PreprocessSpec:
+    """The checkpoint's preprocessing. A broken ``preprocessor_config.json`` is a one-line error naming the file;
+    only a checkpoint without one gets DPT's defaults (384x384, bicubic, mean/std 0.5), with a warning."""
+    from transformers import AutoImageProcessor
+
+    src, local = _resolve(task, model_id)
+    path = _processor_file(task, model_id, src, local)
+    if path is None:
+        side = int(input_size or 384)
+        log.warning("%s model %s has no preprocessor_config.json; using DPT's defaults (%d, bicubic, 0.5/0.5)",
+                    task, model_id, side)
+        return PreprocessSpec(side, side)
+    _read_json(path, "image processor config", model_id)  # a JSON error names the file
+    try:
+        with _quiet_transformers():
+            proc = AutoImageProcessor.from_pretrained(src)
+    except Exception as e:
+        raise ModelLoadError(
+            f"image processor config {path} of {task} model {model_id!r} cannot be loaded: "
+            f"{type(e).__name__}: {_first_line(e)}"
+        ) from e
+    return preprocess_spec(proc, input_size, str(path))
 
 
 def weights_hash(module: nn.Module) -> str:
@@ -95,58 +390,51 @@ def weights_hash(module: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def load_model(task: Task, model_id: str, input_size: int | None = None) -> LoadedModel:
-    """Load a DPT checkpoint for ``task`` from a hub id or local directory (offline-friendly)."""
-    from transformers import AutoImageProcessor, DPTForDepthEstimation, DPTForSemanticSegmentation
-    from transformers.utils import logging as hf_logging
+def _from_pretrained(task: Task, model_id: str, src: str, info: CheckpointInfo) -> nn.Module:
+    import transformers
 
-    local = Path(os.path.expanduser(model_id))
-    if local.exists() and not local.is_dir():
-        raise ModelLoadError(f"model path {model_id!r} is a file; pass the checkpoint's directory")
-    if not local.exists() and (model_id.startswith((".", "/", "~")) or model_id.count("/") > 1):
-        raise ModelLoadError(f"model directory {model_id!r} does not exist")
-    src = str(local) if local.exists() else model_id
-    import huggingface_hub.utils.logging as hub_logging
-
-    verbosity, hub_verbosity = hf_logging.get_verbosity(), hub_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hub_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    cls = getattr(transformers, info.class_name)
+    kwargs: dict[str, Any] = {"attn_implementation": "sdpa", "output_loading_info": True,
+                              "ignore_mismatched_sizes": True}  # mismatches come back in the report, checked below
+    if task == "segmentation":
+        kwargs["use_auxiliary_head"] = False  # never computed at inference
     try:
-        cls = DPTForSemanticSegmentation if task == "segmentation" else DPTForDepthEstimation
-        kwargs: dict[str, Any] = {"attn_implementation": "sdpa"}
-        if task == "segmentation":
-            kwargs["use_auxiliary_head"] = False  # never computed at inference
-        try:
-            model = cls.from_pretrained(src, **kwargs)
-        except (ValueError, TypeError):
-            kwargs.pop("attn_implementation")
-            model = cls.from_pretrained(src, **kwargs)
-        try:
-            proc = AutoImageProcessor.from_pretrained(src)
-        except Exception:  # no preprocessor_config.json: DPT defaults
-            log.warning("no preprocessor config for %s; using DPT defaults (384, bicubic, 0.5/0.5)", model_id)
-            proc = None
+        with _quiet_transformers():
+            try:
+                model, loading = cls.from_pretrained(src, **kwargs)
+            except (ValueError, TypeError) as e:
+                if "attn_implementation" not in str(e) and "sdpa" not in str(e).lower():
+                    raise
+                kwargs.pop("attn_implementation")
+                model, loading = cls.from_pretrained(src, **kwargs)
     except OSError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"cannot load {task} model {model_id!r}: {_first_line(e)} ({_hub_hint(task)})") from e
+    except Exception as e:  # truncated or corrupt weight files, configs the class cannot build
         raise ModelLoadError(
-            f"cannot load {task} model {model_id!r}: {first} "
-            "(pass --model {task}=PATH to a local checkpoint directory, or allow access to the model hub)"
+            f"cannot load the weights of {task} model {model_id!r} ({info.model_type}, {info.architecture}): "
+            f"{type(e).__name__}: {_first_line(e)} (a truncated or corrupt weight file? download it again)"
         ) from e
-    except Exception as e:  # wrong architecture, corrupt weights, ...
-        raise ModelLoadError(f"cannot load {task} model {model_id!r}: {type(e).__name__}: {e}") from e
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        hub_logging.set_verbosity(hub_verbosity)
-        hf_logging.enable_progress_bar()
+    check_loading_info(task, model_id, info, loading)
+    return model  # type: ignore[no-any-return]
+
+
+def load_model(task: Task, model_id: str, input_size: int | None = None) -> LoadedModel:
+    """Load a DPT-family checkpoint for ``task`` from a hub id or local directory (see the module's docstring).
+
+    Every refusal is one :class:`ModelLoadError` line naming the model type found and what is supported.
+    """
+    src, _ = _resolve(task, model_id)
+    info = inspect_config(task, model_id, read_config(task, model_id))
+    spec = load_processor_spec(task, model_id, input_size)
+    model = _from_pretrained(task, model_id, src, info)
     model.eval()
     if task == "segmentation":
-        id2label = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
+        id2label = {int(k): str(v) for k, v in (getattr(model.config, "id2label", None) or {}).items()}
         head: nn.Module = SegmentationHead(model)
     else:
         id2label = {}
         head = DepthHead(model)
-    spec = _spec_from_processor(proc, input_size) if proc is not None else PreprocessSpec(384, 384)
+    log.debug("loaded %s model %s: %s (%s)", task, model_id, info.architecture, info.class_name)
     return LoadedModel(
         task=task,
         model_id=model_id,
@@ -154,4 +442,8 @@ def load_model(task: Task, model_id: str, input_size: int | None = None) -> Load
         preprocess=spec,
         labels=id2label,
         weights_hash=weights_hash(model),
+        model_type=info.model_type,
+        architecture=info.architecture,
+        depth_kind=info.depth_kind,
+        max_depth=info.max_depth,
     )

@@ -1,7 +1,8 @@
 """Export a loaded DPT model to ONNX, in FP32 or as a mixed-precision FP16 graph for TensorRT.
 
-The graph takes ``pixel_values`` (``N x 3 x H x W`` float32, dynamic batch, fixed square ``H, W`` from the
-checkpoint's preprocessing) and returns ``logits`` (``N x C x h x w``) or ``depth`` (``N x h x w``), float32.
+The graph takes ``pixel_values`` (``N x 3 x H x W`` float32, dynamic batch, fixed ``H, W``: one graph per network
+shape, the checkpoint's one square shape or, for checkpoints that keep the aspect ratio, the shape of a source
+resolution, :meth:`engines.base.PreprocessSpec.network_shape`) and returns ``logits`` (``N x C x h x w``) or ``depth`` (``N x h x w``), float32.
 The argmax is not in the graph (masks are resized first, then argmaxed, by the pipeline).
 
 FP16 graphs are exported from a half-precision copy of the model, not converted after the fact
@@ -37,7 +38,20 @@ Precision = Literal["fp32", "fp16"]
 INPUT_NAME = "pixel_values"
 DEFAULT_OPSET = 17
 # Bump when the exported graph changes for the same weights (part of cached file names).
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2
+
+
+def export_shape(loaded: LoadedModel, shape: tuple[int, int] | None) -> tuple[int, int]:
+    """The network shape to export: ``shape``, or the checkpoint's one fixed shape."""
+    if shape is not None:
+        return int(shape[0]), int(shape[1])
+    fixed = loaded.preprocess.fixed_shape
+    if fixed is None:
+        raise EngineError(
+            f"{loaded.model_id!r} keeps each source's aspect ratio, so its network shape depends on the source "
+            "resolution: give the source size (build-engine --source-size WxH)"
+        )
+    return fixed
 
 
 class _Fp32Norm(nn.Module):
@@ -49,6 +63,38 @@ class _Fp32Norm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(x.float()).to(x.dtype)  # type: ignore[no-any-return]
+
+
+class _Fp32Module(nn.Module):
+    """Runs a whole submodule in float32 inside an FP16 graph: floating tensor arguments cast in, floating
+    tensor outputs cast back to the input's dtype.
+
+    Used for SwinV2's cosine attention: ``normalize`` of the zero keys of padded window tokens divides 0 by
+    ``max(0, eps=1e-12)``, and 1e-12 is 0 in FP16, so the FP16 graph would produce NaN.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.inner = module.float()
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        dtype = next((a.dtype for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()), None)
+
+        def up(v: Any) -> Any:
+            return v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+
+        out = self.inner(*[up(a) for a in args], **{k: up(v) for k, v in kwargs.items()})
+        if dtype is None:
+            return out
+
+        def down(v: Any) -> Any:
+            return v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+
+        return tuple(down(v) for v in out) if isinstance(out, tuple) else down(out)
+
+
+# attention modules run in float32 in FP16 graphs (see _Fp32Module)
+_FP32_MODULES = ("Swinv2SelfAttention",)
 
 
 class _ExplicitSelfAttention(nn.Module):
@@ -95,6 +141,12 @@ class _GraphIO(nn.Module):
 
 
 def _is_vit_self_attention(m: nn.Module) -> bool:
+    """DPT's own ViT self-attention only: other backbones' attention modules with the same attribute names
+    (SwinV2's cosine attention with a position-bias MLP, BEiT's relative position bias) compute more than
+    plain softmax attention, and are exported as they are."""
+    if type(m).__name__ not in ("DPTSelfAttention", "DPTViTSelfAttention") or not type(m).__module__.startswith(
+            "transformers.models.dpt."):
+        return False
     return all(isinstance(getattr(m, a, None), nn.Linear) for a in ("query", "key", "value")) and all(
         hasattr(m, a) for a in ("num_attention_heads", "attention_head_size")
     )
@@ -112,7 +164,10 @@ def prepare_for_export(module: nn.Module, precision: Precision, fp32_softmax: bo
     if precision == "fp16":
         m = m.half()
         for name, child in list(m.named_modules()):
-            if isinstance(child, nn.LayerNorm | nn.GroupNorm):
+            if type(child).__name__ in _FP32_MODULES:
+                _set_submodule(m, name, _Fp32Module(child))
+        for name, child in list(m.named_modules()):
+            if isinstance(child, nn.LayerNorm | nn.GroupNorm) and ".inner." not in f".{name}.":
                 _set_submodule(m, name, _Fp32Norm(child))
                 n_norm += 1
     log.debug("export copy: %d attention blocks made explicit, %d norms kept in float32", n_attn, n_norm)
@@ -130,10 +185,12 @@ def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def export_onnx(loaded: LoadedModel, path: str | Path, precision: Precision = "fp16",
-                opset: int = DEFAULT_OPSET, fp32_softmax: bool = True, device: str | None = None) -> Path:
+                opset: int = DEFAULT_OPSET, fp32_softmax: bool = True, device: str | None = None,
+                shape: tuple[int, int] | None = None) -> Path:
     """Export ``loaded`` to ONNX at ``path`` (written atomically) and return the path.
 
-    Dynamic batch axis; fixed ``H x W`` from ``loaded.preprocess``. Input ``pixel_values`` and output
+    Dynamic batch axis; fixed ``H x W`` = ``shape`` (default: the checkpoint's fixed shape, see
+    :func:`export_shape`). Input ``pixel_values`` and output
     ``logits`` / ``depth`` are float32 for both precisions. The trace runs on ``device`` (default: CUDA when
     available, since an FP16 forward of a large model on CPU is slow); the graph is the same either way.
     """
@@ -141,10 +198,10 @@ def export_onnx(loaded: LoadedModel, path: str | Path, precision: Precision = "f
         raise EngineError(f"ONNX export supports fp32 and fp16, not {precision!r}")
     path = Path(path)
     out_name = OUTPUT_NAME[loaded.task]
-    spec = loaded.preprocess
+    h, w = export_shape(loaded, shape)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     wrapped = prepare_for_export(loaded.module, precision, fp32_softmax=fp32_softmax).to(dev)
-    dummy = torch.zeros(2, 3, spec.height, spec.width, dtype=torch.float32, device=dev)
+    dummy = torch.zeros(2, 3, h, w, dtype=torch.float32, device=dev)
     out_shapes: list[tuple[int, ...]] = []
     hook = wrapped.register_forward_hook(
         lambda _m, _i, out: out_shapes.append(tuple(int(d) for d in out.shape[1:]))
@@ -174,7 +231,7 @@ def export_onnx(loaded: LoadedModel, path: str | Path, precision: Precision = "f
             hook.remove()
         _fix_output_shape(tmp, out_name, out_shapes[-1])
     log.info("exported %s %s (%s, %dx%d, opset %d) to %s", loaded.task, loaded.model_id, precision,
-             spec.width, spec.height, opset, path)
+             w, h, opset, path)
     return path
 
 
@@ -223,17 +280,17 @@ def _external_data_files(path: Path) -> set[str]:
 
 
 def onnx_cache_path(cache_dir: str | Path, loaded: LoadedModel, precision: Precision,
-                    opset: int = DEFAULT_OPSET) -> Path:
-    """Where an export of ``loaded`` is cached: keyed by weights, precision, size, opset and exporter."""
+                    opset: int = DEFAULT_OPSET, shape: tuple[int, int] | None = None) -> Path:
+    """Where an export of ``loaded`` is cached: keyed by weights, precision, network shape, opset and exporter."""
     import transformers
 
-    spec = loaded.preprocess
+    h, w = export_shape(loaded, shape)
     key = "|".join(str(v) for v in (
-        loaded.weights_hash, precision, spec.height, spec.width, opset, EXPORT_VERSION,
+        loaded.weights_hash, loaded.model_type, precision, h, w, opset, EXPORT_VERSION,
         torch.__version__, transformers.__version__,
     ))
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return cache_root(cache_dir) / "onnx" / f"{loaded.task}-{precision}-{digest}.onnx"
+    return cache_root(cache_dir) / "onnx" / f"{loaded.task}-{precision}-{w}x{h}-{digest}.onnx"
 
 
 class OnnxRuntimeEngine:

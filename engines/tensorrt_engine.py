@@ -4,7 +4,8 @@ Precision lives in the ONNX graph (``engines.onnx_export``): the network is buil
 has no FP16 builder flag; 10.12+ accepts the same flow), so every op runs in the type the graph gives it.
 
 The plan is cached under ``<cache_dir>/tensorrt/`` keyed by everything that invalidates it
-(:class:`engines.cache.PlanKey`); the builder's timing cache is kept next to it, one per GPU model and
+(:class:`engines.cache.PlanKey`), the network shape included: one plan per shape (a checkpoint that keeps the
+source's aspect ratio has one shape per source resolution); the builder's timing cache is kept next to it, one per GPU model and
 TensorRT version, so rebuilding for new shapes reuses earlier kernel timings.
 
 At run time all device memory and streams come from torch (one CUDA context; no pycuda): the input and
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +29,7 @@ import torch
 from engines.base import OUTPUT_NAME, BackendUnavailable, EngineConfig, EngineError, EngineSpec
 from engines.cache import PlanKey, atomic_path, atomic_write_bytes, cache_root
 from engines.loading import LoadedModel
-from engines.onnx_export import INPUT_NAME, Precision, export_onnx, onnx_cache_path, onnx_sha256
+from engines.onnx_export import INPUT_NAME, Precision, export_onnx, export_shape, onnx_cache_path, onnx_sha256
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -108,7 +111,8 @@ def _make_logger() -> trt.ILogger:
 
 
 def _plan_key(loaded: LoadedModel, onnx_path: Path, precision: Precision, device: torch.device,
-              min_batch: int, opt_batch: int, max_batch: int, trt_version: str) -> PlanKey:
+              min_batch: int, opt_batch: int, max_batch: int, trt_version: str,
+              shape: tuple[int, int]) -> PlanKey:
     major, minor = torch.cuda.get_device_capability(device)
     return PlanKey(
         task=loaded.task,
@@ -121,8 +125,8 @@ def _plan_key(loaded: LoadedModel, onnx_path: Path, precision: Precision, device
         min_batch=min_batch,
         opt_batch=opt_batch,
         max_batch=max_batch,
-        height=loaded.preprocess.height,
-        width=loaded.preprocess.width,
+        height=shape[0],
+        width=shape[1],
     )
 
 
@@ -183,8 +187,10 @@ def _build_plan(onnx_path: Path, key: PlanKey, plan_path: Path, timing_path: Pat
 
 def ensure_plan(loaded: LoadedModel, cfg: EngineConfig, min_batch: int, opt_batch: int, max_batch: int,
                 logger: trt.ILogger | None = None,
-                workspace_bytes: int | None = DEFAULT_WORKSPACE_BYTES) -> tuple[Path, PlanKey, bool]:
-    """Export the ONNX graph (cached) and build the TensorRT plan, or reuse a cached one.
+                workspace_bytes: int | None = DEFAULT_WORKSPACE_BYTES,
+                shape: tuple[int, int] | None = None) -> tuple[Path, PlanKey, bool]:
+    """Export the ONNX graph (cached) and build the TensorRT plan for one network ``shape`` (default: the
+    checkpoint's fixed shape), or reuse a cached one.
 
     Returns ``(plan path, key, built)`` where ``built`` says whether the plan was built now.
     """
@@ -193,13 +199,14 @@ def ensure_plan(loaded: LoadedModel, cfg: EngineConfig, min_batch: int, opt_batc
     precision = _precision(cfg)
     _check_batches(min_batch, opt_batch, max_batch)
     root = cache_root(cfg.cache_dir)
+    hw = export_shape(loaded, shape)
 
-    onnx_path = onnx_cache_path(root, loaded, precision)
+    onnx_path = onnx_cache_path(root, loaded, precision, shape=hw)
     if onnx_path.exists():
         log.info("reusing exported ONNX graph %s", onnx_path)
     else:
-        export_onnx(loaded, onnx_path, precision)
-    key = _plan_key(loaded, onnx_path, precision, device, min_batch, opt_batch, max_batch, trt_version)
+        export_onnx(loaded, onnx_path, precision, shape=hw)
+    key = _plan_key(loaded, onnx_path, precision, device, min_batch, opt_batch, max_batch, trt_version, hw)
     plan_path = key.plan_path(root)
     if plan_path.exists():
         log.info("reusing cached TensorRT plan %s", plan_path)
@@ -218,13 +225,15 @@ def ensure_plan(loaded: LoadedModel, cfg: EngineConfig, min_batch: int, opt_batc
 
 
 def build_engine(cfg: EngineConfig, min_batch: int = 1, opt_batch: int | None = None,
-                 max_batch: int | None = None) -> Path:
+                 max_batch: int | None = None, source_size: tuple[int, int] | None = None) -> Path:
     """``dptstream build-engine``: export ONNX and build (or reuse) the cached TensorRT plan; return its path.
 
     ``opt_batch`` and ``max_batch`` default to ``cfg.max_batch``: with the defaults the plan is the one
     :class:`TensorRTEngine` loads for the same config (profile ``1 .. max_batch``, optimised for
-    ``max_batch``), so a later run starts without building. Raises :class:`BackendUnavailable` (one line)
-    when TensorRT or a GPU is missing, before loading the model.
+    ``max_batch``), so a later run starts without building. ``source_size`` (``(width, height)`` of the
+    source) picks the network shape of a checkpoint that keeps the aspect ratio; without it the checkpoint's
+    fixed shape is built. Raises :class:`BackendUnavailable` (one line) when TensorRT or a GPU is missing,
+    before loading the model.
     """
     from engines.loading import load_model
 
@@ -234,7 +243,9 @@ def build_engine(cfg: EngineConfig, min_batch: int = 1, opt_batch: int | None = 
     opt_b = opt_batch or max_b
     _check_batches(min_batch, opt_b, max_b)
     loaded = load_model(cfg.task, cfg.model, cfg.input_size)
-    path, _, _ = ensure_plan(loaded, cfg, min_batch, opt_b, max_b)  # logs whether it built or reused
+    shape = loaded.preprocess.network_shape(source_size[1], source_size[0]) if source_size else None
+    # logs whether it built or reused
+    path, _, _ = ensure_plan(loaded, cfg, min_batch, opt_b, max_b, shape=shape)
     return path
 
 
@@ -249,8 +260,25 @@ def _torch_dtype(dtype: trt.DataType) -> torch.dtype:
     return table[dtype]
 
 
+@dataclass
+class _Plan:
+    """One deserialized plan (one network shape) and its execution context."""
+
+    path: Path
+    shape: tuple[int, int]
+    engine: trt.ICudaEngine
+    context: trt.IExecutionContext
+    in_dtype: torch.dtype
+    out_dtype: torch.dtype
+
+
 class TensorRTEngine:
-    """The :class:`engines.base.Engine` protocol on a cached TensorRT plan (one optimization profile)."""
+    """The :class:`engines.base.Engine` protocol on cached TensorRT plans, one per network shape (each with one
+    optimization profile, batch ``1 .. max_batch``).
+
+    The checkpoint's fixed shape is built (or loaded) at construction; other shapes (checkpoints that keep the
+    aspect ratio) in :meth:`warmup` for the streams' shapes, or on first use, with a warning.
+    """
 
     def __init__(self, loaded: LoadedModel, cfg: EngineConfig,
                  workspace_bytes: int | None = DEFAULT_WORKSPACE_BYTES) -> None:
@@ -258,29 +286,62 @@ class TensorRTEngine:
         import tensorrt as trt
 
         self._device = _cuda_device(cfg)
-        precision = _precision(cfg)
+        self._precision = _precision(cfg)
+        self._loaded = loaded
+        self._cfg = cfg
+        self._workspace = workspace_bytes
         self._out = OUTPUT_NAME[loaded.task]
         self._logger = _make_logger()  # must outlive the runtime and everything made from it
+        self._runtime: trt.Runtime | None = trt.Runtime(self._logger)
+        self._plans: dict[tuple[int, int], _Plan] = {}
+        self._side_stream: torch.cuda.Stream | None = None
+        fixed = loaded.preprocess.fixed_shape
+        first = self._plan_for(fixed, quiet=True) if fixed is not None else None
+        self.plan_path: Path | None = first.path if first is not None else None
+        self.spec = EngineSpec(
+            task=loaded.task,
+            model_id=loaded.model_id,
+            backend=f"tensorrt-{self._precision}",
+            device=str(self._device),
+            dtype=first.in_dtype if first is not None else torch.float32,  # the graph casts to FP16 itself
+            preprocess=loaded.preprocess,
+            labels=loaded.labels,
+            max_batch=cfg.max_batch,
+            model_type=loaded.model_type,
+            architecture=loaded.architecture,
+            depth_kind=loaded.depth_kind,
+        )
+
+    def _deserialize(self, plan_path: Path) -> trt.ICudaEngine | None:
+        if self._runtime is None:
+            raise EngineError("the TensorRT engine is closed")
+        return self._runtime.deserialize_cuda_engine(plan_path.read_bytes())
+
+    def _plan_for(self, shape: tuple[int, int], quiet: bool = False) -> _Plan:
+        if shape in self._plans:
+            return self._plans[shape]
+        import tensorrt as trt
+
+        if self._plans and not quiet:
+            log.warning("TensorRT plan for a new %s network shape %dx%d needed mid-run; loading or building it "
+                        "now (warm the engine up for every stream's shape to avoid this)",
+                        self._loaded.task, shape[1], shape[0])
+        cfg, loaded, m = self._cfg, self._loaded, self._cfg.max_batch
         with torch.cuda.device(self._device):
-            plan_path, _, built = ensure_plan(loaded, cfg, 1, cfg.max_batch, cfg.max_batch, self._logger,
-                                              workspace_bytes)
-            self._runtime: trt.Runtime | None = trt.Runtime(self._logger)
-            engine = self._runtime.deserialize_cuda_engine(plan_path.read_bytes())
+            plan_path, _, built = ensure_plan(loaded, cfg, 1, m, m, self._logger, self._workspace, shape=shape)
+            engine = self._deserialize(plan_path)
             if engine is None and not built:  # unreadable cached plan: rebuild once
                 log.warning("cached TensorRT plan %s could not be loaded; rebuilding it", plan_path)
                 plan_path.unlink(missing_ok=True)
-                plan_path, _, _ = ensure_plan(loaded, cfg, 1, cfg.max_batch, cfg.max_batch, self._logger,
-                                              workspace_bytes)
-                engine = self._runtime.deserialize_cuda_engine(plan_path.read_bytes())
+                plan_path, _, _ = ensure_plan(loaded, cfg, 1, m, m, self._logger, self._workspace, shape=shape)
+                engine = self._deserialize(plan_path)
             if engine is None:
                 raise EngineError(
                     f"TensorRT could not load the plan {plan_path} (see the TensorRT errors above)"
                 )
-            self._engine: trt.ICudaEngine | None = engine
             context = engine.create_execution_context()
             if context is None:
                 raise EngineError("TensorRT could not create an execution context (out of GPU memory?)")
-            self._context: trt.IExecutionContext | None = context
 
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -288,34 +349,18 @@ class TensorRTEngine:
         if inputs != [INPUT_NAME] or self._out not in outputs:
             raise EngineError(f"plan {plan_path.name} has inputs {inputs} and outputs {outputs}; "
                               f"expected [{INPUT_NAME!r}] and {self._out!r}")
-        self._in_dtype = _torch_dtype(engine.get_tensor_dtype(INPUT_NAME))
-        self._out_dtype = _torch_dtype(engine.get_tensor_dtype(self._out))
-        self._side_stream: torch.cuda.Stream | None = None
-        self.plan_path = plan_path
-        self.spec = EngineSpec(
-            task=loaded.task,
-            model_id=loaded.model_id,
-            backend=f"tensorrt-{precision}",
-            device=str(self._device),
-            dtype=self._in_dtype,  # float32: the graph casts to FP16 itself
-            preprocess=loaded.preprocess,
-            labels=loaded.labels,
-            max_batch=cfg.max_batch,
-        )
+        plan = _Plan(plan_path, shape, engine, context, _torch_dtype(engine.get_tensor_dtype(INPUT_NAME)),
+                     _torch_dtype(engine.get_tensor_dtype(self._out)))
+        self._plans[shape] = plan
+        return plan
 
-    def _live_context(self) -> trt.IExecutionContext:
-        if self._context is None:
-            raise EngineError("the TensorRT engine is closed")
-        return self._context
-
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
-        context = self._live_context()
+    def _run(self, plan: _Plan, x: torch.Tensor) -> torch.Tensor:
+        context = plan.context
         if not context.set_input_shape(INPUT_NAME, tuple(x.shape)):
             raise EngineError(f"TensorRT rejected input shape {tuple(x.shape)} (plan built for "
-                              f"batch 1..{self.spec.max_batch}, {self.spec.preprocess.height}x"
-                              f"{self.spec.preprocess.width})")
+                              f"batch 1..{self.spec.max_batch}, {plan.shape[0]}x{plan.shape[1]})")
         dims = context.get_tensor_shape(self._out)
-        out = torch.empty([dims[i] for i in range(len(dims))], dtype=self._out_dtype, device=self._device)
+        out = torch.empty([dims[i] for i in range(len(dims))], dtype=plan.out_dtype, device=self._device)
         context.set_tensor_address(INPUT_NAME, x.data_ptr())
         context.set_tensor_address(self._out, out.data_ptr())
         stream = torch.cuda.current_stream(self._device)
@@ -337,23 +382,37 @@ class TensorRTEngine:
 
     @torch.inference_mode()
     def infer(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self._runtime is None:
+            raise EngineError("the TensorRT engine is closed")
         n = batch.shape[0]
         m = self.spec.max_batch
         if n > m:
             outs = [self.infer(batch[i : i + m]) for i in range(0, n, m)]
             return {self._out: torch.cat([o[self._out] for o in outs], dim=0)}
-        x = batch.to(self._device, self._in_dtype, non_blocking=True).contiguous()
-        return {self._out: self._run(x).float()}
+        plan = self._plan_for((int(batch.shape[-2]), int(batch.shape[-1])))
+        x = batch.to(self._device, plan.in_dtype, non_blocking=True).contiguous()
+        return {self._out: self._run(plan, x).float()}
 
-    def warmup(self) -> None:
-        """Run the largest batch once (first-run allocations and lazy kernel loading happen here)."""
-        p = self.spec.preprocess
-        x = torch.zeros(self.spec.max_batch, 3, p.height, p.width, dtype=self._in_dtype, device=self._device)
-        self.infer(x)
+    def warmup(self, shapes: Iterable[tuple[int, int]] | None = None) -> None:
+        """Load or build the plan for every network shape in ``shapes`` (default: the checkpoint's fixed shape)
+        and run the largest batch once on each (first-run allocations and lazy kernel loading happen here)."""
+        fixed = self.spec.preprocess.fixed_shape
+        todo = list(shapes) if shapes is not None else ([fixed] if fixed else [])
+        for shape in dict.fromkeys(todo):
+            plan = self._plan_for(shape, quiet=True)
+            x = torch.zeros(self.spec.max_batch, 3, *shape, dtype=plan.in_dtype, device=self._device)
+            self.infer(x)
         torch.cuda.current_stream(self._device).synchronize()
 
+    @property
+    def plan_paths(self) -> dict[tuple[int, int], Path]:
+        return {shape: p.path for shape, p in self._plans.items()}
+
     def close(self) -> None:
-        """Release the context, then the engine, then the runtime (TensorRT's required order). Idempotent."""
-        self._context = None
-        self._engine = None
+        """Release the contexts, then the engines, then the runtime (TensorRT's required order). Idempotent."""
+        for plan in self._plans.values():
+            plan.context = None  # type: ignore[assignment]
+        for plan in self._plans.values():
+            plan.engine = None  # type: ignore[assignment]
+        self._plans.clear()
         self._runtime = None

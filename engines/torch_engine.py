@@ -1,8 +1,13 @@
-"""PyTorch backend: FP32 on CPU; FP16/BF16 on CUDA with SDPA attention and CUDA graphs per batch size."""
+"""PyTorch backend: FP32 on CPU; FP16/BF16 on CUDA with SDPA attention and CUDA graphs per batch size and shape.
+
+A checkpoint that keeps the source's aspect ratio (Depth Anything) has one network shape per source resolution:
+graphs are captured per ``(batch, h, w)``, up front for the shapes given to :meth:`TorchEngine.warmup`.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -58,7 +63,7 @@ class TorchEngine:
         self._device = torch.device(device)
         self._use_graphs = cfg.cuda_graphs and self._device.type == "cuda"
         self._graph_sizes = graph_batch_sizes(cfg.max_batch)
-        self._graphs: dict[int, tuple[Any, torch.Tensor, torch.Tensor]] = {}
+        self._graphs: dict[tuple[int, int, int], tuple[Any, torch.Tensor, torch.Tensor]] = {}
         self._pool: Any = None  # one memory pool shared by every captured graph (they never run concurrently)
         backend = f"torch-{self._device.type}-{precision}" + ("-graphs" if self._use_graphs else "")
         self.spec = EngineSpec(
@@ -70,16 +75,22 @@ class TorchEngine:
             preprocess=loaded.preprocess,
             labels=loaded.labels,
             max_batch=cfg.max_batch,
+            model_type=loaded.model_type,
+            architecture=loaded.architecture,
+            depth_kind=loaded.depth_kind,
         )
         if self._use_graphs:
             # capture now, before any pipeline thread runs: a capture in the middle of a run would stall it,
             # and other threads' CUDA calls during a capture are what makes captures fail
             self.warmup()
 
-    def _graph_for(self, n: int) -> tuple[Any, torch.Tensor, torch.Tensor]:
-        if n not in self._graphs:
-            p = self.spec.preprocess
-            static_in = torch.zeros(n, 3, p.height, p.width, device=self._device, dtype=self.spec.dtype)
+    def _graph_for(self, n: int, shape: tuple[int, int]) -> tuple[Any, torch.Tensor, torch.Tensor]:
+        key = (n, *shape)
+        if key not in self._graphs:
+            if self._graphs:
+                log.info("capturing CUDA graphs for a new %s input shape %dx%d, batch %d",
+                         self.spec.task, shape[1], shape[0], n)
+            static_in = torch.zeros(n, 3, *shape, device=self._device, dtype=self.spec.dtype)
             stream = torch.cuda.current_stream(self._device)
             side = torch.cuda.Stream(self._device)
             side.wait_stream(stream)
@@ -94,20 +105,31 @@ class TorchEngine:
             with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"), \
                     torch.inference_mode():
                 static_out = self._module(static_in)
-            self._graphs[n] = (graph, static_in, static_out)
-        return self._graphs[n]
+            self._graphs[key] = (graph, static_in, static_out)
+        return self._graphs[key]
 
-    def warmup(self) -> None:
-        """Capture a graph per batch size, largest first (the smaller ones reuse its pool's memory)."""
-        if self._use_graphs:
+    def warmup(self, shapes: Iterable[tuple[int, int]] | None = None) -> None:
+        """Capture a graph per batch size and network shape, largest batch first (the smaller ones reuse its
+        pool's memory). ``shapes`` default to the checkpoint's one fixed shape (none if it keeps the aspect
+        ratio: pass the shapes of the streams, :meth:`EngineSpec.network_shape`)."""
+        if not self._use_graphs:
+            return
+        fixed = self.spec.preprocess.fixed_shape
+        todo = list(shapes) if shapes is not None else ([fixed] if fixed else [])
+        for shape in dict.fromkeys(todo):
             for n in sorted(self._graph_sizes, reverse=True):
-                self._graph_for(n)
-            torch.cuda.current_stream(self._device).synchronize()
+                self._graph_for(n, shape)
+        torch.cuda.current_stream(self._device).synchronize()
 
     @property
     def graph_sizes(self) -> list[int]:
         """Batch sizes with a captured graph (a partial batch runs padded to the next one)."""
-        return sorted(self._graphs)
+        return sorted({n for n, _, _ in self._graphs})
+
+    @property
+    def graph_shapes(self) -> list[tuple[int, int]]:
+        """Network shapes ``(h, w)`` with captured graphs."""
+        return sorted({(h, w) for _, h, w in self._graphs})
 
     @torch.inference_mode()
     def infer(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -118,7 +140,7 @@ class TorchEngine:
         x = batch.to(self._device, self.spec.dtype, non_blocking=True)
         if self._use_graphs:
             size = padded_size(n, self._graph_sizes)
-            graph, static_in, static_out = self._graph_for(size)
+            graph, static_in, static_out = self._graph_for(size, (int(x.shape[-2]), int(x.shape[-1])))
             static_in[:n].copy_(x)  # rows n..size-1 keep stale inputs: their outputs are never read
             graph.replay()
             # a copy: the static output buffer is overwritten by the next replay (.float() of a half tensor

@@ -11,7 +11,8 @@ Bottom to top::
         sinks/ (base encode redis directory video)                the data flow, one file per stage/backend
     runtime/ (pipeline app degrade)                               wiring sources -> stages -> sinks
     jobs/ (keys submit status worker)  benchmark/ (plan timing engine e2e naive results run onnx_check)
-    cli/ (main common run show sample engine bench jobs snapshot) the only code that knows typer/click,
+        view/ (stats security render hub server page.html)        the live view: reads Redis, serves HTTP
+    cli/ (main common run show sample engine bench jobs snapshot view) the only code that knows typer/click,
                                                                   exit codes and signals
 
 A frame goes: ``sources`` -> queue ``decoded:{stream}`` -> ``stages.preprocess`` -> ``prepared`` ->

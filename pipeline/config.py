@@ -92,6 +92,9 @@ class RedisSection(_Strict):
     key_file: str | None = None  # its private key (PEM)
     thumbnail: int = Field(0, ge=0, le=1024)  # long side (px) of a JPEG of the frame in each entry; 0 = off
     alerts_maxlen: int = Field(10000, ge=1)  # {prefix}:alerts is trimmed to about this many entries
+    # a 16-bit PNG depth map at the mask size in each entry (field depth_map; the dir: sink writes one per frame):
+    # metric depth in millimetres (clipped at 65.535 m), relative depth scaled from depth.min..max to 0..65535
+    depth_map: bool = False
 
     @field_validator("prefix")
     @classmethod

@@ -187,9 +187,15 @@ def compose(r: Result, labels: dict[int, str], show_mask: bool, show_depth: bool
 # --------------------------------------------------------------------------------------------------------
 # snapshot: one Redis entry -> PNG
 
+def depth_units(kind: str) -> str:
+    """How to read a depth summary's values, for labels: metres, or relative inverse depth."""
+    return "metres" if kind == "metric" else "relative inverse depth, larger = nearer"
+
+
 def render_entry(fields: dict[str, bytes], labels: dict[int, str], min_side: int = 480,
                  zones: Sequence[ZoneDrawing] = ()) -> np.ndarray:
-    """Picture of one Redis entry (with ``zones`` outlined, red where a rule is active). Redis holds the mask (PNG) and a depth *summary*, not the frame and not the
+    """Picture of one Redis entry (with ``zones`` outlined, red where a rule is active). Redis holds the mask
+    (PNG) and a depth *summary*, not the frame and not the
     depth map, so: left = the mask's class colours, blended over the frame's JPEG thumbnail when the entry has
     one (``redis.thumbnail``); right = depth from the summary, each class region painted with its median depth
     (``per_class``), or the coarse near-field ``grid`` when there is no mask."""
@@ -217,20 +223,29 @@ def render_entry(fields: dict[str, bytes], labels: dict[int, str], min_side: int
     elif thumb is not None:
         halves.append(thumb)
     if depth is not None:
-        near_large = depth.get("kind", "relative_inverse") == "relative_inverse"
+        kind = str(depth.get("kind", "relative_inverse"))
+        near_large = kind == "relative_inverse"
         lo, hi = float(depth["min"]), float(depth["max"])
         per_class = depth.get("per_class")
-        if mask is not None and per_class:
-            lut = np.full(256, np.nan, np.float32)
+        units = depth_units(kind)
+        if "depth_map" in fields:  # the full map (redis.depth_map): decoded back to depth values
+            raw = np.asarray(Image.open(io.BytesIO(fields["depth_map"])), dtype=np.float32)
+            full = raw / 1000.0 if kind == "metric" else lo + raw / 65535.0 * (hi - lo)
+            dm = np.asarray(Image.fromarray(full, mode="F").resize(size, Image.Resampling.BILINEAR))
+            text = f"depth map, {units}"
+        elif mask is not None and per_class:
+            lut = np.full(max(256, int(mask.max()) + 1), np.nan, np.float32)
             for c, v in per_class.items():
-                lut[int(c)] = float(v)
+                lut[int(c)] = float(v["median"] if isinstance(v, dict) else v)
             dm = lut[_resize(mask, size, nearest=True)]
             dm = np.where(np.isnan(dm), lo, dm)
-            text = "depth: median per class region"
+            text = f"depth: median per class region, {units}"
         else:
             grid = np.asarray(depth["grid"], np.float32)
             dm = np.asarray(Image.fromarray(grid, mode="F").resize(size, Image.Resampling.NEAREST))
-            text = f"depth: {grid.shape[0]}x{grid.shape[1]} near-field grid"
+            text = f"depth: {grid.shape[0]}x{grid.shape[1]} near-field grid, {units}"
+        if kind == "metric":
+            text += f" ({lo:.2f}-{hi:.2f} m)"
         halves.append(caption(colorize_depth(dm, lo, hi, near_is_large=near_large), text))
     halves = [draw_zones(half, zones) for half in halves]
     return np.ascontiguousarray(np.concatenate(halves, axis=1))

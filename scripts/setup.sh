@@ -20,6 +20,8 @@ install_system_packages() {
   if [ -n "$with_test" ]; then
     apt_want promtool prometheus
     apt_want openssl openssl
+    apt_want chromium chromium  # headless browser for the dptstream view tests (driven by Selenium)
+    apt_want chromedriver chromium-driver
     if ! /usr/bin/python3 -c 'import gi; gi.require_version("GstRtspServer", "1.0"); from gi.repository import GstRtspServer' >/dev/null 2>&1 \
         || ! gst-inspect-1.0 x264enc >/dev/null 2>&1 || ! gst-inspect-1.0 rtph264depay >/dev/null 2>&1; then
       need_apt+=(python3-gi gir1.2-gst-rtsp-server-1.0 gir1.2-gstreamer-1.0 gstreamer1.0-rtsp gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav)

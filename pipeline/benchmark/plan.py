@@ -90,3 +90,5 @@ class Plan:
     memory_streams: bool
     repeat: int = 1
     naive_threads: list[int | None] = field(default_factory=lambda: [None])
+    families: bool = False  # engine-only rows for every tiny depth family (pipeline.checkpoints)
+    random_large: bool = False  # plus a Depth-Anything-V2-Large-sized depth model

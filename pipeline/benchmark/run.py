@@ -17,17 +17,30 @@ same file. Model loading and warm-up (CUDA graph capture, first calls) are never
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
-from pipeline.benchmark.e2e import E2EResult, run_e2e
-from pipeline.benchmark.engine import Inputs, bench_engines, decode_frames, engine_config_for, engine_inputs
+from pipeline.benchmark.e2e import E2EResult, check_redis, run_e2e
+from pipeline.benchmark.engine import (
+    Inputs,
+    bench_engines,
+    decode_frames,
+    engine_config_for,
+    engine_inputs,
+    prepare_inputs,
+)
 from pipeline.benchmark.naive import run_naive
-from pipeline.benchmark.plan import Plan
-from pipeline.benchmark.results import e2e_entry, entry, ratios, variant_label
+from pipeline.benchmark.plan import CPU_BATCHES, GPU_BATCHES, Plan, int_list, parse_size, parse_variants
+from pipeline.benchmark.results import default_out, e2e_entry, entry, machine_info, ratios, variant_label, versions
 from pipeline.benchmark.timing import Timer, latency_ms, median, torch_threads
+from pipeline.config import ConfigError
 
 log = logging.getLogger("dptstream.bench")
 
@@ -217,6 +230,14 @@ def run_bench(plan: Plan, inp: Inputs,
                     torch.cuda.empty_cache()
         if progress is not None:
             progress(results, pairs + ratios(results, with_engine=not pairs), notes)
+    if "engine" in plan.modes and (plan.families or plan.random_large):
+        from pipeline.benchmark.families import bench_family_rows, family_models
+
+        fmodels = family_models(inp.clip.parent, plan.families, plan.random_large)
+        results += bench_family_rows(fmodels, frames, plan.variants, plan.device, plan.batches, plan.warmup,
+                                     plan.min_calls, plan.min_seconds, plan.cache_dir, eng.tensorrt_available())
+        if progress is not None:
+            progress(results, pairs + ratios(results, with_engine=not pairs), notes)
     if "naive" in plan.modes:
         limit = plan.naive_frames or inp.frames
         dev = "cuda" if plan.device.startswith("cuda") else "cpu"
@@ -238,11 +259,107 @@ def run_bench(plan: Plan, inp: Inputs,
     return results, pairs + ratios(results, with_engine=not pairs), notes
 
 
+@dataclass(frozen=True)
+class BenchRequest:
+    """What ``dptstream bench`` was asked for, as parsed flags (see ``dptstream bench --help``)."""
+
+    command: str
+    device: str
+    tasks: list[str]
+    models: dict[str, str]
+    variants: str | None
+    threads: str | None
+    modes: str
+    e2e_variants: str | None
+    streams: int | None
+    redis: str | None
+    batch_sizes: str | None
+    e2e_batch: str
+    seconds: float
+    min_calls: int
+    warmup: int
+    naive_frames: int
+    soak_seconds: float
+    cache_dir: str
+    memory_per_stream: bool
+    repeat: int | None
+    clip_size: str | None
+    work_dir: Path
+    random_large: bool
+    clip: Path | None
+    clip_frames: int
+    out: Path | None
+    families: bool = False
 
 
+def bench(r: BenchRequest) -> Path:
+    """Plan, prepare the inputs, run every measurement and write the JSON (rewritten after each step, so an
+    interrupted run leaves its partial results); returns the JSON's path."""
+    import torch
 
+    from engines import tensorrt_available
 
+    if r.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device {r.device!r}: use auto, cpu or cuda")
+    if r.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: torch sees no CUDA GPU here (use --device cpu)")
+    dev = "cuda" if r.device == "cuda" or (r.device == "auto" and torch.cuda.is_available()) else "cpu"
+    vtext = r.variants or ("fp32" if dev == "cpu" else
+                         "fp32,fp16,fp16-graphs" + (",tensorrt" if tensorrt_available() else ""))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    thread_list = int_list(r.threads, "--threads") if r.threads else ([1, cores] if cores > 1 else [1])
+    vlist = parse_variants(vtext, dev, thread_list if dev == "cpu" else None)
+    mode_list = [m.strip() for m in r.modes.split(",") if m.strip()]
+    if not mode_list or any(m not in ("engine", "e2e", "naive") for m in mode_list):
+        raise ConfigError(f"--modes {r.modes!r}: use engine, e2e and/or naive")
+    names = [v.name for v in vlist]
+    e2e_vs: list[str] = [v.strip() for v in r.e2e_variants.split(",")] if r.e2e_variants else \
+        [next(n for n in ("tensorrt", "fp16-graphs", "bf16-graphs", "fp16", "fp32", "bf16") if n in names)]
+    if "tensorrt" in e2e_vs and not tensorrt_available():
+        e2e_vs = [v for v in e2e_vs if v != "tensorrt"] or ["fp16-graphs" if "fp16-graphs" in names else names[0]]
+    if r.streams is not None and r.streams < 1:
+        raise ConfigError("--streams must be >= 1")
+    redis_url = r.redis or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    plan = Plan(
+        tasks=r.tasks, device=dev, variants=vlist,
+        batches=int_list(r.batch_sizes or (GPU_BATCHES if dev == "cuda" else CPU_BATCHES), "--batch-sizes"),
+        e2e_batches=int_list(r.e2e_batch, "--e2e-batch"), e2e_variants=e2e_vs,
+        streams=r.streams or (8 if dev == "cuda" else 2), modes=mode_list, redis_url=redis_url,
+        min_seconds=r.seconds, min_calls=max(1, r.min_calls), warmup=max(0, r.warmup), naive_frames=r.naive_frames,
+        soak_seconds=r.soak_seconds, cache_dir=r.cache_dir, memory_streams=r.memory_per_stream,
+        repeat=max(1, r.repeat or (1 if dev == "cuda" else 3)),
+        naive_threads=list(thread_list) if dev == "cpu" else [None],
+        families=r.families, random_large=r.random_large,
+    )
+    size = parse_size(r.clip_size or ("1920x1080" if dev == "cuda" else "1280x720"))
+    if "e2e" in mode_list:  # a dead Redis fails now, not after minutes of engine-only measurements
+        check_redis(redis_url)
+    inp = prepare_inputs(Path(os.path.expanduser(str(r.work_dir))), r.tasks, r.models, r.random_large, r.clip, size,
+                         r.clip_frames)
+    log.info("bench on %s: %s; clip %s (%dx%d, %d frames)", dev, ", ".join(v.label for v in vlist), inp.clip,
+             inp.width, inp.height, inp.frames)
+    path = r.out or default_out(dev)
+    path.parent.mkdir(parents=True, exist_ok=True)
 
+    def write(results: list[dict[str, Any]], rats: list[dict[str, Any]], notes: list[str],
+              partial: bool = True) -> None:
+        doc = {"command": r.command, "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+               "machine": machine_info(), "versions": versions(), "results": results, "ratios": rats,
+               "notes": notes + (["partial: the run did not finish"] if partial else [])}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+        tmp.replace(path)
 
-
-
+    results, rats, notes = run_bench(plan, inp, write)
+    if "e2e" in mode_list:
+        notes.append("e2e: decode -> Redis with file sources read as fast as the pipeline takes them (block "
+                     "policy, queues full), so latency_ms is decode -> publish including queueing; fps counts "
+                     "published frames over the run, model loading and warm-up excluded")
+    if "engine" in mode_list:
+        notes.append("engine: engine.infer alone on device-resident preprocessed batches of the clip's frames; "
+                     "latency_ms is per batch call")
+    write(results, rats, notes, partial=False)
+    for x in rats:
+        log.info("%s %s batch %d%s: %.3f", x["ratio"], x["backend"], x["batch"],
+                 f" t{x['threads']}" if x.get("threads") else "", x["value"])
+    return path

@@ -1,38 +1,16 @@
-"""``dptstream bench``: engine-only, end-to-end and naive-transformers throughput, measured in one run.
-
-Three modes, each a list of entries in one JSON file (DESIGN.md, "Benchmark results"):
-
-- ``engine``: the engines alone, on device-resident preprocessed batches of real frames of the clip
-  (per engine variant, per batch size; ``segmentation``, ``depth`` and, for the batch sizes measured
-  end to end, both in sequence as the pipeline runs them);
-- ``e2e``: the full :class:`pipeline.runtime.Pipeline`, decode -> Redis, with N concurrent streams of the clip,
-  on the same (already loaded and warmed-up) engines; latency is each frame's decode -> publish time,
-  read back from the published Redis entries;
-- ``naive``: a sequential transformers loop on the same clip (decode -> ``DPTImageProcessor`` -> model ->
-  ``post_process_semantic_segmentation`` (+ ``post_process_depth_estimation``)).
-
-Ratios (e2e / engine at the same variant and batch size, e2e / naive) are computed from entries of the
-same file. Model loading and warm-up (CUDA graph capture, first calls) are never inside a timed region.
-"""
+"""``dptstream bench``: flags -> a :class:`~pipeline.benchmark.plan.Plan` -> :func:`pipeline.benchmark.run.run_bench`
+-> one JSON file (the modes and ratios are described in :mod:`pipeline.benchmark.run`)."""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from pipeline.benchmark.e2e import check_redis
-from pipeline.benchmark.engine import prepare_inputs
-from pipeline.benchmark.plan import CPU_BATCHES, GPU_BATCHES, VARIANTS, Plan, int_list, parse_size, parse_variants
-from pipeline.benchmark.results import default_out, machine_info, versions
-from pipeline.benchmark.run import run_bench
+from pipeline.benchmark.plan import CPU_BATCHES, GPU_BATCHES, VARIANTS
 from pipeline.cli.common import DebugOpt, QuietOpt
-from pipeline.config import ConfigError
 
 log = logging.getLogger("dptstream")
 
@@ -42,7 +20,8 @@ def register(app: typer.Typer) -> None:
     def bench(
         model: Annotated[list[str] | None, typer.Option("--model", "-m", help="TASK=PATH|ID. Default: the tiny sample checkpoints (or --random-large).")] = None,
         tasks: Annotated[str, typer.Option(help="segmentation,depth (default both).")] = "segmentation,depth",
-        random_large: Annotated[bool, typer.Option("--random-large", help="Random weights of the real DPT-Large architecture (DPT-Large-ADE @480, DPT-Large @384).")] = False,
+        random_large: Annotated[bool, typer.Option("--random-large", help="Random weights of the real DPT-Large architecture (DPT-Large-ADE @480, DPT-Large @384), plus an engine-only row for a Depth-Anything-V2-Large-sized model (ViT-L/14 at 518).")] = False,
+        families: Annotated[bool, typer.Option("--families", help="Engine-only rows for the tiny checkpoint of every depth family (DPT-Hybrid, BEiT, SwinV2, DINOv2, Depth Anything V1/V2, metric).")] = False,
         device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
         variants: Annotated[str | None, typer.Option(help=f"Engine variants, comma-separated: {', '.join(VARIANTS)}. Default: fp32,fp16,fp16-graphs (+tensorrt when installed) on CUDA; fp32 on CPU.")] = None,
         threads: Annotated[str | None, typer.Option(help="CPU: torch intra-op thread counts to measure, comma-separated (each one a variant). Default: 1 and the core count.")] = None,
@@ -74,77 +53,19 @@ def register(app: typer.Typer) -> None:
         from pipeline.cli.common import build_overrides, setup_logging
 
         setup_logging(debug, quiet)
-        import torch
-
+        from pipeline.benchmark.run import BenchRequest, bench
         from pipeline.config import redact
 
         args = sys.argv[1:] if sys.argv[1:2] == ["bench"] else ["bench"]
-        command = "dptstream " + " ".join(redact(a) for a in args)
-        if device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"--device {device!r}: use auto, cpu or cuda")
-        if device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("--device cuda: torch sees no CUDA GPU here (use --device cpu)")
-        dev = "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
-        task_list = build_overrides(None, None, None, tasks, None, None, None, None, None)["tasks"]
-        models = build_overrides(None, None, model, None, None, None, None, None, None).get("models", {}) \
-            if model else {}
-        from engines import tensorrt_available
-
-        vtext = variants or ("fp32" if dev == "cpu" else
-                             "fp32,fp16,fp16-graphs" + (",tensorrt" if tensorrt_available() else ""))
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        thread_list = int_list(threads, "--threads") if threads else ([1, cores] if cores > 1 else [1])
-        vlist = parse_variants(vtext, dev, thread_list if dev == "cpu" else None)
-        mode_list = [m.strip() for m in modes.split(",") if m.strip()]
-        if not mode_list or any(m not in ("engine", "e2e", "naive") for m in mode_list):
-            raise ConfigError(f"--modes {modes!r}: use engine, e2e and/or naive")
-        names = [v.name for v in vlist]
-        e2e_vs: list[str] = [v.strip() for v in e2e_variants.split(",")] if e2e_variants else \
-            [next(n for n in ("tensorrt", "fp16-graphs", "bf16-graphs", "fp16", "fp32", "bf16") if n in names)]
-        if "tensorrt" in e2e_vs and not tensorrt_available():
-            e2e_vs = [v for v in e2e_vs if v != "tensorrt"] or ["fp16-graphs" if "fp16-graphs" in names else names[0]]
-        if streams is not None and streams < 1:
-            raise ConfigError("--streams must be >= 1")
-        redis_url = redis or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
-        plan = Plan(
-            tasks=task_list, device=dev, variants=vlist,
-            batches=int_list(batch_sizes or (GPU_BATCHES if dev == "cuda" else CPU_BATCHES), "--batch-sizes"),
-            e2e_batches=int_list(e2e_batch, "--e2e-batch"), e2e_variants=e2e_vs,
-            streams=streams or (8 if dev == "cuda" else 2), modes=mode_list, redis_url=redis_url,
-            min_seconds=seconds, min_calls=max(1, min_calls), warmup=max(0, warmup), naive_frames=naive_frames,
-            soak_seconds=soak_seconds, cache_dir=cache_dir, memory_streams=memory_per_stream,
-            repeat=max(1, repeat or (1 if dev == "cuda" else 3)),
-            naive_threads=list(thread_list) if dev == "cpu" else [None],
-        )
-        size = parse_size(clip_size or ("1920x1080" if dev == "cuda" else "1280x720"))
-        if "e2e" in mode_list:  # a dead Redis fails now, not after minutes of engine-only measurements
-            check_redis(redis_url)
-        inp = prepare_inputs(Path(os.path.expanduser(str(work_dir))), task_list, models, random_large, clip, size,
-                             clip_frames)
-        log.info("bench on %s: %s; clip %s (%dx%d, %d frames)", dev, ", ".join(v.label for v in vlist), inp.clip,
-                 inp.width, inp.height, inp.frames)
-        path = out or default_out(dev)
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-        def write(results: list[dict[str, Any]], rats: list[dict[str, Any]], notes: list[str],
-                  partial: bool = True) -> None:
-            doc = {"command": command, "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                   "machine": machine_info(), "versions": versions(), "results": results, "ratios": rats,
-                   "notes": notes + (["partial: the run did not finish"] if partial else [])}
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(doc, indent=2) + "\n")
-            tmp.replace(path)
-
-        results, rats, notes = run_bench(plan, inp, write)
-        if "e2e" in mode_list:
-            notes.append("e2e: decode -> Redis with file sources read as fast as the pipeline takes them (block "
-                         "policy, queues full), so latency_ms is decode -> publish including queueing; fps counts "
-                         "published frames over the run, model loading and warm-up excluded")
-        if "engine" in mode_list:
-            notes.append("engine: engine.infer alone on device-resident preprocessed batches of the clip's frames; "
-                         "latency_ms is per batch call")
-        write(results, rats, notes, partial=False)
-        for r in rats:
-            log.info("%s %s batch %d%s: %.3f", r["ratio"], r["backend"], r["batch"],
-                     f" t{r['threads']}" if r.get("threads") else "", r["value"])
+        req = BenchRequest(
+            command="dptstream " + " ".join(redact(a) for a in args), device=device,
+            tasks=build_overrides(None, None, None, tasks, None, None, None, None, None)["tasks"],
+            models=build_overrides(None, None, model, None, None, None, None, None, None).get("models", {})
+            if model else {},
+            variants=variants, threads=threads, modes=modes, e2e_variants=e2e_variants, streams=streams,
+            redis=redis, batch_sizes=batch_sizes, e2e_batch=e2e_batch, seconds=seconds, min_calls=min_calls,
+            warmup=warmup, naive_frames=naive_frames, soak_seconds=soak_seconds, cache_dir=cache_dir,
+            memory_per_stream=memory_per_stream, repeat=repeat, clip_size=clip_size, work_dir=work_dir,
+            random_large=random_large, clip=clip, clip_frames=clip_frames, out=out, families=families)
+        path = bench(req)
         print(str(path))

@@ -41,6 +41,7 @@ def register(app: typer.Typer) -> None:
         onnx_only_flag: Annotated[bool, typer.Option("--onnx-only", help="Only export the FP32 and FP16 ONNX graphs and check them with onnxruntime (no TensorRT, no GPU).")] = False,
         out_dir: Annotated[Path | None, typer.Option("--out-dir", help="--onnx-only: also copy the graphs here.")] = None,
         threads: Annotated[int | None, typer.Option(help="--onnx-only: onnxruntime intra-op threads.")] = None,
+        source_size: Annotated[str | None, typer.Option("--source-size", help="WxH of the source: the network shape of checkpoints that keep the aspect ratio (Depth Anything) depends on it; one plan per shape.")] = None,
         debug: DebugOpt = False,
         quiet: QuietOpt = False,
     ) -> None:
@@ -61,12 +62,18 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"batch sizes must satisfy 1 <= --min-batch <= --opt-batch <= --max-batch, got "
                               f"{min_batch} <= {opt_b} <= {max_b}")
         cache = cache_dir or cfg.engine.cache_dir
+        src_size = None
+        if source_size is not None:
+            sw, sep, sh = source_size.lower().partition("x")
+            if not sep or not sw.isdigit() or not sh.isdigit() or not (1 <= int(sw) <= 16384 and 1 <= int(sh) <= 16384):
+                raise ConfigError(f"--source-size {source_size!r}: use WxH, e.g. 1920x1080")
+            src_size = (int(sw), int(sh))
         if onnx_only_flag:
             from engines.loading import load_model
 
             for task in cfg.tasks:
                 loaded = load_model(task, cfg.models[task])
-                for line in onnx_only(loaded, cache, out_dir, threads):
+                for line in onnx_only(loaded, cache, out_dir, threads, src_size):
                     print(line)
             return
         from engines import BackendUnavailable
@@ -82,5 +89,5 @@ def register(app: typer.Typer) -> None:
         for task in cfg.tasks:
             ecfg = EngineConfig(task=task, model=cfg.models[task], backend="tensorrt", device="cuda",
                                 precision=precision, max_batch=max_b, cache_dir=cache)  # type: ignore[arg-type]
-            path = build_engine(ecfg, min_batch=min_batch, opt_batch=opt_b, max_batch=max_b)
+            path = build_engine(ecfg, min_batch=min_batch, opt_batch=opt_b, max_batch=max_b, source_size=src_size)
             print(f"{task}: {path}")

@@ -52,7 +52,12 @@ def show(
                             + ", ".join(f"{labels.get(c, c)} {v:.0%}" for c, v in top))
             if b"depth" in f:
                 d = json.loads(fields["depth"])
-                line.append(f"depth p05/p50/p95 {d['p05']:.3g}/{d['p50']:.3g}/{d['p95']:.3g} ({d['kind']})")
+                if d.get("kind") == "metric":
+                    line.append(f"depth (m) nearest {d['p05']:.2f} m, median {d['p50']:.2f} m, "
+                                f"p95 {d['p95']:.2f} m (metric)")
+                else:
+                    line.append(f"depth p05/p50/p95 {d['p05']:.3g}/{d['p50']:.3g}/{d['p95']:.3g} "
+                                f"({d.get('kind', 'relative_inverse')}: relative, larger = nearer)")
             line.append(f"latency {float(fields['latency_ms']):.0f} ms")
             print("  ".join(line))
 

@@ -26,20 +26,13 @@ class PipelineError(Exception):
     """A fatal error inside the running pipeline (dead engine, sink gone for good); one line for the user."""
 
 
-def depth_kind(engines: dict[str, Engine]) -> str:
-    """``metric`` (metres) or ``relative_inverse``, as the depth engine's spec says (relative when it does not)."""
-    depth = engines.get("depth")
-    kind = getattr(depth.spec, "depth_kind", None) if depth is not None else None
-    return kind if kind in ("metric", "relative_inverse") else "relative_inverse"
-
-
 def zone_plan(cfg: PipelineConfig, engines: dict[str, Engine]) -> ZonePlan:
     """The config's zones and rules resolved against the loaded checkpoints (class names -> ids; a distance
     rule needs a metric depth checkpoint). A :class:`ConfigError` before any frame is read."""
     seg = engines.get("segmentation")
     depth = engines.get("depth")
     labels = dict(seg.spec.labels) if seg is not None else {}
-    metric = depth_kind(engines) == "metric" if depth is not None else None
+    metric = depth.spec.metric if depth is not None else None
     try:
         return resolve(cfg.zones, cfg.rules, labels, metric, depth.spec.model_id if depth is not None else "")
     except RuleError as e:
@@ -142,7 +135,9 @@ class Pipeline:
         inferred = self._queue("inferred", cfg.queues.inferred)
         results = self._queue("results", cfg.queues.results)
         seg = self.engines.get("segmentation")
-        net_side = (seg or next(iter(self.engines.values()))).spec.preprocess.height
+        ref = (seg or next(iter(self.engines.values()))).spec
+        depth = self.engines.get("depth")
+        depth_kind = (depth.spec.depth_kind or "relative_inverse") if depth is not None else "relative_inverse"
         num_classes = max(len(seg.spec.labels), 1) if seg is not None else 1
         keep_image = any(getattr(s, "wants_images", False) for s in self.sinks)
         watchers: list[Any] = []
@@ -158,13 +153,40 @@ class Pipeline:
                             self.select_tasks, keep_image),
             InferStage(prepared, inferred, self.metrics, self.abort, self.engines, cfg.engine.batch_size,
                        cfg.engine.max_wait_ms),
-            PostprocessStage(inferred, results, self.metrics, self.abort, cfg.mask_size, net_side, num_classes,
-                             cfg.depth_grid, depth_kind(self.engines), keep_depth_map=keep_image, zones=plan,
+            PostprocessStage(inferred, results, self.metrics, self.abort, cfg.mask_size, ref.network_shape,
+                             num_classes, cfg.depth_grid, depth_kind,
+                             keep_depth_map=keep_image or cfg.redis.depth_map, zones=plan,
                              rule_states=rule_states, ends_rules=self._ends_rules),
             PublishStage(results, self.metrics, self.abort, [*self.sinks, *watchers], on_eos=self._on_eos),
         ]
         for st in self.stages:
             st.on_fatal = self._on_fatal
+        self._warm_shapes()
+
+    def _warm_shapes(self) -> None:
+        """Engines whose network shape follows the source (checkpoints that keep the aspect ratio) prepare each
+        file source's shape now (CUDA graphs, TensorRT plans), before frames flow; a live source's shape is
+        known only once it streams, and is prepared on its first batch."""
+        from pipeline.sources import SourceError, probe_file
+
+        todo = [e for e in self.engines.values()
+                if e.spec.preprocess.fixed_shape is None and getattr(e, "warmup", None) is not None]
+        if not todo:
+            return
+        sizes: set[tuple[int, int]] = set()
+        for s in self.cfg.sources:
+            if s.is_live:
+                continue
+            try:
+                facts = probe_file(s)
+            except SourceError:
+                continue  # the source reports it itself
+            if facts.get("width") and facts.get("height"):
+                sizes.add((int(facts["height"]), int(facts["width"])))
+        for e in todo:
+            shapes = sorted({e.spec.network_shape(h, w) for h, w in sizes})
+            if shapes:
+                e.warmup(shapes)  # type: ignore[attr-defined]
 
     def _ends_rules(self, eos: EndOfStream) -> bool:
         """A live stream's end ends its rules; a file's only when it was read to its end, not interrupted

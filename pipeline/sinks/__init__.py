@@ -27,7 +27,7 @@ def create_sink(uri: str, cfg: PipelineConfig, metrics: Metrics, labels: dict[in
         path = uri[4:].removeprefix("//")
         if not path:
             raise ConfigError("dir: sink needs a path, e.g. dir:out/")
-        return DirSink(path, metrics)
+        return DirSink(path, metrics, depth_map=cfg.redis.depth_map)
     if scheme == "video":
         from pipeline.sinks.video import VideoSink
 

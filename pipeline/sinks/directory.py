@@ -1,4 +1,5 @@
-"""``dir:PATH``: one mask PNG per frame and one JSON line per frame."""
+"""``dir:PATH``: one mask PNG per frame (and a 16-bit depth-map PNG with ``redis.depth_map``), one JSON line per
+frame."""
 
 from __future__ import annotations
 
@@ -10,14 +11,17 @@ from typing import Any
 from pipeline.frames import EndOfStream, Result
 from pipeline.metrics import Metrics
 from pipeline.sinks.base import SinkError
-from pipeline.sinks.encode import encode_png, summary
+from pipeline.sinks.encode import encode_depth_png, encode_png, summary
 
 
 class DirSink:
-    """``dir:PATH``: ``PATH/{stream}/{frame:06d}.png`` masks and one JSON line per frame in ``PATH/{stream}.jsonl``."""
+    """``dir:PATH``: ``PATH/{stream}/{frame:06d}.png`` masks, ``PATH/{stream}/{frame:06d}.depth.png`` depth maps
+    (with ``depth_map``: the Redis entry's ``depth_map`` PNG) and one JSON line per frame in
+    ``PATH/{stream}.jsonl``."""
 
-    def __init__(self, path: str, metrics: Metrics) -> None:
+    def __init__(self, path: str, metrics: Metrics, depth_map: bool = False) -> None:
         self.root = Path(path).expanduser()
+        self.depth_map = depth_map
         self.name = f"dir:{self.root}"
         self.metrics = metrics
         self._files: dict[str, Any] = {}
@@ -42,6 +46,10 @@ class DirSink:
                 name = f"{sid}/{r.id.index:06d}.png"
                 (self.root / name).write_bytes(encode_png(r.mask))
                 rec["mask"] = name
+            if self.depth_map and r.depth_map is not None and r.depth is not None:
+                name = f"{sid}/{r.id.index:06d}.depth.png"
+                (self.root / name).write_bytes(encode_depth_png(r.depth_map, r.depth))
+                rec["depth_map"] = name
             self._files[sid].write(json.dumps(rec) + "\n")
             self.published += 1
             self.metrics.frames.labels(stream=sid, stage="published").inc()

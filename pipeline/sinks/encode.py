@@ -1,4 +1,4 @@
-"""Encoding shared by the sinks: mask PNGs, JPEG thumbnails, the JSON summary of a result."""
+"""Encoding shared by the sinks: mask PNGs, 16-bit depth-map PNGs, JPEG thumbnails, the JSON summary of a result."""
 
 from __future__ import annotations
 
@@ -14,6 +14,32 @@ from pipeline.frames import Result
 def encode_png(mask: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(mask, mode="L").save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+MAX_MM = 65535  # the largest 16-bit value: 65.535 m
+
+
+def depth_png_values(depth: np.ndarray, kind: str, lo: float, hi: float) -> np.ndarray:
+    """Depth -> uint16 pixel values: metric depth (metres) in millimetres, clipped to 0..65535 (as RGB-D
+    cameras and ROS ``16UC1`` images store it); relative depth scaled from ``lo..hi`` (the entry's
+    ``depth.min``..``depth.max``) to 0..65535."""
+    d = np.asarray(depth, dtype=np.float64)
+    if kind == "metric":
+        v = np.rint(d * 1000.0)
+    else:
+        span = hi - lo
+        v = np.rint((d - lo) / span * 65535.0) if span > 0 else np.zeros_like(d)
+    return np.clip(v, 0, MAX_MM).astype(np.uint16)
+
+
+def encode_depth_png(depth: np.ndarray, depth_summary: dict[str, Any]) -> bytes:
+    """A 16-bit greyscale PNG of a mask-sized depth map, scaled by :func:`depth_png_values` from the entry's
+    depth ``summary`` (its ``kind``, ``min``, ``max``)."""
+    values = depth_png_values(depth, str(depth_summary.get("kind", "relative_inverse")), float(depth_summary["min"]),
+                              float(depth_summary["max"]))
+    buf = io.BytesIO()
+    Image.fromarray(values).save(buf, format="PNG", compress_level=1)  # uint16 -> mode "I;16"
     return buf.getvalue()
 
 

@@ -14,7 +14,7 @@ from pipeline.config import PipelineConfig, redact
 from pipeline.frames import EndOfStream, Result
 from pipeline.metrics import Metrics
 from pipeline.sinks.base import SinkError, error_reason
-from pipeline.sinks.encode import encode_png, encode_thumbnail, summary
+from pipeline.sinks.encode import encode_depth_png, encode_png, encode_thumbnail, summary
 from pipeline.zones import RuleError, alert_fields, resolve
 
 log = logging.getLogger(__name__)
@@ -234,6 +234,8 @@ class RedisSink:
                   "classes", json.dumps({str(k): v for k, v in r.classes.items()})]
         if r.depth is not None:
             f += ["depth", json.dumps(r.depth)]
+            if self.cfg.redis.depth_map and r.depth_map is not None:
+                f += ["depth_map", encode_depth_png(r.depth_map, r.depth)]
         if r.zones is not None:
             f += ["zones", json.dumps(r.zones)]
         if r.image is not None and self.cfg.redis.thumbnail:

@@ -22,16 +22,23 @@ from pipeline.stages.gpu import StageStream, to_host_async, wait_event
 from pipeline.zones import StreamRules, Zone, ZonePlan, ZoneStats, rasterize
 
 
-def mask_size(spec: str, src_w: int, src_h: int, net_side: int) -> tuple[int, int]:
-    """``(w, h)`` of the published mask for ``--mask-size`` (default: aspect kept, long side = network side)."""
+def mask_size(spec: str, src_w: int, src_h: int, net: int | tuple[int, int]) -> tuple[int, int]:
+    """``(w, h)`` of the published mask for ``--mask-size``.
+
+    ``net`` is the network input of this source: its ``(h, w)`` (one shape per source resolution when the
+    checkpoint keeps the aspect ratio), or one side for a square network. Default: the source's aspect ratio
+    with the long side equal to the network's long side; ``network``: the network's own grid.
+    """
+    net_h, net_w = (net, net) if isinstance(net, int) else (int(net[0]), int(net[1]))
     if spec == "source":
         return src_w, src_h
     if spec == "network":
-        return net_side, net_side
+        return net_w, net_h
     if spec == "default":
+        side = max(net_h, net_w)
         if src_w >= src_h:
-            return net_side, max(1, round(src_h * net_side / src_w))
-        return max(1, round(src_w * net_side / src_h)), net_side
+            return side, max(1, round(src_h * side / src_w))
+        return max(1, round(src_w * side / src_h)), side
     w, h = spec.split("x")
     return int(w), int(h)
 
@@ -80,6 +87,10 @@ def class_fractions(mask: torch.Tensor, num_classes: int, counts: torch.Tensor |
     c = (counts if counts is not None else class_counts(mask, num_classes)).cpu().numpy()
     total = float(mask.numel())
     return {int(k): round(float(c[k]) / total, 6) for k in np.nonzero(c)[0]}
+
+
+# the near-field value of a region: relative inverse depth is larger when nearer, metric depth smaller
+NEAR_QUANTILE: dict[str, float] = {"relative_inverse": 0.9, "metric": 0.1}
 
 
 def resize_depth(depth: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
@@ -133,14 +144,16 @@ class DepthStats:
     values: torch.Tensor
     class_median: torch.Tensor | None = None
     class_count: torch.Tensor | None = None
+    class_nearest: torch.Tensor | None = None  # metric depth: per class, the near-field (low) percentile
 
     def tensors(self) -> list[torch.Tensor]:
-        return [t for t in (self.values, self.class_median, self.class_count) if t is not None]
+        return [t for t in (self.values, self.class_median, self.class_count, self.class_nearest) if t is not None]
 
     def replace(self, tensors: list[torch.Tensor]) -> DepthStats:
         it = iter(tensors)
         return DepthStats(next(it), next(it) if self.class_median is not None else None,
-                          next(it) if self.class_count is not None else None)
+                          next(it) if self.class_count is not None else None,
+                          next(it) if self.class_nearest is not None else None)
 
 
 def _order(flat: torch.Tensor) -> torch.Tensor:
@@ -162,8 +175,10 @@ def depth_stats(depth: torch.Tensor, mask: torch.Tensor | None, grid: int = 4, k
                 num_classes: int = 256, counts: torch.Tensor | None = None) -> DepthStats:
     """The numbers of :func:`depth_summary`, as tensors on ``depth``'s device (see :class:`DepthStats`).
 
-    ``relative_inverse`` depth: larger = nearer, so a cell's near-field value is its 90th percentile
-    (10th for metric depth). Per-class values are lower medians (as ``torch.median``). One sort of the
+    ``relative_inverse`` depth: larger = nearer, so a cell's near-field value is its 90th percentile;
+    ``metric`` depth (metres): the nearest is the 10th percentile, per cell (interpolated) and per class
+    (``class_nearest``, the lower 10th percentile, so never above the class's lower median).
+    Per-class values are lower medians (as ``torch.median``). One sort of the
     values, then one stable sort by cell and one by class of that order: no per-cell or per-class loop.
     ``counts`` (the mask's class histogram, at least ``num_classes`` long) is reused when given.
     """
@@ -176,7 +191,7 @@ def depth_stats(depth: torch.Tensor, mask: torch.Tensor | None, grid: int = 4, k
         _quantiles(sorted_flat, [0.05, 0.5, 0.95]),
     ])
     h, w = depth.shape
-    near_q = 0.9 if kind == "relative_inverse" else 0.1
+    near_q = NEAR_QUANTILE[kind]
     dev = flat.device
     if h >= grid and w >= grid:
         # cell (i, j) holds rows i*h//grid .. (i+1)*h//grid - 1 and the same for columns
@@ -205,7 +220,11 @@ def depth_stats(depth: torch.Tensor, mask: torch.Tensor | None, grid: int = 4, k
     starts = torch.cumsum(counts, 0) - counts
     by_class = _group(order, m if m.dtype == torch.uint8 else m.long())
     med = flat[by_class[(starts + (counts - 1).clamp(min=0) // 2).clamp(max=n - 1)]]
-    return DepthStats(values, med, counts)
+    nearest = None
+    if kind == "metric":  # the lower 10th percentile (an actual pixel's value, as the lower median): <= the median
+        low = ((counts - 1).clamp(min=0).double() * near_q).floor().long()
+        nearest = flat[by_class[(starts + low).clamp(max=n - 1)]]
+    return DepthStats(values, med, counts, nearest)
 
 
 def depth_dict(stats: DepthStats, grid: int, kind: str) -> dict[str, Any]:
@@ -220,7 +239,12 @@ def depth_dict(stats: DepthStats, grid: int, kind: str) -> dict[str, Any]:
     if stats.class_median is not None and stats.class_count is not None:
         present = torch.nonzero(stats.class_count).reshape(-1)
         ids, meds = present.tolist(), stats.class_median[present].tolist()
-        out["per_class"] = {str(c): round(v, 6) for c, v in zip(ids, meds, strict=True)}
+        if stats.class_nearest is not None:  # metric: {"median": m, "nearest": n} in metres per class
+            near = stats.class_nearest[present].tolist()
+            out["per_class"] = {str(c): {"median": round(v, 6), "nearest": round(nv, 6)}
+                                for c, v, nv in zip(ids, meds, near, strict=True)}
+        else:
+            out["per_class"] = {str(c): round(v, 6) for c, v in zip(ids, meds, strict=True)}
     return out
 
 
@@ -394,8 +418,9 @@ class PostprocessStage(Stage):
     name = "postprocess"
 
     def __init__(self, inq: NamedQueue[Any], outq: NamedQueue[Any], metrics: Metrics, abort: threading.Event,
-                 mask_spec: str, net_side: int, num_classes: int, depth_grid: int, depth_kind: str,
-                 keep_depth_map: bool = False, device: str | torch.device | None = None, inflight: int = 4,
+                 mask_spec: str, net_side: int | Callable[[int, int], tuple[int, int]], num_classes: int,
+                 depth_grid: int, depth_kind: str, keep_depth_map: bool = False,
+                 device: str | torch.device | None = None, inflight: int = 4,
                  zones: ZonePlan | None = None, rule_states: Mapping[str, str] | None = None,
                  ends_rules: Callable[[EndOfStream], bool] | None = None) -> None:
         super().__init__(inq, outq, metrics, abort)
@@ -407,7 +432,9 @@ class PostprocessStage(Stage):
         self._per_class_depth = self.plan is not None and self.plan.metric and any(
             r.classes and r.max_distance_m is not None for r in self.plan.rules)
         self.mask_spec = mask_spec
+        # one side (a square network), or (src_h, src_w) -> the network's (h, w) for that source
         self.net_side = net_side
+        self._net_shapes: dict[tuple[int, int], tuple[int, int]] = {}
         self.num_classes = num_classes
         self.grid = depth_grid
         self.kind = depth_kind
@@ -422,12 +449,21 @@ class PostprocessStage(Stage):
             self._stream = StageStream(first.device if isinstance(first, torch.Tensor) else "cpu")
         return self._stream
 
+    def _net(self, src_h: int, src_w: int) -> int | tuple[int, int]:
+        """The network input shape for a source resolution (computed once per resolution)."""
+        if isinstance(self.net_side, int):
+            return self.net_side
+        key = (src_h, src_w)
+        if key not in self._net_shapes:
+            self._net_shapes[key] = self.net_side(src_h, src_w)
+        return self._net_shapes[key]
+
     def _launch(self, item: Inferred) -> _Launched:
         """Queue every computation for ``item`` (on CPU: compute it)."""
         st = self._stream_for(item)
         st.wait(item.event)
         st.keep(*item.outputs.values())
-        w, h = mask_size(self.mask_spec, item.id.width, item.id.height, self.net_side)
+        w, h = mask_size(self.mask_spec, item.id.width, item.id.height, self._net(item.id.height, item.id.width))
         hist = max(self.num_classes, 256)
         mask_t = counts = depth_map = None
         stats: DepthStats | None = None

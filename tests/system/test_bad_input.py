@@ -70,7 +70,8 @@ def test_unknown_and_missing_models(assets: dict[str, Path], tmp_path: Path) -> 
     p = cli("run", "-s", str(assets["clip360"]), "-m", f"segmentation={not_dpt}", "-m", f"depth={assets['depth']}",
             "--sink", "dir:/tmp/never", "--metrics-port", "-1")
     assert p.returncode != 0
-    assert "cannot load segmentation model" in one_error_line(p.stderr)
+    line = one_error_line(p.stderr)  # the model type found and what is supported
+    assert "is a 'bert' checkpoint" in line and "segmentation supports model types dpt" in line
     p = cli("run", "-s", str(assets["clip360"]), "-m", "segmentation=no-such-org/no-such-dpt-model",
             "--sink", "dir:/tmp/never", "--metrics-port", "-1", env={"HF_HUB_OFFLINE": "1"})
     assert p.returncode != 0

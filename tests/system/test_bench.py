@@ -71,3 +71,22 @@ def test_bench_bad_input_is_one_line(tmp_path: Path) -> None:
     assert p.returncode == 2 and "--batch-sizes" in p.stderr
 
 
+
+
+@pytest.mark.slow
+def test_bench_families_adds_an_engine_row_per_depth_family(assets: dict[str, Path], tmp_path: Path) -> None:
+    from pipeline.checkpoints import DEPTH_FAMILIES
+
+    out = tmp_path / "families.json"
+    p = cli("bench", *model_args(assets), "--clip", str(assets["clip360"]), "--device", "cpu", "--modes", "engine",
+            "--families", "--threads", "1", "--batch-sizes", "2", "--seconds", "0", "--min-calls", "1",
+            "--warmup", "0", "--work-dir", str(tmp_path / "work"), "--out", str(out), timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = [r for r in json.loads(out.read_text())["results"] if "architecture" in r]
+    want = [f for f in DEPTH_FAMILIES if f != "dpt"]
+    assert len(rows) == len(want) and all(r["mode"] == "engine" and r["fps"] > 0 for r in rows)
+    for name, r in zip(want, rows, strict=True):
+        assert r["model"].startswith(name + " tiny") and r["task"] == "depth" and r["source"] == [640, 360]
+        assert r["depth_kind"] == ("metric" if name.endswith("metric") else "relative_inverse")
+    shapes = {r["model"].split()[0]: tuple(r["input"]) for r in rows}
+    assert shapes["depth-anything-v2"] == (98, 168)  # 640x360 at 98, aspect kept, multiples of 14

@@ -25,6 +25,7 @@ K8S = DEPLOY / "k8s"
 PREFIX = "dptstream_"
 METRIC_RE = re.compile(r"\bdptstream_[A-Za-z0-9_:]+")
 PORT = 9108
+VIEW_PORT = 8088
 
 
 # ---------------------------------------------------------------- helpers
@@ -263,6 +264,22 @@ def test_compose_services() -> None:
             assert (DEPLOY / host).is_dir(), volume
 
 
+def test_compose_view_service() -> None:
+    from pipeline.view import TOKEN_ENV
+
+    services = load_yaml(DEPLOY / "compose.yaml")["services"]
+    view = services["view"]
+    cmd = view["command"]
+    assert cmd[0] == "view" and cmd[cmd.index("--port") + 1] == str(VIEW_PORT)
+    assert cmd[cmd.index("--host") + 1] == "0.0.0.0"  # the container's network: so a token is required ...
+    assert TOKEN_ENV in view["environment"] and "REDIS_URL" in view["environment"]
+    assert view["ports"] == [f"127.0.0.1:{VIEW_PORT}:{VIEW_PORT}"]  # ... and the host publishes it on loopback
+    assert "deploy" not in view, "the view needs no GPU reservation"
+    assert f"http://localhost:{VIEW_PORT}/healthz" in " ".join(view["healthcheck"]["test"])
+    assert (DEPLOY / view["build"]["context"] / view["build"]["dockerfile"]).is_file()
+    assert view["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
 def test_compose_cpu_override() -> None:
     class ComposeLoader(yaml.SafeLoader):
         pass
@@ -313,7 +330,8 @@ def _container(deploy: dict[str, Any]) -> dict[str, Any]:
 
 def test_k8s_deployments() -> None:
     deployments = k8s_objects("Deployment")
-    assert set(deployments) == {"dptstream-pipeline", "dptstream-worker"}
+    assert set(deployments) == {"dptstream-pipeline", "dptstream-worker", "dptstream-view"}
+    deployments.pop("dptstream-view")  # test_k8s_view
     secrets = k8s_objects("Secret")
     for name, d in deployments.items():
         c = _container(d)
@@ -360,6 +378,7 @@ def test_k8s_configmap_is_a_valid_pipeline_config(tmp_path: Path, monkeypatch: p
 def test_k8s_services_expose_metrics() -> None:
     services = k8s_objects("Service")
     deployments = k8s_objects("Deployment")
+    assert services.pop("dptstream-view")  # test_k8s_view
     assert services
     for name, svc in services.items():
         (port,) = svc["spec"]["ports"]
@@ -371,6 +390,33 @@ def test_k8s_services_expose_metrics() -> None:
                    for d in deployments.values()), f"{name} selects no Deployment"
     (monitor,) = k8s_objects("ServiceMonitor").values()
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
+
+
+def test_k8s_view() -> None:
+    from pipeline.view import TOKEN_ENV
+
+    view = k8s_objects("Deployment")["dptstream-view"]
+    pod = view["spec"]["template"]
+    c = _container(view)
+    assert c["args"][:1] == ["view"] and c["args"][c["args"].index("--host") + 1] == "0.0.0.0"
+    assert c["args"][c["args"].index("--port") + 1] == str(VIEW_PORT)
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http": VIEW_PORT}
+    assert "nvidia.com/gpu" not in c["resources"].get("limits", {})
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "http"}  # the one path without the token
+    env = {e["name"]: e for e in c["env"]}
+    secrets = k8s_objects("Secret")
+    for var in ("REDIS_URL", TOKEN_ENV):
+        assert "value" not in env[var], f"{var} must come from a Secret"
+        ref = env[var]["valueFrom"]["secretKeyRef"]
+        assert ref["key"] in secrets[ref["name"]]["stringData"], var
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    svc = k8s_objects("Service")["dptstream-view"]
+    (port,) = svc["spec"]["ports"]
+    assert (port["port"], port["targetPort"]) == (VIEW_PORT, "http")
+    assert svc["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert view["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
 
 
 def test_k8s_keda_scales_workers_on_the_job_stream() -> None:
@@ -403,6 +449,7 @@ def test_dockerfiles(name: str) -> None:
     assert f"http://localhost:{PORT}/healthz" in text
     assert 'ENTRYPOINT ["dptstream"]' in lines
     assert f"EXPOSE {PORT}" in lines
+    assert f"EXPOSE {VIEW_PORT}" in lines
     if name == "Dockerfile":
         assert "nvcr.io/nvidia/tensorrt:" in text
         assert 'pip install ".[tensorrt]"' in text

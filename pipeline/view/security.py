@@ -1,0 +1,53 @@
+"""Who may look: loopback binds are open, any other bind needs a token (bearer header or ``?token=``)."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import socket
+
+from pipeline.config import ConfigError
+
+TOKEN_ENV = "DPTSTREAM_VIEW_TOKEN"
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` only ever means this machine (127.0.0.0/8, ::1, or a name resolving only there).
+    ``""`` and ``0.0.0.0`` / ``::`` are every interface: not loopback."""
+    if not host:
+        return False
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    addrs = {info[4][0] for info in infos}
+    return bool(addrs) and all(ipaddress.ip_address(str(a).split("%", 1)[0]).is_loopback for a in addrs)
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse to serve beyond this machine without a token (one line, a usage error)."""
+    if token is not None and not token.strip():
+        raise ConfigError(f"the view token is empty: pass --token TOKEN or set {TOKEN_ENV} to a non-empty value")
+    if token is None and not is_loopback(host):
+        raise ConfigError(f"--host {host or '(all interfaces)'} serves the view beyond this machine: pass "
+                          f"--token TOKEN or set {TOKEN_ENV} (or bind 127.0.0.1)")
+
+
+def request_token(authorization: str | None, query_token: str | None) -> str | None:
+    """The token a request carries: ``Authorization: Bearer TOKEN`` first, else ``?token=TOKEN``."""
+    if authorization:
+        scheme, _, value = authorization.strip().partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    return query_token or None
+
+
+def token_matches(given: str | None, expected: str) -> bool:
+    """Constant-time comparison (the time taken does not tell how much of a guess was right)."""
+    if given is None:
+        return False
+    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))

@@ -1,0 +1,457 @@
+"""``dptstream view`` end to end: real Redis filled by a real ``dptstream run`` on real-content clips, the view as
+a subprocess, and headless Chromium (Debian's chromium + chromium-driver, driven by Selenium; no download)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.support.servers import ROOT, RedisServer, cli, free_port
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+W, H, NET = 320, 180, 96  # small real-content clips and fast checkpoints
+
+
+# -- helpers ------------------------------------------------------------------------------------------------
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if isinstance(v, np.ndarray) or v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def dptstream() -> list[str]:
+    """The installed ``dptstream`` command (next to this interpreter), as a user runs it."""
+    exe = Path(sys.executable).with_name("dptstream")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "pipeline.cli"]
+
+
+class Proc:
+    """A ``dptstream`` subprocess whose output is collected (and checked for secrets) while it runs."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        e = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc = subprocess.Popen([*dptstream(), *args], cwd=str(ROOT), env=e,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._reader.join(5)
+        return int(self.proc.returncode)
+
+
+class View(Proc):
+    def __init__(self, redis_url: str, *extra: str, port: int | None = None, env: dict[str, str] | None = None
+                 ) -> None:
+        self.port = port or free_port()
+        super().__init__("view", "--redis", redis_url, "--port", str(self.port), *extra, env=env)
+        self.base = f"http://127.0.0.1:{self.port}"
+
+        def up() -> bool:
+            assert self.alive(), f"dptstream view exited:\n{self.output}"
+            try:
+                return get(self.base + "/healthz")[0] == 200
+            except OSError:
+                return False
+
+        wait_for(up, 30, "the view to listen")
+
+    def api(self, query: str = "") -> dict[str, Any]:
+        code, _, body = get(self.base + "/api/streams" + query)
+        assert code == 200, body
+        return json.loads(body)  # type: ignore[no-any-return]
+
+
+def model_args(assets: dict[str, Path]) -> list[str]:
+    return ["-m", f"segmentation={assets['segmentation']}", "-m", f"depth={assets['depth']}", "--device", "cpu",
+            "--metrics-port", "-1"]
+
+
+def jpeg_array(data: bytes) -> np.ndarray:
+    im = Image.open(io.BytesIO(data))
+    assert im.format == "JPEG"
+    return np.asarray(im.convert("RGB")).astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from pipeline.sample import make_checkpoint, make_clip
+
+    d = tmp_path_factory.mktemp("view-assets")
+    return {
+        "a": make_clip(d / "a.mp4", frames=16, width=W, height=H, fps=15, seed=1),
+        "b": make_clip(d / "b.mp4", frames=12, width=W, height=H, fps=15, seed=2),
+        "live": make_clip(d / "live.mp4", frames=30, width=W, height=H, fps=15, seed=3),
+        "segmentation": make_checkpoint(d / "seg", "segmentation", image_size=NET),
+        "depth": make_checkpoint(d / "depth", "depth", image_size=NET),
+        "dir": d,
+    }
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    for exe in (CHROMIUM, CHROMEDRIVER):
+        if not os.access(exe, os.X_OK):
+            pytest.fail(f"{exe} is missing: apt-get install chromium chromium-driver (scripts/setup.sh does)")
+    os.environ["SE_OFFLINE"] = "true"  # never let Selenium Manager fetch a browser or a driver
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--window-size=1280,900",
+              "--disable-extensions", "--no-first-run"):
+        opts.add_argument(a)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def console_errors(driver: Any) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+@pytest.fixture
+def page(browser: Any) -> Iterator[Any]:
+    """The browser with an empty console; left on a blank page (so no page outlives its view server)."""
+    browser.get("about:blank")
+    browser.get_log("browser")
+    yield browser
+    browser.get("about:blank")
+
+
+_PIXELS_JS = """
+const img = arguments[0];
+if (!img || !img.complete || !img.naturalWidth) return null;
+const c = document.createElement('canvas');
+c.width = img.naturalWidth; c.height = img.naturalHeight;
+c.getContext('2d').drawImage(img, 0, 0);
+return c.toDataURL('image/png');
+"""
+
+
+def tile_pixels(driver: Any, sid: str) -> np.ndarray | None:
+    """The pixels the browser shows in ``sid``'s tile image (drawn on a canvas), or None before it loads."""
+    img = driver.execute_script(f"return document.querySelector('.tile[data-stream=\"{sid}\"] img')")
+    url = driver.execute_script(_PIXELS_JS, img) if img is not None else None
+    if not url:
+        return None
+    png = base64.b64decode(url.split(",", 1)[1])
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int16)
+
+
+def tile_text(driver: Any, sid: str, part: str) -> str:
+    return str(driver.execute_script(
+        f"const e = document.querySelector('.tile[data-stream=\"{sid}\"] {part}'); return e ? e.textContent : null")
+        or "")
+
+
+def publish_files(redis: RedisServer, assets: dict[str, Path], tmp: Path) -> None:
+    cfg = tmp / "thumb.yaml"
+    cfg.write_text("redis:\n  thumbnail: 160\n")
+    r = cli("run", str(cfg), "-s", f"a={assets['a']}", "-s", f"b={assets['b']}", "--sink", redis.url,
+            *model_args(assets))
+    assert r.returncode == 0, r.stderr
+
+
+# -- the wall, latest.jpg, the API, zones and alerts over a finished run -----------------------------------
+
+def test_wall_latest_jpg_api_zones_and_alerts(assets: dict[str, Path], redis_server: RedisServer, tmp_path: Path,
+                                              page: Any) -> None:
+    browser = page
+    from engines.labels import ADE20K_LABELS
+
+    publish_files(redis_server, assets, tmp_path)
+    rd = redis_server.client()
+    view = View(redis_server.url)
+    try:
+        # /api/streams: one record per stream, from the last entries
+        state = wait_for(lambda: (s := view.api())["streams"] and all(x["image"] for x in s["streams"]) and s,
+                         20, "both streams rendered")
+        assert state["redis"] == "ok" and state["error"] is None
+        by_id = {s["id"]: s for s in state["streams"]}
+        assert sorted(by_id) == ["a", "b"]
+        for sid, frames in (("a", 16), ("b", 12)):
+            s = by_id[sid]
+            assert s["frame"] == frames - 1
+            assert s["fps"] > 0 and s["latency_ms"] > 0 and s["age_s"] >= 0
+            assert s["state"] in ("fresh", "stale")
+            newest = rd.xrevrange(f"dpt:stream:{sid}:frames", count=1)[0][1]
+            published = {int(k): v for k, v in json.loads(newest[b"classes"]).items()}
+            assert [c["id"] for c in s["classes"]] == sorted(published, key=lambda c: (-published[c], c))
+            assert all(c["name"] == ADE20K_LABELS[c["id"]] for c in s["classes"])
+            assert s["alerts"] == [] and s["zones"] == []
+
+        # latest.jpg is snapshot's rendering of the newest entry (JPEG-compressed)
+        snaps: dict[str, np.ndarray] = {}
+        jpgs: dict[str, np.ndarray] = {}
+        for sid in ("a", "b"):
+            png = tmp_path / f"{sid}.png"
+            s = cli("snapshot", sid, "-o", str(png), "--redis", redis_server.url)
+            assert s.returncode == 0, s.stderr
+            snaps[sid] = np.asarray(Image.open(png).convert("RGB")).astype(np.int16)
+            code, headers, body = get(f"{view.base}/streams/{sid}/latest.jpg")
+            assert code == 200 and headers["Content-Type"] == "image/jpeg"
+            assert headers["X-Dptstream-Frame"] == str(by_id[sid]["frame"])
+            jpgs[sid] = jpeg_array(body)
+            assert jpgs[sid].shape == snaps[sid].shape
+        half = snaps["a"].shape[1] // 2
+        for sid, other in (("a", "b"), ("b", "a")):
+            mask_part = np.s_[:, :half]
+            same = np.abs(jpgs[sid][mask_part] - snaps[sid][mask_part]).mean()
+            different = np.abs(jpgs[sid][mask_part] - snaps[other][mask_part]).mean()
+            assert same < 4, f"{sid}: latest.jpg's mask half differs from snapshot's by {same:.1f} grey levels"
+            assert different > 5 * same, f"{sid}: the other stream's snapshot is as close ({different:.1f})"
+            assert np.abs(jpgs[sid] - snaps[sid]).mean() < 4  # and the depth half too
+
+        # unknown and invalid ids: one line each
+        code, _, body = get(f"{view.base}/streams/nope/latest.jpg")
+        assert code == 404
+        assert body.decode().splitlines() == ["unknown stream 'nope' under prefix dpt; known streams: a, b"]
+        code, _, body = get(f"{view.base}/streams/a%20b/latest.jpg")
+        assert code == 400 and body.decode().splitlines() == [
+            "invalid stream id 'a b': use 1-64 of A-Z a-z 0-9 . _ -"]
+
+        # the wall in a real browser: one tile per stream, real pictures, names, a large view with a legend
+        browser.get(view.base + "/")
+        wait_for(lambda: browser.execute_script("return document.querySelectorAll('.tile').length") == 2, 10,
+                 "two tiles")
+        for sid in ("a", "b"):
+            px = wait_for(lambda sid=sid: tile_pixels(browser, sid), 10, f"{sid}'s tile image")
+            assert px.shape == jpgs[sid].shape
+            assert px.std() > 20, f"{sid}'s tile is blank (std {px.std():.1f})"
+            assert np.abs(px - jpgs[sid]).mean() < 1  # the browser shows latest.jpg itself
+            top = by_id[sid]["classes"][0]
+            assert f"{top['name']} " in tile_text(browser, sid, ".classes")
+            banner = tile_text(browser, sid, ".banner")
+            assert banner == "" or banner.startswith("stale: no new entry for"), banner
+        browser.find_element("css selector", '.tile[data-stream="a"]').click()
+        wait_for(lambda: browser.execute_script("return !document.getElementById('large').hidden"), 5, "large view")
+        legend = browser.execute_script("return [...document.querySelectorAll('#legend li')].map(e => e.textContent)")
+        assert len(legend) == len(by_id["a"]["classes"])
+        assert legend[0].startswith(by_id["a"]["classes"][0]["name"] + " ")
+        assert browser.find_element("id", "large-title").text == "a"
+        browser.find_element("id", "close").click()
+        wait_for(lambda: browser.execute_script("return document.getElementById('large').hidden"), 5, "closed")
+
+        # one render per entry per stream, whoever watches: many reads, still two pictures made
+        for _ in range(10):
+            assert get(f"{view.base}/streams/a/latest.jpg")[0] == 200
+        assert view.api()["renders"] == 2
+
+        # zones (issue 13's meta contract): outlines over the mask half of the stream they apply to ...
+        zone = {"name": "door", "streams": ["a"], "polygon": [[0.2, 0.2], [0.6, 0.2], [0.6, 0.9], [0.2, 0.9]]}
+        rd.hset("dpt:meta", "zones", json.dumps([zone]))
+        wait_for(lambda: view.api()["streams"][0]["zones"] == ["door"], 10, "the zone to show")
+        wait_for(lambda: view.api()["renders"] == 3, 10, "a's picture to be drawn again with its zone")
+        ph, pw = jpgs["a"].shape[0], half
+        edge = np.s_[round(0.4 * (ph - 1)):round(0.8 * (ph - 1)), round(0.2 * (pw - 1))]  # the zone's left side
+
+        def edge_of(sid: str) -> np.ndarray:
+            return jpeg_array(get(f"{view.base}/streams/{sid}/latest.jpg")[2])[edge]
+
+        assert (edge_of("a") > 200).all(axis=-1).mean() > 0.9  # white outline
+        assert (jpgs["a"][edge] > 200).all(axis=-1).mean() < 0.5  # (it was not there before)
+        assert np.abs(edge_of("b") - jpgs["b"][edge]).mean() < 4  # b: no zone, unchanged
+        # ... red while a rule on it is active, with the alert on the tile and in the API
+        start = {"rule": "person-in-door", "zone": "door", "stream": "a", "state": "start", "frame": 9,
+                 "ts": time.time(), "coverage": 0.31}
+        rd.hset("dpt:alerts:active", "a/person-in-door", json.dumps(start))
+
+        def red(px: np.ndarray) -> float:
+            return float(((px[:, 0] > 180) & (px[:, 1] < 80) & (px[:, 2] < 80)).mean())
+
+        wait_for(lambda: red(edge_of("a")) > 0.9, 10, "the active zone in red")
+        a = view.api()["streams"][0]
+        assert a["alerts"] == [{"rule": "person-in-door", "zone": "door", "frame": 9, "ts": start["ts"],
+                                "coverage": 0.31}]
+        wait_for(lambda: tile_text(browser, "a", ".alerts") == "person-in-door @ door", 5, "the alert on the tile")
+        wait_for(lambda: red(tile_pixels(browser, "a")[edge]) > 0.9, 5, "the red zone in the browser")
+        assert tile_text(browser, "b", ".alerts") == ""
+        rd.hdel("dpt:alerts:active", "a/person-in-door")
+        wait_for(lambda: red(edge_of("a")) == 0 and (edge_of("a") > 200).all(axis=-1).mean() > 0.9, 10,
+                 "the zone back to white when the alert ends")
+        wait_for(lambda: tile_text(browser, "a", ".alerts") == "", 5, "the alert gone from the tile")
+        assert console_errors(browser) == []
+    finally:
+        browser.get("about:blank")
+        assert view.stop() == 0, view.output
+
+
+# -- a live source: the picture changes by itself; Redis restarts; the page recovers without a reload --------
+
+def test_live_tile_changes_and_recovers_from_a_redis_restart(assets: dict[str, Path], redis_server: RedisServer,
+                                                             tmp_path: Path, page: Any) -> None:
+    browser = page
+    cfg = tmp_path / "live.yaml"
+    cfg.write_text(
+        f"sources:\n  - {{id: cam, uri: '{assets['live']}', loop: true, realtime: true, live: true}}\n"
+        "redis: {thumbnail: 160, retry_max_s: 0.5}\n"
+        "engine: {threads: 1, batch_size: 1, max_wait_ms: 0}\n")
+    pipe = Proc("run", str(cfg), "--sink", redis_server.url, *model_args(assets))
+    view = None
+    try:
+        rd = redis_server.client()
+        wait_for(lambda: rd.xlen("dpt:stream:cam:frames") > 0 if rd.exists("dpt:stream:cam:frames") else False,
+                 60, f"the pipeline's first entry\n{pipe.output}", interval=0.2)
+        view = View(redis_server.url, "--stale-after", "3")
+        browser.get(view.base + "/")
+        browser.execute_script("window.__sameDocument = 'yes'")
+
+        def changes(times: int, within: float) -> None:
+            prev = wait_for(lambda: tile_pixels(browser, "cam"), 10, "cam's tile image")
+            assert prev.std() > 20, "cam's tile is blank"
+            for k in range(times):
+                def changed(prev: np.ndarray = prev) -> np.ndarray | None:
+                    px = tile_pixels(browser, "cam")
+                    return px if px is not None and np.abs(px - prev).mean() > 1 else None
+                prev = wait_for(changed, within, f"change {k + 1} of cam's picture")
+
+        changes(3, within=2.0)
+        state = view.api()["streams"][0]
+        assert state["state"] == "fresh" and state["fps"] > 1
+
+        redis_server.stop()
+        wait_for(lambda: tile_text(browser, "cam", ".banner") == "Redis unreachable", 10, "the tile to say so")
+        assert browser.find_element("id", "status").text == "Redis unreachable"
+        api = view.api()
+        assert api["redis"] == "unreachable" and api["streams"][0]["state"] == "unreachable"
+        assert get(f"{view.base}/streams/cam/latest.jpg")[0] == 200  # the last picture is still served
+        time.sleep(1.5)
+        assert view.alive() and pipe.alive()
+
+        redis_server.start()  # same port, empty (no persistence): the pipeline publishes again
+        wait_for(lambda: tile_text(browser, "cam", ".banner") == "", 30, "the tile to recover")
+        changes(2, within=2.0)
+        assert browser.execute_script("return window.__sameDocument") == "yes"  # no reload happened
+        assert view.api()["redis"] == "ok"
+        assert console_errors(browser) == []
+        assert "Redis at redis://127.0.0.1" in view.output and "reachable again" in view.output
+    finally:
+        browser.get("about:blank")
+        if view is not None:
+            assert view.stop() == 0, view.output
+        pipe.stop()
+
+
+# -- who may look ------------------------------------------------------------------------------------------
+
+def test_binding_beyond_loopback_needs_a_token_and_requests_without_it_get_401(redis_server: RedisServer) -> None:
+    port = free_port()
+    r = cli("view", "--host", "0.0.0.0", "--port", str(port), "--redis", redis_server.url, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "dptstream: error: --host 0.0.0.0 serves the view beyond this machine: pass --token TOKEN or set "
+        "DPTSTREAM_VIEW_TOKEN (or bind 127.0.0.1)"]
+    empty = cli("view", "--host", "0.0.0.0", "--port", str(port), "--token", " ", "--redis", redis_server.url,
+                timeout=60)
+    assert empty.returncode == 2 and len(empty.stderr.strip().splitlines()) == 1
+
+    token = "tok-" + "7" * 28
+    view = View(redis_server.url, "--host", "0.0.0.0", port=port, env={"DPTSTREAM_VIEW_TOKEN": token})
+    try:
+        for path in ("/", "/api/streams", "/api/events", "/streams/a/latest.jpg"):
+            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {token}"}):
+                code, h, body = get(view.base + path, headers)
+                assert code == 401, (path, headers)
+                assert body.decode().splitlines() == [
+                    "unauthorized: send the view token as 'Authorization: Bearer TOKEN' or ?token=TOKEN"]
+                assert h["WWW-Authenticate"].startswith("Bearer")
+            assert get(view.base + path + "?token=" + token[:-1])[0] == 401
+        assert get(view.base + "/api/streams", {"Authorization": f"Bearer {token}"})[0] == 200
+        assert get(view.base + f"/api/streams?token={token}")[0] == 200
+        assert get(view.base + "/healthz")[0] == 200  # probes need no token, and learn nothing
+        assert token not in view.output
+    finally:
+        assert view.stop() == 0, view.output
+
+
+def test_redis_passwords_never_reach_a_page_a_log_or_an_error(tmp_path: Path, assets: dict[str, Path]) -> None:
+    secret = "hunter2-s3cret"
+    srv = RedisServer(tmp_path / "redis", extra=["--requirepass", secret])
+    srv.start()
+    try:
+        url = f"redis://:{secret}@127.0.0.1:{srv.port}/0"
+        r = cli("run", "-s", f"a={assets['b']}", "--sink", url, *model_args(assets))
+        assert r.returncode == 0, r.stderr
+        view = View(url)
+        try:
+            state = wait_for(lambda: (s := view.api())["streams"] and s["streams"][0]["image"] and s, 20,
+                             "the stream rendered")
+            assert state["redis"] == "ok"
+            pages = [get(view.base + p)[2] for p in ("/", "/api/streams", "/streams/nope/latest.jpg")]
+            assert all(secret.encode() not in p for p in pages)
+            srv.stop()  # and while Redis is away
+            wait_for(lambda: view.api()["redis"] == "unreachable", 10, "unreachable")
+            assert secret.encode() not in get(view.base + "/api/streams")[2]
+        finally:
+            assert view.stop() == 0
+        assert secret not in view.output and f"redis://:***@127.0.0.1:{srv.port}/0" in view.output
+        # refused credentials: one line, exit 2, redacted
+        srv.start()
+        wrong = cli("view", "--redis", f"redis://:not-{secret}@127.0.0.1:{srv.port}/0", "--port",
+                    str(free_port()), timeout=60)
+        assert wrong.returncode == 2
+        lines = wrong.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(
+            f"dptstream: error: Redis at redis://:***@127.0.0.1:{srv.port}/0 refused the credentials")
+        assert secret not in wrong.stderr
+    finally:
+        srv.stop()
