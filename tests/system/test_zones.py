@@ -358,3 +358,47 @@ def test_a_fresh_start_ends_what_a_previous_run_left_active(redis_server: RedisS
         assert r.hlen("dpt:alerts:active") == 0
     finally:
         sink.close()
+
+
+def test_a_distance_rule_with_a_metric_depth_checkpoint(assets: dict[str, Path], clip: Path,
+                                                        redis_server: RedisServer, tmp_path: Path) -> None:
+    """Metric depth (a tiny metric Depth Anything): the zone's nearest value is in metres (the lowest), and a
+    max_distance_m rule's alerts are the debounce of `nearest <= max_distance_m` over the published series."""
+    from pipeline.checkpoints import make_family_checkpoint
+
+    metric = make_family_checkpoint(tmp_path / "da-metric", "depth-anything-v2-metric")
+    models = ["-m", f"segmentation={assets['segmentation']}", "-m", f"depth={metric}"]
+    r = redis_server.client()
+
+    def go(cfg: dict[str, Any], prefix: str) -> list[dict[str, bytes]]:
+        path = tmp_path / f"{prefix}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        p = cli("run", str(path), "-s", f"cam={clip}", *models, "--sink", redis_server.url, "--metrics-port", "-1",
+                "--redis-prefix", prefix, "--batch-size", "2")
+        assert p.returncode == 0, p.stderr
+        return entries(r, "cam", prefix)
+
+    zones = [{"name": "path", "polygon": DOOR}]
+    got = go({"zones": zones}, "m1")
+    assert json.loads(got[0]["depth"])["kind"] == "metric"
+    nearest = [json.loads(e["zones"])["path"]["depth"]["nearest"] for e in got]
+    medians = [json.loads(e["zones"])["path"]["depth"]["median"] for e in got]
+    assert all(n <= m for n, m in zip(nearest, medians, strict=True))  # metres: nearest is the lowest
+    values = sorted(set(nearest))
+    best = (-1, 0.0)
+    for q in (0.3, 0.4, 0.5, 0.6, 0.7):
+        i = min(int(q * len(values)), len(values) - 2)
+        thr = (values[i] + values[i + 1]) / 2
+        best = max(best, (len(reference_transitions([n <= thr for n in nearest], 2, 2)), thr))
+    n, thr = best
+    assert n >= 2, f"the nearest distance never crosses often enough ({best})"
+    rules = [{"name": "too-close", "zone": "path", "max_distance_m": thr, "for_frames": 2, "clear_frames": 2}]
+    got2 = go({"zones": zones, "rules": rules}, "m2")
+    near2 = [json.loads(e["zones"])["path"]["depth"]["nearest"] for e in got2]
+    expect = reference_transitions([v <= thr for v in near2], 2, 2)
+    al = alerts(r, "m2")
+    assert [(int(a["frame"]), a["state"]) for a in al] == expect and len(expect) >= 2
+    for a in al:
+        if a.get("reason") != "eof":
+            assert float(a["distance"]) == pytest.approx(near2[int(a["frame"])], abs=2e-6)
+            assert "coverage" not in a  # a distance-only rule
