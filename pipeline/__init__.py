@@ -5,7 +5,8 @@ modules of a lower layer or of its own folder, never a higher layer and never a 
 Bottom to top::
 
     engines/                                    (outside pipeline: one interface, a factory, a file per backend)
-    frames queues config metrics progress overlay sample          base: data, policy, config, pure drawing
+    frames queues config metrics progress overlay sample zones    base: data, policy, config, pure drawing,
+                                                                  zone geometry and the rule debounce
     sources/ (base file rtsp reconnect)  stages/ (base preprocess infer postprocess publish gpu)
         sinks/ (base encode redis directory video)                the data flow, one file per stage/backend
     runtime/ (pipeline app degrade)                               wiring sources -> stages -> sinks

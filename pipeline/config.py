@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.frames import valid_stream_id
+from pipeline.zones import polygon_problem, valid_name
 
 Task = Literal["segmentation", "depth"]
 DEFAULT_MODELS: dict[str, str] = {"segmentation": "Intel/dpt-large-ade", "depth": "Intel/dpt-large"}
@@ -90,6 +91,7 @@ class RedisSection(_Strict):
     cert_file: str | None = None  # client certificate (PEM) for a TLS server that asks for one
     key_file: str | None = None  # its private key (PEM)
     thumbnail: int = Field(0, ge=0, le=1024)  # long side (px) of a JPEG of the frame in each entry; 0 = off
+    alerts_maxlen: int = Field(10000, ge=1)  # {prefix}:alerts is trimmed to about this many entries
     # a 16-bit PNG depth map at the mask size in each entry (field depth_map; the dir: sink writes one per frame):
     # metric depth in millimetres (clipped at 65.535 m), relative depth scaled from depth.min..max to 0..65535
     depth_map: bool = False
@@ -142,6 +144,64 @@ class MetricsSection(_Strict):
     host: str = "0.0.0.0"
 
 
+def _name(v: str, what: str) -> str:
+    if not valid_name(v):
+        raise ValueError(f"invalid {what} name {v!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+    return v
+
+
+class ZoneConfig(_Strict):
+    """A region of the frame: a polygon of ``[x, y]`` fractions (0..1), for some streams or all."""
+
+    name: str
+    streams: list[str] | None = None  # None: every stream
+    polygon: list[list[float]]
+
+    @field_validator("name")
+    @classmethod
+    def _zname(cls, v: str) -> str:
+        return _name(v, "zone")
+
+    @field_validator("streams")
+    @classmethod
+    def _streams(cls, v: list[str] | None) -> list[str] | None:
+        for sid in v or []:
+            if not valid_stream_id(sid):
+                raise ValueError(f"invalid stream id {sid!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+        return v
+
+    @model_validator(mode="after")
+    def _polygon(self) -> ZoneConfig:
+        problem = polygon_problem(self.polygon)
+        if problem:
+            raise ValueError(f"zone {self.name!r}: polygon {problem}")
+        return self
+
+
+class RuleConfig(_Strict):
+    """A debounced condition on a zone: class coverage and/or (metric depth) distance."""
+
+    name: str
+    zone: str
+    classes: list[str | int] = Field(default_factory=list)  # label names of the segmentation checkpoint, or ids
+    min_coverage: float = Field(0.0, ge=0, le=1)  # fraction of the zone's pixels these classes cover
+    max_distance_m: float | None = Field(None, gt=0)  # metric depth checkpoints only
+    for_frames: int = Field(1, ge=1)  # consecutive frames the condition holds before the rule starts
+    clear_frames: int = Field(1, ge=1)  # consecutive frames it fails before the rule ends
+
+    @field_validator("name")
+    @classmethod
+    def _rname(cls, v: str) -> str:
+        return _name(v, "rule")
+
+    @model_validator(mode="after")
+    def _something(self) -> RuleConfig:
+        if not self.classes and self.max_distance_m is None:
+            raise ValueError(f"rule {self.name!r} tests nothing: give classes (with min_coverage) "
+                             "and/or max_distance_m")
+        return self
+
+
 class PipelineConfig(_Strict):
     sources: list[SourceConfig] = Field(default_factory=list)
     sinks: list[str] = Field(default_factory=lambda: ["redis://127.0.0.1:6379/0"])
@@ -157,6 +217,8 @@ class PipelineConfig(_Strict):
     depth_grid: int = Field(4, ge=1, le=32)
     progress: bool | None = None  # None: only on a terminal
     resume: bool = True  # file jobs skip frames already published
+    zones: list[ZoneConfig] = Field(default_factory=list)
+    rules: list[RuleConfig] = Field(default_factory=list)
 
     @field_validator("tasks")
     @classmethod
@@ -198,6 +260,27 @@ class PipelineConfig(_Strict):
             if s.id in seen:
                 raise ValueError(f"two sources share the id {s.id!r}: give one an explicit ID=")
             seen.add(s.id)
+        return self
+
+    @model_validator(mode="after")
+    def _zones_rules(self) -> PipelineConfig:
+        zones: set[str] = set()
+        for z in self.zones:
+            if z.name in zones:
+                raise ValueError(f"two zones share the name {z.name!r}")
+            zones.add(z.name)
+        rules: set[str] = set()
+        for r in self.rules:
+            if r.name in rules:
+                raise ValueError(f"two rules share the name {r.name!r}")
+            rules.add(r.name)
+            if r.zone not in zones:
+                known = ", ".join(sorted(zones)) or "none defined"
+                raise ValueError(f"rule {r.name!r}: unknown zone {r.zone!r} (zones: {known})")
+            if r.classes and "segmentation" not in self.tasks:
+                raise ValueError(f"rule {r.name!r} tests classes, which needs the segmentation task")
+            if r.max_distance_m is not None and "depth" not in self.tasks:
+                raise ValueError(f"rule {r.name!r} has max_distance_m, which needs the depth task")
         return self
 
 

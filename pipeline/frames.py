@@ -71,6 +71,10 @@ class Result:
     depth: dict[str, Any] | None = None  # summary, see postprocess.depth_summary
     depth_map: np.ndarray | None = None  # mask-sized float32, kept only for visual sinks
     image: np.ndarray | None = None
+    zones: dict[str, Any] | None = None  # zone -> {"coverage": {class_id: fraction}, "depth": {median, nearest}}
+    alerts: tuple[dict[str, Any], ...] = ()  # rule start/end events this frame caused
+    rule_state: str | None = None  # the stream's rule debounce state after this frame (JSON), stored with it
+    active_zones: frozenset[str] = frozenset()  # zones with an active rule after this frame
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,8 @@ class EndOfStream:
     frames: int  # frames decoded in total
     error: str | None = None
     truncated: bool = False
+    alerts: tuple[dict[str, Any], ...] = ()  # rules ended by the stream's end (added by postprocess)
+    rule_state: str | None = None  # the rule state after those ends (JSON)
 
 
 @dataclass(frozen=True)

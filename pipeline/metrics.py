@@ -18,7 +18,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 METRIC_NAMES = (
     "frames_total", "frames_dropped_total", "stage_seconds", "latency_seconds", "queue_depth",
     "batch_size", "stream_up", "stream_reconnects_total", "sink_errors_total", "build_info",
-    "degraded", "sink_buffer_depth", "jobs_total",
+    "degraded", "sink_buffer_depth", "jobs_total", "rule_events_total", "rule_active",
 )
 
 
@@ -51,6 +51,10 @@ class Metrics:
                                  ["sink"], registry=r)
         self.jobs = Counter("dptstream_jobs", "Batch jobs finished by this process, by state", ["state"],
                             registry=r)
+        self.rule_events = Counter("dptstream_rule_events", "Rule transitions (zones), by stream, rule and state "
+                                   "(start, end)", ["stream", "rule", "state"], registry=r)
+        self.rule_active = Gauge("dptstream_rule_active", "1 while a zone rule is active on a stream",
+                                 ["stream", "rule"], registry=r)
         self._queue_probes: dict[str, Callable[[], int]] = {}
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None

@@ -13,6 +13,7 @@ import colorsys
 import io
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -127,9 +128,36 @@ def panel_size(width: int, height: int, max_side: int = MAX_PANEL_SIDE) -> tuple
     return max(2, round(width * s / 2) * 2), max(2, round(height * s / 2) * 2)
 
 
+ZONE_COLOUR = (255, 214, 0)  # a zone's outline
+ACTIVE_COLOUR = (255, 0, 0)  # ... while one of its rules is active
+
+# A zone to draw: its name, its polygon (fractions of the frame) and whether a rule on it is active.
+ZoneDrawing = tuple[str, Sequence[Sequence[float]], bool]
+
+
+def draw_zones(panel: np.ndarray, zones: Sequence[ZoneDrawing]) -> np.ndarray:
+    """Outline each zone (polygon in fractions of the panel) and name it; red while one of its rules is active."""
+    if not zones:
+        return panel
+    im = Image.fromarray(np.ascontiguousarray(panel))
+    d = ImageDraw.Draw(im)
+    h, w = panel.shape[:2]
+    font = _font()
+    width = max(2, round(min(w, h) / 160))
+    for name, polygon, active in zones:
+        pts = [(float(x) * w, float(y) * h) for x, y in polygon]
+        colour = ACTIVE_COLOUR if active else ZONE_COLOUR
+        d.line([*pts, pts[0]], fill=colour, width=width, joint="curve")
+        x0, y0 = min(p[0] for p in pts), min(p[1] for p in pts)
+        tx, ty = min(max(x0 + width + 1, 0), max(w - 40, 0)), min(max(y0 + width + 1, 0), max(h - 14, 0))
+        d.text((tx, ty), name, fill=colour, font=font)
+    return np.asarray(im)
+
+
 def compose(r: Result, labels: dict[int, str], show_mask: bool, show_depth: bool,
-            size_wh: tuple[int, int]) -> np.ndarray:
-    """One video frame for result ``r``: [frame + mask | depth colours], each half ``size_wh``."""
+            size_wh: tuple[int, int], zones: Sequence[ZoneDrawing] = ()) -> np.ndarray:
+    """One video frame for result ``r``: [frame + mask | depth colours], each half ``size_wh``, with the
+    ``zones`` outlined on every half."""
     w, h = size_wh
     base = _resize(r.image, size_wh) if r.image is not None else None
     halves: list[np.ndarray] = []
@@ -148,6 +176,7 @@ def compose(r: Result, labels: dict[int, str], show_mask: bool, show_depth: bool
             halves.append(_resize(colours, size_wh))
         else:  # a frame whose depth was skipped (live degradation): a black half keeps the layout
             halves.append(np.zeros((h, w, 3), np.uint8))
+    halves = [draw_zones(half, zones) for half in halves]
     return np.ascontiguousarray(np.concatenate(halves, axis=1))
 
 
@@ -163,8 +192,10 @@ def depth_units(kind: str) -> str:
     return "metres" if kind == "metric" else "relative inverse depth, larger = nearer"
 
 
-def render_entry(fields: dict[str, bytes], labels: dict[int, str], min_side: int = 480) -> np.ndarray:
-    """Picture of one Redis entry. Redis holds the mask (PNG) and a depth *summary*, not the frame and not the
+def render_entry(fields: dict[str, bytes], labels: dict[int, str], min_side: int = 480,
+                 zones: Sequence[ZoneDrawing] = ()) -> np.ndarray:
+    """Picture of one Redis entry (with ``zones`` outlined, red where a rule is active). Redis holds the mask
+    (PNG) and a depth *summary*, not the frame and not the
     depth map, so: left = the mask's class colours, blended over the frame's JPEG thumbnail when the entry has
     one (``redis.thumbnail``); right = depth from the summary, each class region painted with its median depth
     (``per_class``), or the coarse near-field ``grid`` when there is no mask."""
@@ -216,4 +247,5 @@ def render_entry(fields: dict[str, bytes], labels: dict[int, str], min_side: int
         if kind == "metric":
             text += f" ({lo:.2f}-{hi:.2f} m)"
         halves.append(caption(colorize_depth(dm, lo, hi, near_is_large=near_large), text))
+    halves = [draw_zones(half, zones) for half in halves]
     return np.ascontiguousarray(np.concatenate(halves, axis=1))

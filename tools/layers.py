@@ -18,7 +18,7 @@ from pathlib import Path
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("engines",),  # see pipeline/__init__.py for the picture
     ("pipeline", "pipeline.frames", "pipeline.queues", "pipeline.config", "pipeline.metrics", "pipeline.progress",
-     "pipeline.overlay", "pipeline.sample", "pipeline.checkpoints"),
+     "pipeline.overlay", "pipeline.sample", "pipeline.checkpoints", "pipeline.zones"),
     ("pipeline.sources", "pipeline.stages", "pipeline.sinks"),
     ("pipeline.runtime",),
     ("pipeline.jobs", "pipeline.benchmark", "pipeline.view"),

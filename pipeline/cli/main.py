@@ -8,11 +8,11 @@ from types import ModuleType
 
 import typer
 
-from pipeline.cli import bench, engine, jobs, run, sample, show, snapshot, view
+from pipeline.cli import alerts, bench, engine, jobs, run, sample, show, snapshot, view
 from pipeline.cli.common import EXIT_INTERRUPTED, err, report_error
 
 # Every command group, in the order `--help` lists them. Each module has `register(app)`.
-COMMANDS: tuple[ModuleType, ...] = (run, show, sample, engine, bench, jobs, snapshot, view)
+COMMANDS: tuple[ModuleType, ...] = (run, show, alerts, sample, engine, bench, jobs, snapshot, view)
 
 
 def build_app() -> typer.Typer:

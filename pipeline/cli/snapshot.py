@@ -20,7 +20,8 @@ def snapshot_cmd(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
 ) -> None:
     """Write a PNG of what the pipeline sees in STREAM's latest frame: class colours (over the frame's
-    thumbnail when redis.thumbnail is on) beside a depth picture built from the depth summary."""
+    thumbnail when redis.thumbnail is on) beside a depth picture built from the depth summary; the configured
+    zones outlined, red where a rule is active."""
     from PIL import Image
 
     from pipeline.cli.common import connect, queue_url, setup_logging, small_config
@@ -43,7 +44,12 @@ def snapshot_cmd(
     _id, raw = entries[0]
     fields = {k.decode(): v for k, v in raw.items()}
     labels = {int(k): v for k, v in json.loads(client.hget(keys.meta, "labels") or b"{}").items()}
-    picture = render_entry(fields, labels)
+    active = {json.loads(v).get("zone") for k, v in client.hgetall(keys.alerts_active).items()
+              if k.decode().startswith(f"{stream}/")}
+    zones = [(z["name"], z["polygon"], z["name"] in active)
+             for z in json.loads(client.hget(keys.meta, "zones") or b"[]")
+             if z.get("streams") is None or stream in z["streams"]]
+    picture = render_entry(fields, labels, zones=zones)
     target = out or Path(f"{stream}.png")
     try:
         Image.fromarray(picture).save(target, format="PNG")

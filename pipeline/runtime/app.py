@@ -104,6 +104,14 @@ def start_runtime(cfg: PipelineConfig, serve_metrics: bool = True, health: Any =
     sinks = open_sinks(cfg, metrics, stop)
     try:
         engines = create_engines(cfg)
+        from pipeline.runtime.pipeline import zone_plan
+
+        try:
+            zone_plan(cfg, engines)  # class names and metric depth checked once the engines are loaded
+        except BaseException:
+            for e in engines.values():
+                e.close()
+            raise
         describe_sinks(sinks, engines)
     except BaseException:
         for s in sinks:

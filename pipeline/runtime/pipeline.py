@@ -10,19 +10,33 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engines import Engine
-from pipeline.config import PipelineConfig
+from pipeline.config import ConfigError, PipelineConfig
 from pipeline.frames import EndOfStream, Frame
 from pipeline.metrics import Metrics
 from pipeline.queues import FanIn, NamedQueue
 from pipeline.sinks import RedisSink, Sink
 from pipeline.sources import Source, create_source
 from pipeline.stages import InferStage, PostprocessStage, PreprocessStage, PublishStage, Stage, is_control
+from pipeline.zones import RuleError, ZonePlan, resolve
 
 log = logging.getLogger(__name__)
 
 
 class PipelineError(Exception):
     """A fatal error inside the running pipeline (dead engine, sink gone for good); one line for the user."""
+
+
+def zone_plan(cfg: PipelineConfig, engines: dict[str, Engine]) -> ZonePlan:
+    """The config's zones and rules resolved against the loaded checkpoints (class names -> ids; a distance
+    rule needs a metric depth checkpoint). A :class:`ConfigError` before any frame is read."""
+    seg = engines.get("segmentation")
+    depth = engines.get("depth")
+    labels = dict(seg.spec.labels) if seg is not None else {}
+    metric = depth.spec.metric if depth is not None else None
+    try:
+        return resolve(cfg.zones, cfg.rules, labels, metric, depth.spec.model_id if depth is not None else "")
+    except RuleError as e:
+        raise ConfigError(str(e)) from e
 
 
 @dataclass
@@ -90,6 +104,8 @@ class Pipeline:
         cfg = self.cfg
         fan: FanIn[Any] = FanIn()
         redis_sink = self._redis()
+        plan = zone_plan(cfg, self.engines)
+        rule_states: dict[str, str] = {}
         for s in cfg.sources:
             start = 0
             rep = StreamReport(s.id)
@@ -101,6 +117,9 @@ class Pipeline:
                     rep.skipped = start
                     if start:
                         log.info("%s: resuming after frame %d (already published)", s.id, start - 1)
+                        state = redis_sink.rule_state(s.id) if plan.rules_for(s.id) else None
+                        if state:  # the debounce continues where the published frames left it
+                            rule_states[s.id] = state
             policy = cfg.queues.live_policy if s.is_live else "block"
             q: NamedQueue[Any] = NamedQueue(f"decoded:{s.id}", cfg.queues.decoded, policy,
                                             on_drop=self._dropped("decoded"), is_control=is_control,
@@ -136,7 +155,8 @@ class Pipeline:
                        cfg.engine.max_wait_ms),
             PostprocessStage(inferred, results, self.metrics, self.abort, cfg.mask_size, ref.network_shape,
                              num_classes, cfg.depth_grid, depth_kind,
-                             keep_depth_map=keep_image or cfg.redis.depth_map),
+                             keep_depth_map=keep_image or cfg.redis.depth_map, zones=plan,
+                             rule_states=rule_states, ends_rules=self._ends_rules),
             PublishStage(results, self.metrics, self.abort, [*self.sinks, *watchers], on_eos=self._on_eos),
         ]
         for st in self.stages:
@@ -167,6 +187,12 @@ class Pipeline:
             shapes = sorted({e.spec.network_shape(h, w) for h, w in sizes})
             if shapes:
                 e.warmup(shapes)  # type: ignore[attr-defined]
+
+    def _ends_rules(self, eos: EndOfStream) -> bool:
+        """A live stream's end ends its rules; a file's only when it was read to its end, not interrupted
+        (a resumed run continues its debounce)."""
+        live = any(s.id == eos.stream_id and s.is_live for s in self.cfg.sources)
+        return live or not self.stopping.is_set()
 
     def _on_eos(self, eos: EndOfStream) -> None:
         rep = self.report.streams.setdefault(eos.stream_id, StreamReport(eos.stream_id))

@@ -82,4 +82,6 @@ def summary(r: Result, latency_ms: float) -> dict[str, Any]:
         out["classes"] = {str(k): v for k, v in r.classes.items()}
     if r.depth is not None:
         out["depth"] = r.depth
+    if r.zones is not None:
+        out["zones"] = r.zones
     return out

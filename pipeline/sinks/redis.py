@@ -15,6 +15,7 @@ from pipeline.frames import EndOfStream, Result
 from pipeline.metrics import Metrics
 from pipeline.sinks.base import SinkError, error_reason
 from pipeline.sinks.encode import encode_depth_png, encode_png, encode_thumbnail, summary
+from pipeline.zones import RuleError, alert_fields, resolve
 
 log = logging.getLogger(__name__)
 
@@ -32,19 +33,71 @@ SCHEMA_VERSION = "1"
 
 
 # XADD only frames newer than the stream's progress marker: writes are idempotent per frame, so a resumed
-# or retried job never publishes a frame twice. KEYS: stream, progress hash, streams set.
-# ARGV: stream id, frame, maxlen, channel ('' = none), event JSON, then field/value pairs.
+# or retried job never publishes a frame twice. The rule events a frame caused and the stream's rule state go in
+# the same call, so they are written exactly when the frame is.
+# KEYS: stream, progress hash, streams set, alerts stream, active-alerts hash.
+# ARGV: 1 stream id, 2 frame, 3 maxlen, 4 channel ('' = none), 5 event JSON, 6 rule state ('' = none),
+#       7 alerts JSON ('' = none: [{key, state, json, fields}]), 8 alerts channel, 9 alerts maxlen,
+#       then field/value pairs.
 _PUBLISH_LUA = """
 local frame = tonumber(ARGV[2])
 local last = tonumber(redis.call('HGET', KEYS[2], 'frame') or '-1')
 if frame <= last then return 0 end
 local fields = {}
-for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', unpack(fields))
 redis.call('HSET', KEYS[2], 'frame', frame, 'id', id)
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'rules', ARGV[6]) end
 redis.call('SADD', KEYS[3], ARGV[1])
 if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
+if ARGV[7] ~= '' then
+  for _, a in ipairs(cjson.decode(ARGV[7])) do
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[9], '*', unpack(a.fields))
+    if a.state == 'start' then redis.call('HSET', KEYS[5], a.key, a.json) else redis.call('HDEL', KEYS[5], a.key) end
+    redis.call('PUBLISH', ARGV[8], a.json)
+  end
+end
 return 1
+"""
+
+# A stream's end ends its active rules: written once per end (the stored rule state moves with it, so a rerun
+# that resumes after it has nothing left to end). KEYS: progress hash, alerts stream, active-alerts hash.
+# ARGV: 1 last frame, 2 rule state, 3 alerts JSON, 4 alerts channel, 5 alerts maxlen.
+_END_LUA = """
+local last = redis.call('HGET', KEYS[1], 'ended')
+if last == ARGV[1] then return 0 end
+for _, a in ipairs(cjson.decode(ARGV[3])) do
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', unpack(a.fields))
+  redis.call('HDEL', KEYS[3], a.key)
+  redis.call('PUBLISH', ARGV[4], a.json)
+end
+redis.call('HSET', KEYS[1], 'rules', ARGV[2], 'ended', ARGV[1])
+return 1
+"""
+
+# Starting a stream afresh (live camera, --no-resume): forget its resume point and rule state, and end the
+# rules a previous run left active (reason "restart"), so {prefix}:alerts:active never keeps a stale one.
+# KEYS: progress hash, alerts stream, active-alerts hash. ARGV: 1 stream id, 2 alerts channel, 3 alerts maxlen.
+_RESET_LUA = """
+local frame = redis.call('HGET', KEYS[1], 'frame') or '-1'
+redis.call('HDEL', KEYS[1], 'frame', 'rules', 'ended')
+local prefix = ARGV[1] .. '/'
+local all = redis.call('HGETALL', KEYS[3])
+local t = redis.call('TIME')
+local ts = string.format('%d.%06d', tonumber(t[1]), tonumber(t[2]))
+local n = 0
+for i = 1, #all, 2 do
+  if string.sub(all[i], 1, #prefix) == prefix then
+    local start = cjson.decode(all[i + 1])
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'rule', start.rule, 'zone', start.zone,
+               'stream', ARGV[1], 'state', 'end', 'frame', frame, 'ts', ts, 'reason', 'restart')
+    redis.call('PUBLISH', ARGV[2], cjson.encode({rule = start.rule, zone = start.zone, stream = ARGV[1],
+               state = 'end', frame = tonumber(frame), ts = tonumber(ts), reason = 'restart'}))
+    redis.call('HDEL', KEYS[3], all[i])
+    n = n + 1
+  end
+end
+return n
 """
 
 
@@ -53,6 +106,8 @@ class RedisKeys:
         self.prefix = prefix
         self.meta = f"{prefix}:meta"
         self.streams = f"{prefix}:streams"
+        self.alerts = f"{prefix}:alerts"  # stream of rule start/end events, and the pub/sub channel of the same
+        self.alerts_active = f"{prefix}:alerts:active"  # hash "{stream}/{rule}" -> the start event (JSON)
 
     def frames(self, sid: str) -> str:
         return f"{self.prefix}:stream:{sid}:frames"
@@ -132,14 +187,21 @@ class RedisSink:
         except redis.RedisError as e:
             raise SinkError(f"cannot reach Redis at {self.name} ({error_reason(e)}); is redis-server running?") from e
         self._script = self._client.register_script(_PUBLISH_LUA)
+        self._end_script = self._client.register_script(_END_LUA)
+        self._reset_script = self._client.register_script(_RESET_LUA)
 
     def describe(self, labels: dict[int, str], models: dict[str, str]) -> None:
         """Write ``{prefix}:meta`` once the engines are loaded."""
         self.labels, self.models = labels, models
+        try:
+            zones = resolve(self.cfg.zones, self.cfg.rules, labels).meta()
+        except RuleError as e:
+            raise SinkError(str(e)) from e
         self._client.hset(self.keys.meta, mapping={
             "schema": SCHEMA_VERSION,
             "labels": json.dumps({str(k): v for k, v in sorted(self.labels.items())}),
             "models": json.dumps(self.models),
+            **zones,
         })
 
     def last_published(self, sid: str) -> int:
@@ -147,8 +209,23 @@ class RedisSink:
         v = self._client.hget(self.keys.progress(sid), "frame")
         return int(v) if v is not None else -1
 
+    def rule_state(self, sid: str) -> str | None:
+        """The stream's rule debounce state stored with its last published frame (JSON), or None."""
+        v = self._client.hget(self.keys.progress(sid), "rules")
+        return v.decode() if isinstance(v, bytes) else v
+
     def reset_progress(self, sid: str) -> None:
-        self._client.hdel(self.keys.progress(sid), "frame")
+        """Start ``sid`` afresh: no resume point, no rule state; rules a previous run left active end."""
+        n = self._reset_script(keys=[self.keys.progress(sid), self.keys.alerts, self.keys.alerts_active],
+                               args=[sid, self.keys.alerts, self.cfg.redis.alerts_maxlen])
+        if n:
+            log.info("%s: ended %d rule(s) a previous run left active", sid, n)
+
+    def _alerts_arg(self, events: tuple[dict[str, Any], ...]) -> str:
+        if not events:
+            return ""
+        return json.dumps([{"key": f"{ev['stream']}/{ev['rule']}", "state": ev["state"], "json": json.dumps(ev),
+                            "fields": alert_fields(ev)} for ev in events])
 
     def _fields(self, r: Result, latency_ms: float) -> list[Any]:
         f: list[Any] = ["frame", r.id.index, "pts", repr(round(r.id.pts, 6)), "ts", repr(round(r.id.wall_time, 6))]
@@ -159,6 +236,8 @@ class RedisSink:
             f += ["depth", json.dumps(r.depth)]
             if self.cfg.redis.depth_map and r.depth_map is not None:
                 f += ["depth_map", encode_depth_png(r.depth_map, r.depth)]
+        if r.zones is not None:
+            f += ["zones", json.dumps(r.zones)]
         if r.image is not None and self.cfg.redis.thumbnail:
             f += ["thumb", encode_thumbnail(r.image, self.cfg.redis.thumbnail)]
         f += ["latency_ms", f"{latency_ms:.3f}"]
@@ -220,8 +299,11 @@ class RedisSink:
                 channel = self.keys.events(sid) if self.cfg.redis.events else ""
                 event = json.dumps(summary(r, lat)) if channel else ""
                 self._script(
-                    keys=[self.keys.frames(sid), self.keys.progress(sid), self.keys.streams],
-                    args=[sid, r.id.index, self.cfg.redis.maxlen, channel, event, *self._fields(r, lat)],
+                    keys=[self.keys.frames(sid), self.keys.progress(sid), self.keys.streams, self.keys.alerts,
+                          self.keys.alerts_active],
+                    args=[sid, r.id.index, self.cfg.redis.maxlen, channel, event, r.rule_state or "",
+                          self._alerts_arg(r.alerts), self.keys.alerts, self.cfg.redis.alerts_maxlen,
+                          *self._fields(r, lat)],
                     client=pipe,
                 )
             replies = pipe.execute()
@@ -291,6 +373,28 @@ class RedisSink:
     def end_stream(self, eos: EndOfStream) -> None:
         if self._pending:
             self._flush_held()
+        if eos.rule_state is not None and eos.alerts:
+            self._end_rules(eos)
+
+    def _end_rules(self, eos: EndOfStream) -> None:
+        """Write the rule ends of a stream's end (once: a rerun finds nothing left active)."""
+        import redis
+
+        frame = eos.alerts[0]["frame"]
+        args = [frame, eos.rule_state, self._alerts_arg(eos.alerts), self.keys.alerts, self.cfg.redis.alerts_maxlen]
+        keys = [self.keys.progress(eos.stream_id), self.keys.alerts, self.keys.alerts_active]
+        deadline = time.monotonic() + self.cfg.redis.retry_max_s * 4
+        while True:
+            try:
+                self._end_script(keys=keys, args=args)
+                return
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError) as e:
+                self._errors.inc()
+                if time.monotonic() >= deadline or self._stop.is_set():
+                    log.error("Redis at %s: %s's rule ends not written (%s)", self.name, eos.stream_id,
+                              error_reason(e))
+                    return
+                time.sleep(min(self.cfg.redis.retry_max_s, 0.5))
 
     def close(self) -> None:
         if self._pending:

@@ -111,7 +111,9 @@ class VideoSink:
                     halves = int(self.show_mask or r.image is not None) + int(self.show_depth)
                     w = _Writer(self.path_for(sid), size[0] * max(1, halves), size[1])
                     self._writers[sid], self._sizes[sid] = w, size
-                w.add(compose(r, self.labels, self.show_mask, self.show_depth, self._sizes[sid]), r.id.pts)
+                zones = [(z.name, z.polygon, z.name in r.active_zones) for z in self.cfg.zones
+                         if z.streams is None or sid in z.streams]
+                w.add(compose(r, self.labels, self.show_mask, self.show_depth, self._sizes[sid], zones), r.id.pts)
             except (av.FFmpegError, OSError) as e:
                 raise SinkError(f"{self.name}: cannot write {self.path_for(sid)} ({e})") from e
             self.published += 1

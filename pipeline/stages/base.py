@@ -105,8 +105,8 @@ class Stage:
                 if isinstance(item, EndOfStream):
                     for out in self.flush():
                         self.put(out)
-                    self.on_end_of_stream(item)
-                    self.put(item)
+                    replaced = self.on_end_of_stream(item)
+                    self.put(replaced if replaced is not None else item)
                     continue
                 t0 = time.perf_counter()
                 outs = list(self.process(item))
@@ -139,7 +139,8 @@ class Stage:
     def flush(self) -> Iterable[Any]:
         return ()
 
-    def on_end_of_stream(self, eos: EndOfStream) -> None:
-        pass
+    def on_end_of_stream(self, eos: EndOfStream) -> EndOfStream | None:
+        """Called when ``eos`` passes (after :meth:`flush`); may return a replacement marker to forward."""
+        return None
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,11 +14,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.frames import Inferred, Result
+from pipeline.frames import EndOfStream, Inferred, Result
 from pipeline.metrics import Metrics
 from pipeline.queues import NamedQueue
 from pipeline.stages.base import Stage
 from pipeline.stages.gpu import StageStream, to_host_async, wait_event
+from pipeline.zones import StreamRules, Zone, ZonePlan, ZoneStats, rasterize
 
 
 def mask_size(spec: str, src_w: int, src_h: int, net: int | tuple[int, int]) -> tuple[int, int]:
@@ -262,6 +264,139 @@ def depth_summary(depth: torch.Tensor, mask: torch.Tensor | None, grid: int = 4,
     return depth_dict(stats.replace([t.cpu() for t in stats.tensors()]), grid, kind)
 
 
+# -- zones -----------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ZoneLayout:
+    """The zones of one stream rasterised at one mask size, as index tensors on the device (made once)."""
+
+    names: tuple[str, ...]
+    areas: tuple[int, ...]  # pixels inside each zone
+    index: torch.Tensor  # int64: flat pixel indices of every zone, zone after zone (zones may overlap)
+    owner: torch.Tensor  # int64: the zone number of each element of ``index``
+    starts: tuple[int, ...]  # where each zone's pixels begin in ``index``
+    index_np: np.ndarray  # the same as numpy, for the CPU path
+    owner_np: np.ndarray
+
+
+def zone_layout(zones: Sequence[Zone], width: int, height: int, device: str | torch.device) -> ZoneLayout:
+    inside = np.stack([rasterize(z.polygon, width, height).reshape(-1) for z in zones])
+    areas = tuple(int(a) for a in inside.sum(axis=1))
+    index = np.concatenate([np.flatnonzero(row) for row in inside]).astype(np.int64)
+    owner = np.repeat(np.arange(len(zones), dtype=np.int64), areas)
+    starts = tuple(int(v) for v in np.cumsum((0, *areas[:-1])))
+    return ZoneLayout(tuple(z.name for z in zones), areas, torch.from_numpy(index).to(device),
+                      torch.from_numpy(owner).to(device), starts, index, owner)
+
+
+@dataclass
+class ZoneTensors:
+    """Per-zone numbers of one frame as small tensors (see :func:`zone_stats`)."""
+
+    counts: torch.Tensor | None = None  # zones x classes int64
+    depth: torch.Tensor | None = None  # zones x 2: median, nearest
+    class_nearest: torch.Tensor | None = None  # zones x classes: nearest depth of each class in each zone
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in (self.counts, self.depth, self.class_nearest) if t is not None]
+
+    def replace(self, tensors: list[torch.Tensor]) -> ZoneTensors:
+        it = iter(tensors)
+        return ZoneTensors(*(next(it) if t is not None else None
+                             for t in (self.counts, self.depth, self.class_nearest)))
+
+
+def zone_stats(layout: ZoneLayout, mask: torch.Tensor | None, depth_flat: torch.Tensor | None, num_classes: int,
+               metric: bool = False, per_class_depth: bool = False) -> ZoneTensors:
+    """Class pixel counts inside each zone (one integer histogram over ``zone * num_classes + class``) and,
+    with depth, each zone's lower median (``kthvalue``) and nearest value (the highest relative inverse depth,
+    or the lowest metres). All on the mask's device, without a host copy or synchronisation (the zones' pixel
+    counts are known on the host from rasterisation); ``per_class_depth`` adds the nearest value of each class
+    in each zone (for distance rules on classes).
+    """
+    like = mask if mask is not None else depth_flat
+    if like is not None and like.device.type == "cpu":
+        return _zone_stats_numpy(layout, mask, depth_flat, num_classes, metric, per_class_depth)
+    return _zone_stats_torch(layout, mask, depth_flat, num_classes, metric, per_class_depth)
+
+
+def _zone_stats_torch(layout: ZoneLayout, mask: torch.Tensor | None, depth_flat: torch.Tensor | None,
+                      num_classes: int, metric: bool, per_class_depth: bool) -> ZoneTensors:
+    """:func:`zone_stats` in torch ops on the tensors' device (the GPU path)."""
+    z = len(layout.names)
+    out = ZoneTensors()
+    keys = None
+    if mask is not None:
+        keys = mask.reshape(-1)[layout.index].long() + layout.owner * num_classes
+        out.counts = histogram(keys, z * num_classes).reshape(z, num_classes)
+    if depth_flat is not None:
+        vals = depth_flat[layout.index]
+        rows = []
+        for start, area in zip(layout.starts, layout.areas, strict=True):
+            if area == 0:  # a zone with no pixel centre inside at this mask size
+                rows.append(torch.zeros(2, dtype=vals.dtype, device=vals.device))
+                continue
+            seg = vals[start:start + area]
+            rows.append(torch.stack([seg.kthvalue((area - 1) // 2 + 1).values, seg.min() if metric else seg.max()]))
+        out.depth = torch.stack(rows)
+        if per_class_depth and keys is not None:
+            fill = math.inf if metric else -math.inf
+            near = torch.full((z * num_classes,), fill, dtype=vals.dtype, device=vals.device)
+            near.scatter_reduce_(0, keys, vals, "amin" if metric else "amax", include_self=True)
+            out.class_nearest = near.reshape(z, num_classes)
+    return out
+
+
+def _zone_stats_numpy(layout: ZoneLayout, mask: torch.Tensor | None, depth_flat: torch.Tensor | None,
+                      num_classes: int, metric: bool, per_class_depth: bool) -> ZoneTensors:
+    """:func:`zone_stats` on CPU, in numpy: the same numbers without torch's intra-op thread pool, whose
+    start-up per small op costs more than the work when the cores are busy with inference."""
+    z = len(layout.names)
+    out = ZoneTensors()
+    keys = None
+    if mask is not None:
+        m = mask.reshape(-1).numpy()
+        keys = m[layout.index_np].astype(np.int64) + layout.owner_np * num_classes
+        out.counts = torch.from_numpy(np.bincount(keys, minlength=z * num_classes).reshape(z, num_classes))
+    if depth_flat is not None:
+        vals = depth_flat.reshape(-1).float().numpy()[layout.index_np]
+        rows = np.zeros((z, 2), dtype=np.float32)
+        for i, (start, area) in enumerate(zip(layout.starts, layout.areas, strict=True)):
+            if area == 0:
+                continue
+            seg = vals[start:start + area]
+            k = (area - 1) // 2
+            rows[i, 0] = np.partition(seg, k)[k]
+            rows[i, 1] = seg.min() if metric else seg.max()
+        out.depth = torch.from_numpy(rows)
+        if per_class_depth and keys is not None:
+            near = np.full(z * num_classes, np.inf if metric else -np.inf, dtype=np.float32)
+            (np.minimum if metric else np.maximum).at(near, keys, vals)
+            out.class_nearest = torch.from_numpy(near.reshape(z, num_classes))
+    return out
+
+
+def zone_results(layout: ZoneLayout, zt: ZoneTensors) -> dict[str, ZoneStats]:
+    """Host :class:`ZoneTensors` -> one :class:`ZoneStats` per zone."""
+    counts = zt.counts.numpy() if zt.counts is not None else None
+    depth = zt.depth.tolist() if zt.depth is not None else None
+    near = zt.class_nearest.numpy() if zt.class_nearest is not None else None
+    out: dict[str, ZoneStats] = {}
+    for i, (name, area) in enumerate(zip(layout.names, layout.areas, strict=True)):
+        c: dict[int, int] = {}
+        cn: dict[int, float] = {}
+        if counts is not None:
+            present = np.flatnonzero(counts[i])
+            c = {int(k): int(counts[i, k]) for k in present}
+            if near is not None:
+                cn = {int(k): float(near[i, k]) for k in present}
+        med = nearest = None
+        if depth is not None and area > 0:
+            med, nearest = float(depth[i][0]), float(depth[i][1])
+        out[name] = ZoneStats(area, c, med, nearest, cn)
+    return out
+
+
 @dataclass
 class _Launched:
     """A frame whose postprocessing is queued on the GPU; its small results land in pinned host memory."""
@@ -272,7 +407,8 @@ class _Launched:
     depth: DepthStats | None
     depth_map: torch.Tensor | None
     event: Any
-
+    zones: ZoneTensors | None = None
+    layout: ZoneLayout | None = None
 
 
 class PostprocessStage(Stage):
@@ -289,8 +425,17 @@ class PostprocessStage(Stage):
     def __init__(self, inq: NamedQueue[Any], outq: NamedQueue[Any], metrics: Metrics, abort: threading.Event,
                  mask_spec: str, net_side: int | Callable[[int, int], tuple[int, int]], num_classes: int,
                  depth_grid: int, depth_kind: str, keep_depth_map: bool = False,
-                 device: str | torch.device | None = None, inflight: int = 4) -> None:
+                 device: str | torch.device | None = None, inflight: int = 4,
+                 zones: ZonePlan | None = None, rule_states: Mapping[str, str] | None = None,
+                 ends_rules: Callable[[EndOfStream], bool] | None = None) -> None:
         super().__init__(inq, outq, metrics, abort)
+        self.plan = zones if zones else None
+        self._rule_states = dict(rule_states or {})  # stream -> state stored with its last published frame
+        self._ends_rules = ends_rules  # whether a stream's end ends its active rules (default: always)
+        self._layouts: dict[tuple[str, int, int], ZoneLayout | None] = {}
+        self._rules: dict[str, StreamRules] = {}
+        self._per_class_depth = self.plan is not None and self.plan.metric and any(
+            r.classes and r.max_distance_m is not None for r in self.plan.rules)
         self.mask_spec = mask_spec
         # one side (a square network), or (src_h, src_w) -> the network's (h, w) for that source
         self.net_side = net_side
@@ -339,20 +484,54 @@ class PostprocessStage(Stage):
         if "logits" in item.outputs:
             mask_t = segment(item.outputs["logits"], (h, w))
             counts = class_counts(mask_t, hist)
+        flat = None
         if "depth" in item.outputs:
             d = resize_depth(item.outputs["depth"], (h, w))
+            flat = d.reshape(-1)
             stats = depth_stats(d, mask_t, self.grid, self.kind, hist, counts)
             if self.keep_depth_map:
                 depth_map = d
+        layout = self._layout(item.id.stream_id, w, h, (mask_t if mask_t is not None else flat))
+        zt = None
+        if layout is not None:
+            zt = zone_stats(layout, mask_t, flat, hist, self.kind == "metric", self._per_class_depth)
         if st.active:
             mask_t = to_host_async(mask_t) if mask_t is not None else None
             counts = to_host_async(counts) if counts is not None else None
             stats = stats.replace([to_host_async(t) for t in stats.tensors()]) if stats is not None else None
             depth_map = to_host_async(depth_map) if depth_map is not None else None
+            zt = zt.replace([to_host_async(t) for t in zt.tensors()]) if zt is not None else None
         # the host waits on this event (in _finish): a blocking-sync one, so the wait sleeps, not spins
         event = st.record(blocking=True, timing=True)
         st.track(start, event)
-        return _Launched(item, mask_t, counts, stats, depth_map, event)
+        return _Launched(item, mask_t, counts, stats, depth_map, event, zt, layout)
+
+    def _layout(self, sid: str, w: int, h: int, like: torch.Tensor | None) -> ZoneLayout | None:
+        if self.plan is None or like is None:
+            return None
+        key = (sid, w, h)
+        if key not in self._layouts:  # rasterised once per stream and mask size
+            zones = self.plan.zones_for(sid)
+            self._layouts[key] = zone_layout(zones, w, h, like.device) if zones else None
+        return self._layouts[key]
+
+    def _stream_rules(self, sid: str) -> StreamRules | None:
+        if self.plan is None:
+            return None
+        sr = self._rules.get(sid)
+        if sr is None:
+            rules = self.plan.rules_for(sid)
+            if not rules:
+                return None
+            sr = self._rules[sid] = StreamRules(sid, rules, self._rule_states.pop(sid, None))
+            for r in rules:
+                self.metrics.rule_active.labels(stream=sid, rule=r.name).set(int(sr.states[r.name].active))
+        return sr
+
+    def _count(self, sid: str, events: list[dict[str, Any]]) -> None:
+        for ev in events:
+            self.metrics.rule_events.labels(stream=sid, rule=ev["rule"], state=ev["state"]).inc()
+            self.metrics.rule_active.labels(stream=sid, rule=ev["rule"]).set(int(ev["state"] == "start"))
 
     def _finish(self, job: _Launched) -> Result:
         wait_event(job.event)
@@ -364,7 +543,30 @@ class PostprocessStage(Stage):
         depth = depth_dict(job.depth.replace([t.cpu() for t in job.depth.tensors()]), self.grid, self.kind) \
             if job.depth is not None else None
         depth_map = job.depth_map.cpu().numpy() if job.depth_map is not None else None
-        return Result(item.id, mask, classes or {}, depth, depth_map, item.image)
+        if job.zones is None or job.layout is None:
+            return Result(item.id, mask, classes or {}, depth, depth_map, item.image)
+        stats = zone_results(job.layout, job.zones.replace([t.cpu() for t in job.zones.tensors()]))
+        zones_json = {name: zs.as_json(mask is not None) for name, zs in stats.items()}
+        sid = item.id.stream_id
+        sr = self._stream_rules(sid)
+        if sr is None:
+            return Result(item.id, mask, classes or {}, depth, depth_map, item.image, zones_json)
+        events = sr.step(item.id.index, item.id.wall_time, stats, mask is not None)
+        self._count(sid, events)
+        return Result(item.id, mask, classes or {}, depth, depth_map, item.image, zones_json, tuple(events),
+                      sr.dump(), frozenset(r.zone for r in sr.active))
+
+    def on_end_of_stream(self, eos: EndOfStream) -> EndOfStream | None:
+        """The end of a stream ends its active rules (not when the run is only interrupted: see ``ends_rules``)."""
+        if self.plan is None or (self._ends_rules is not None and not self._ends_rules(eos)):
+            return None
+        sr = self._stream_rules(eos.stream_id)
+        if sr is None:
+            return None
+        events = sr.end()
+        self._count(eos.stream_id, events)
+        self._rules.pop(eos.stream_id, None)
+        return dataclasses.replace(eos, alerts=tuple(events), rule_state=sr.dump())
 
     @property
     def timed_on_gpu(self) -> bool:

@@ -130,7 +130,7 @@ def test_alert_unit_tests_cover_firing_alerts() -> None:
     assert doc["rule_files"] == ["alerts.yml"]
     firing = {t["alertname"] for case in doc["tests"] for t in case.get("alert_rule_test", [])
               if t.get("exp_alerts")}
-    assert {"DptstreamStreamDown", "DptstreamSinkErrors"} <= firing
+    assert {"DptstreamStreamDown", "DptstreamSinkErrors", "DptstreamZoneRuleActive"} <= firing
     assert firing <= {r["alert"] for r in alert_rules()}
 
 
@@ -166,6 +166,7 @@ def test_alert_rules_have_severity_and_annotations() -> None:
         "DptstreamLatencyP99High": ("histogram_quantile(0.99", None),
         "DptstreamSinkErrors": ("increase(dptstream_sink_errors_total[5m]) > 0", None),
         "DptstreamNoFramesPublished": ('dptstream_frames_total{stage="published"}', None),
+        "DptstreamZoneRuleActive": ("dptstream_rule_active", None),
     }
     for name, (fragment, for_) in expected.items():
         assert name in rules, f"missing alert {name}"
@@ -215,6 +216,7 @@ def test_dashboard_uses_only_exported_metrics() -> None:
         "dptstream_frames_total", "dptstream_frames_dropped_total", "dptstream_latency_seconds_bucket",
         "dptstream_queue_depth", "dptstream_batch_size_bucket", "dptstream_stream_reconnects_total",
         "dptstream_sink_errors_total", "dptstream_degraded", "dptstream_stream_up",
+        "dptstream_rule_active", "dptstream_rule_events_total",
     }
     assert wanted <= used, f"dashboard lacks panels for {sorted(wanted - used)}"
     fps = [t["expr"] for p in panels(dash) for t in p.get("targets", []) if 'stage="published"' in t["expr"]]

@@ -68,3 +68,52 @@ def test_profiles_load_and_keep_live_queues_dropping(name: str) -> None:
         assert max(cfg.queues.decoded, cfg.queues.prepared, cfg.queues.inferred, cfg.queues.results) <= 2
     else:
         assert cfg.engine.batch_size >= 8 and cfg.queues.prepared >= 16
+
+
+def test_zones_and_rules_validate(tmp_path: Path) -> None:
+    p = tmp_path / "z.yaml"
+    p.write_text(yaml.safe_dump({
+        "zones": [{"name": "doorway", "streams": ["front"],
+                   "polygon": [[0.10, 0.40], [0.45, 0.40], [0.45, 1.0], [0.10, 1.0]]}],
+        "rules": [{"name": "person-in-doorway", "zone": "doorway", "classes": ["person", 3], "min_coverage": 0.05,
+                   "for_frames": 3, "clear_frames": 5}],
+    }))
+    cfg = load_config(p)
+    assert cfg.zones[0].streams == ["front"] and cfg.rules[0].classes == ["person", 3]
+    assert cfg.rules[0].for_frames == 3 and cfg.rules[0].max_distance_m is None
+
+
+@pytest.mark.parametrize("data, words", [
+    ({"zones": [{"name": "a", "polygon": [[0, 0], [1, 0]]}]}, "zone 'a': polygon needs at least 3 points"),
+    ({"zones": [{"name": "a", "polygon": [[0, 0], [1, 0], [0, 2]]}]}, "outside the frame"),
+    ({"zones": [{"name": "a", "polygon": [[0, 0], [1, 1], [1, 0], [0, 1]]}]}, "self-intersecting"),
+    ({"zones": [{"name": "a/b", "polygon": [[0, 0], [1, 0], [0, 1]]}]}, "invalid zone name 'a/b'"),
+    ({"zones": [{"name": "a", "polygon": [[0, 0], [1, 0], [0, 1]], "streams": ["x y"]}]}, "invalid stream id"),
+    ({"zones": [{"name": "a", "polygon": [[0, 0], [1, 0], [0, 1]]}] * 2}, "two zones share the name 'a'"),
+    ({"zones": [{"name": "a", "polygon": [[0, 0], [1, 0], [0, 1]], "shape": 1}]}, "unknown config key 'zones.0.shape'"),
+    ({"rules": [{"name": "r", "zone": "a", "classes": ["person"]}]}, "rule 'r': unknown zone 'a' (zones: none"),
+    ({"zones": [{"name": "a", "polygon": [[0, 0], [1, 0], [0, 1]]}],
+      "rules": [{"name": "r", "zone": "a", "classes": ["person"], "min_coverage": 2}]}, "rules.0.min_coverage"),
+    ({"zones": [{"name": "a", "polygon": [[0, 0], [1, 0], [0, 1]]}], "tasks": ["depth"],
+      "rules": [{"name": "r", "zone": "a", "classes": ["person"]}]}, "needs the segmentation task"),
+    ({"zones": [{"name": "a", "polygon": [[0, 0], [1, 0], [0, 1]]}], "tasks": ["segmentation"],
+      "rules": [{"name": "r", "zone": "a", "max_distance_m": 1}]}, "needs the depth task"),
+    ({"zones": [{"name": "a", "polygon": [[0, 0], [1, 0], [0, 1]]}],
+      "rules": [{"name": "r", "zone": "a", "classes": ["person"], "for_frames": 0}]}, "rules.0.for_frames"),
+])
+def test_bad_zones_and_rules_are_named(tmp_path: Path, data: dict[str, object], words: str) -> None:
+    p = tmp_path / "z.yaml"
+    p.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_zones_example_config_resolves_against_ade20k() -> None:
+    from engines.labels import ADE20K_LABELS
+    from pipeline.zones import resolve
+
+    cfg = load_config(ROOT / "configs" / "zones.yaml")
+    plan = resolve(cfg.zones, cfg.rules, dict(enumerate(ADE20K_LABELS)), metric=False)
+    assert [r.name for r in plan.rules] == ["person-in-doorway", "bay-blocked"]
+    assert plan.rules[0].classes == (ADE20K_LABELS.index("person"),)

@@ -42,3 +42,40 @@ def test_depth_summary_matches_torch_reference() -> None:
         assert s["per_class"][str(c)] == pytest.approx(float(flat[mask.reshape(-1) == c].median()), abs=1e-6)
     fr = class_fractions(mask, 150)
     assert sum(fr.values()) == pytest.approx(1.0, abs=1e-4) and set(fr) == set(range(7))
+
+
+def test_zone_stats_match_a_numpy_reference() -> None:
+    """Per-zone class counts, lower median and nearest depth (both depth kinds), overlapping zones included."""
+    import numpy as np
+
+    from pipeline.stages.postprocess import _zone_stats_numpy, _zone_stats_torch, zone_layout, zone_results
+    from pipeline.zones import Zone, rasterize
+
+    g = torch.Generator().manual_seed(3)
+    h, w, c = 54, 96, 150
+    mask = torch.randint(0, 6, (h, w), generator=g, dtype=torch.int64).to(torch.uint8) * 7
+    depth = torch.rand((h, w), generator=g) * 10
+    zones = [Zone("a", ((0.1, 0.4), (0.45, 0.4), (0.45, 1.0), (0.1, 1.0))),
+             Zone("b", ((0.3, 0.0), (1.0, 0.0), (1.0, 0.9))),  # overlaps a
+             Zone("tiny", ((0.0, 0.0), (0.001, 0.0), (0.0, 0.001)))]  # contains no pixel centre
+    layout = zone_layout(zones, w, h, "cpu")
+    flat = depth.reshape(-1).contiguous()
+    for fn, metric in ((f, m) for f in (_zone_stats_numpy, _zone_stats_torch) for m in (False, True)):
+        zt = fn(layout, mask, flat, c, metric, True)  # numpy on CPU; the torch path is the GPU's
+        got = zone_results(layout, zt)
+        for z in zones:
+            inside = rasterize(z.polygon, w, h)
+            m, d = mask.numpy()[inside], depth.numpy()[inside]
+            st = got[z.name]
+            assert st.area == int(inside.sum())
+            if not st.area:
+                assert st.counts == {} and st.median is None and st.coverage() == {}
+                continue
+            ids, n = np.unique(m, return_counts=True)
+            assert st.counts == {int(k): int(v) for k, v in zip(ids, n, strict=True)}
+            assert st.median == pytest.approx(float(np.sort(d)[(len(d) - 1) // 2]))
+            assert st.nearest == pytest.approx(float(d.min() if metric else d.max()))
+            for k in ids:
+                sel = d[m == k]
+                assert st.class_nearest[int(k)] == pytest.approx(float(sel.min() if metric else sel.max()))
+            assert sum(st.coverage().values()) == pytest.approx(1.0, abs=1e-4)
