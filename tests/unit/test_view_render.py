@@ -1,4 +1,4 @@
-"""pipeline/view/render.py: the view's picture is snapshot's (render_entry), plus zone outlines."""
+"""pipeline/view/render.py: the view's picture is snapshot's (render_entry), zone outlines included."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import json
 import numpy as np
 from PIL import Image
 
-from pipeline.overlay import render_entry
-from pipeline.view.render import ACTIVE_COLOUR, ZONE_COLOUR, draw_zones, left_half_width, render_tile
+from pipeline.overlay import ACTIVE_COLOUR, ZONE_COLOUR, render_entry
+from pipeline.view.render import render_tile, zone_drawings
 from pipeline.view.stats import Zone
 
 
@@ -36,17 +36,26 @@ def test_without_zones_it_is_snapshots_picture() -> None:
     assert np.abs(got - expected).mean() < 2
 
 
-def test_zone_outlines_white_and_red_when_active_on_the_mask_half_only() -> None:
+def test_zone_outlines_are_snapshots_own_and_red_when_active() -> None:
     f = entry()
-    pic = render_entry(f, {})
-    half = left_half_width(f, pic)
-    assert half == 480
     zone = Zone("door", None, ((0.25, 0.25), (0.75, 0.25), (0.75, 0.75), (0.25, 0.75)))
-    out = draw_zones(pic, half, [zone], set())
-    y = round(0.5 * 269)
-    x = round(0.25 * 479)
-    assert tuple(out[y, x]) == ZONE_COLOUR and tuple(pic[y, x]) != ZONE_COLOUR
-    assert (out[:, half:] == pic[:, half:]).all()  # the depth half is untouched
-    red = draw_zones(pic, half, [zone], {"door"})
-    assert tuple(red[y, x]) == ACTIVE_COLOUR
-    assert draw_zones(pic, half, [], {"door"}) is pic
+    plain = render_entry(f, {})
+    half = plain.shape[1] // 2
+    y, x = round(0.5 * 270), round(0.25 * half)  # on the zone's left edge
+    for active, colour in ((set(), ZONE_COLOUR), ({"door"}, ACTIVE_COLOUR)):
+        expected = render_entry(f, {}, zones=[("door", zone.polygon, bool(active))])
+        jpeg, _ = render_tile(f, {}, [zone], active)
+        got = decode(jpeg)
+        outline = np.abs(expected.astype(int) - plain.astype(int)).sum(axis=-1) > 0  # what the zone drew
+        assert outline.sum() > 500
+        assert np.abs(got[outline] - expected[outline].astype(int)).mean() < 6  # the view's pixels are snapshot's
+        for px in (got[y, x], got[y, half + x]):  # on both halves, as snapshot and the video draw it
+            assert np.abs(px - np.array(colour)).max() < 40, (px, colour)
+        assert tuple(plain[y, x]) != colour
+
+
+def test_zone_drawings_mark_only_the_active_zones() -> None:
+    door = Zone("door", None, ((0.1, 0.1), (0.5, 0.1), (0.5, 0.5)))
+    bay = Zone("bay", ("a",), ((0.6, 0.6), (0.9, 0.6), (0.9, 0.9)))
+    assert zone_drawings([door, bay], {"bay"}) == [("door", door.polygon, False), ("bay", bay.polygon, True)]
+    assert zone_drawings([], {"bay"}) == []
