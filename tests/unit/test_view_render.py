@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 
 import numpy as np
 from PIL import Image
@@ -11,17 +10,13 @@ from PIL import Image
 from pipeline.overlay import ACTIVE_COLOUR, ZONE_COLOUR, render_entry
 from pipeline.view.render import render_tile, zone_drawings
 from pipeline.view.stats import Zone
+from tests.support.entries import split_mask_entry
 
 
 def entry() -> dict[str, bytes]:
-    mask = np.zeros((54, 96), np.uint8)
-    mask[:, 48:] = 7
-    buf = io.BytesIO()
-    Image.fromarray(mask, mode="L").save(buf, format="PNG")
     depth = {"kind": "relative_inverse", "min": 0.0, "max": 10.0, "mean": 5, "p05": 1, "p50": 5, "p95": 9,
              "grid": [[1, 2], [3, 4]], "per_class": {"0": 2.0, "7": 9.0}}
-    return {"frame": b"3", "mask": buf.getvalue(), "classes": json.dumps({"0": 0.5, "7": 0.5}).encode(),
-            "depth": json.dumps(depth).encode()}
+    return split_mask_entry(54, 96, 7, depth, frame=b"3")
 
 
 def decode(jpeg: bytes) -> np.ndarray:
