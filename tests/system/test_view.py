@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -442,6 +443,11 @@ def test_view_shows_a_real_runs_zones_and_its_active_alert(assets: dict[str, Pat
         h, w = pic.shape[0], pic.shape[1] // 2
         edge = pic[round(0.3 * h):round(0.7 * h), round(0.1 * w) - 1:round(0.1 * w) + 1].reshape(-1, 3)
         assert (np.abs(edge - np.array(ACTIVE_COLOUR)).max(axis=-1) < 80).mean() > 0.5
+        # dptstream show names the entry's zone in brief: top class coverage, nearest depth with its units
+        shown = cli("show", "cam", "--redis", redis_server.url)
+        assert shown.returncode == 0, shown.stderr
+        assert re.search(r"zones: door \S.* \d+% nearest [-\d.e+]+ relative inverse \(larger = nearer\)",
+                         shown.stdout), shown.stdout
         assert pipe.stop() == 0, pipe.output
         # the run's end ends the rule: the view drops the alert
         assert not rd.hexists("dpt:alerts:active", "cam/door-busy")
