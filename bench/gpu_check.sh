@@ -11,7 +11,9 @@
 #   3 env     GPU, driver, versions (env.txt)
 #   4 models  random weights of the real DPT-Large-ADE @480 and DPT-Large @384 (shared by tests and bench)
 #   5 tests   tests/system/test_gpu.py (FP16 vs FP32 at full size, graph padding, the CUDA-stream pipeline vs
-#             CPU, no synchronising call, FP16 outputs per frame, TensorRT plans when TensorRT is importable)
+#             CPU, no synchronising call, FP16 outputs per frame, TensorRT plans when TensorRT is importable) and
+#             tests/system/test_families_gpu.py (every DPT depth family: FP16 + CUDA graphs per network shape
+#             against torch FP32 on CPU); one pytest run, at most 120 s
 #   6 bench   `dptstream bench`: fp16-graphs at batch 1/2/4/8/16, fp32 at 1/8, fp16 at 8 (+ tensorrt and
 #             tensorrt-fp16softmax at 1/8/16 when importable), e2e with 8 concurrent 1080p clips at batch 8,
 #             GPU memory per extra stream, a 30 s RSS soak, the naive transformers loop in FP32 and FP16
@@ -165,12 +167,13 @@ EOF
                 --e2e-variants fp16-graphs --e2e-batch 8 --streams 8 --clip-size 1920x1080 --clip-frames 64
                 --seconds 0.5 --min-calls 3 --warmup 2 --repeat 1 --naive-frames 16 --naive-precisions fp32,fp16
                 --memory-per-stream --soak-seconds "$SOAK")
-    TEST_TIMEOUT=100
+    TEST_TIMEOUT=120  # test_gpu.py and test_families_gpu.py; the benchmark gets what is left of the deadline
 fi
 
 # -- 5. GPU tests (and their CPU twins) ------------------------------------------------------------------------
 (( TEST_TIMEOUT > $(left) )) && TEST_TIMEOUT=$(left)
-timeout "$TEST_TIMEOUT" "$PYTHON" -m pytest -x -q -rs -p no:cacheprovider tests/system/test_gpu.py -s \
+timeout "$TEST_TIMEOUT" "$PYTHON" -m pytest -x -q -rs -p no:cacheprovider tests/system/test_gpu.py \
+    tests/system/test_families_gpu.py -s \
     >"$OUT/tests.log" 2>&1
 rc=$?
 last=$(grep -E '(passed|failed|error|skipped)' "$OUT/tests.log" | tail -1)

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engines.base import DepthKind, ModelLoadError, PreprocessSpec, Task
+from engines.base import DepthKind, EngineSpec, ModelLoadError, PreprocessSpec, Task
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,12 @@ class LoadedModel:
     architecture: str = "DPT (ViT)"
     depth_kind: DepthKind | None = None  # depth: "metric" (metres) or "relative_inverse"
     max_depth: float | None = None  # metric checkpoints: the output's upper bound in metres
+
+    def engine_spec(self, backend: str, device: str, dtype: torch.dtype, max_batch: int) -> EngineSpec:
+        """The :class:`EngineSpec` of an engine running this model (what every backend reports alike)."""
+        return EngineSpec(task=self.task, model_id=self.model_id, backend=backend, device=device, dtype=dtype,
+                          preprocess=self.preprocess, labels=self.labels, max_batch=max_batch,
+                          model_type=self.model_type, architecture=self.architecture, depth_kind=self.depth_kind)
 
 
 @dataclass(frozen=True)

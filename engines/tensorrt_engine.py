@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from engines.base import OUTPUT_NAME, BackendUnavailable, EngineConfig, EngineError, EngineSpec
+from engines.base import OUTPUT_NAME, BackendUnavailable, EngineConfig, EngineError
 from engines.cache import PlanKey, atomic_path, atomic_write_bytes, cache_root
 from engines.loading import LoadedModel
 from engines.onnx_export import INPUT_NAME, Precision, export_onnx, export_shape, onnx_cache_path, onnx_sha256
@@ -367,20 +367,10 @@ class TensorRTEngine:
         fixed = loaded.preprocess.fixed_shape
         first = self._plan_for(fixed, quiet=True) if fixed is not None else None
         self.plan_path: Path | None = first.path if first is not None else None
-        self.spec = EngineSpec(
-            task=loaded.task,
-            model_id=loaded.model_id,
-            backend=f"tensorrt-{self._precision}"
-                    + ("" if cfg.fp32_softmax or self._precision == "fp32" else "-fp16softmax"),
-            device=str(self._device),
-            dtype=first.in_dtype if first is not None else torch.float32,  # the graph casts to FP16 itself
-            preprocess=loaded.preprocess,
-            labels=loaded.labels,
-            max_batch=cfg.max_batch,
-            model_type=loaded.model_type,
-            architecture=loaded.architecture,
-            depth_kind=loaded.depth_kind,
-        )
+        self.spec = loaded.engine_spec(
+            f"tensorrt-{self._precision}" + ("" if cfg.fp32_softmax or self._precision == "fp32" else "-fp16softmax"),
+            str(self._device), first.in_dtype if first is not None else torch.float32,  # the graph casts to FP16
+            cfg.max_batch)
 
     def _deserialize(self, plan_path: Path) -> trt.ICudaEngine | None:
         if self._runtime is None:

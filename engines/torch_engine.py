@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from engines.base import OUTPUT_NAME, BackendUnavailable, EngineConfig, EngineError, EngineSpec
+from engines.base import OUTPUT_NAME, BackendUnavailable, EngineConfig, EngineError
 from engines.loading import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -73,19 +73,7 @@ class TorchEngine:
         self._graphs: dict[tuple[int, int, int], tuple[Any, torch.Tensor, torch.Tensor]] = {}
         self._pool: Any = None  # one memory pool shared by every captured graph (they never run concurrently)
         backend = f"torch-{self._device.type}-{precision}" + ("-graphs" if self._use_graphs else "")
-        self.spec = EngineSpec(
-            task=loaded.task,
-            model_id=loaded.model_id,
-            backend=backend,
-            device=str(self._device),
-            dtype=dtype,
-            preprocess=loaded.preprocess,
-            labels=loaded.labels,
-            max_batch=cfg.max_batch,
-            model_type=loaded.model_type,
-            architecture=loaded.architecture,
-            depth_kind=loaded.depth_kind,
-        )
+        self.spec = loaded.engine_spec(backend, str(self._device), dtype, cfg.max_batch)
         if self._use_graphs:
             # capture now, before any pipeline thread runs: a capture in the middle of a run would stall it,
             # and other threads' CUDA calls during a capture are what makes captures fail

@@ -25,7 +25,7 @@ class Inputs:
     frames: int
     models: dict[str, str]
     model_names: dict[str, str]  # what the JSON says about each model
-    input_size: dict[str, int] = field(default_factory=dict)
+    input_shape: dict[str, tuple[int, int]] = field(default_factory=dict)  # network (h, w) used for the clip
 
 
 def prepare_inputs(work: Path, tasks: list[str], models: dict[str, str], random_large: bool, clip: Path | None,

@@ -65,8 +65,8 @@ def entry(mode: str, task: str, inp: Inputs, backend: str, batch: int, fps: floa
           frames: int, **extra: Any) -> dict[str, Any]:
     tasks = task.split("+")
     model = " + ".join(inp.model_names[t] for t in tasks)
-    sides = sorted({inp.input_size.get(t, 0) for t in tasks})
-    size: list[int] | list[list[int]] = [sides[0], sides[0]] if len(sides) == 1 else [[s, s] for s in sides]
+    shapes = sorted({inp.input_shape.get(t, (0, 0)) for t in tasks})  # network (h, w) actually used
+    size: list[int] | list[list[int]] = list(shapes[0]) if len(shapes) == 1 else [list(s) for s in shapes]
     return {"mode": mode, "task": task, "model": model, "backend": backend, "batch": batch, "input": size,
             "fps": round(fps, 2), "latency_ms": lat, "frames": frames, **extra}
 

@@ -124,7 +124,9 @@ def _bench_variant(plan: Plan, inp: Inputs, v: Variant, frames: list[Any], max_b
                 loaded[task] = eng.create_engine(engine_config_for(task, inp.models[task], v, plan.device,
                                                                    max_batch, plan.cache_dir))
             for task in loaded:
-                inp.input_size[task] = loaded[task].spec.preprocess.height
+                # the network shape this clip is fed at (not the processor's size: some checkpoints keep the
+                # source's aspect ratio)
+                inp.input_shape[task] = tuple(loaded[task].spec.network_shape(inp.height, inp.width))
                 warm = getattr(loaded[task], "warmup", None)
                 if warm is not None:
                     warm()
@@ -239,7 +241,7 @@ def _bench_naive(plan: Plan, inp: Inputs, net_side: int, results: list[dict[str,
         for threads in plan.naive_threads:
             with torch_threads(threads):
                 timers = [run_naive(inp.models, inp.clip, dev, limit,
-                                    net_side or max(inp.input_size.values(), default=384), precision)
+                                    net_side or max((hw[0] for hw in inp.input_shape.values()), default=384), precision)
                           for _ in range(plan.repeat)]
                 n_threads = torch.get_num_threads()
             release_gpu_memory()

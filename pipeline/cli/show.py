@@ -3,12 +3,34 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from pipeline.cli.common import DebugOpt, setup_logging
 from pipeline.config import ConfigError, redact
+
+
+def zone_summary(zones: dict[str, Any], labels: dict[str, str], depth_kind: str | None) -> str:
+    """An entry's ``zones`` field in brief: per zone its top class by coverage and its nearest depth, with units
+    (``zones: door person 31% nearest 1.20 m; bay wall 80% nearest 0.83 relative inverse``)."""
+    parts = []
+    for name, z in zones.items():
+        bits = [name]
+        coverage = z.get("coverage") or {}
+        if coverage:
+            cid, frac = max(coverage.items(), key=lambda kv: (kv[1], -int(kv[0])))
+            bits.append(f"{labels.get(str(cid), str(cid))} {float(frac):.0%}")
+        elif "coverage" in z:
+            bits.append("no classes")
+        nearest = (z.get("depth") or {}).get("nearest")
+        if nearest is not None:
+            if depth_kind == "metric":
+                bits.append(f"nearest {float(nearest):.2f} m")
+            else:
+                bits.append(f"nearest {float(nearest):.3g} relative inverse (larger = nearer)")
+        parts.append(" ".join(bits))
+    return "zones: " + "; ".join(parts) if parts else "zones: none"
 
 
 def show(
@@ -58,6 +80,9 @@ def show(
                 else:
                     line.append(f"depth p05/p50/p95 {d['p05']:.3g}/{d['p50']:.3g}/{d['p95']:.3g} "
                                 f"({d.get('kind', 'relative_inverse')}: relative, larger = nearer)")
+            if b"zones" in f:
+                kind = json.loads(fields["depth"]).get("kind", "relative_inverse") if b"depth" in f else None
+                line.append(zone_summary(json.loads(fields["zones"]), labels, kind))
             line.append(f"latency {float(fields['latency_ms']):.0f} ms")
             print("  ".join(line))
 

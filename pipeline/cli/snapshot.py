@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -28,6 +27,8 @@ def snapshot_cmd(
     from pipeline.frames import valid_stream_id
     from pipeline.overlay import render_entry
     from pipeline.sinks import RedisKeys
+    from pipeline.view.render import zone_drawings
+    from pipeline.view.stats import active_zones, parse_active_alerts, parse_labels, parse_zones
 
     setup_logging(debug, quiet=True)
     if not valid_stream_id(stream):
@@ -43,13 +44,11 @@ def snapshot_cmd(
         raise ConfigError(f"no entries for stream {stream!r} under {cfg.redis.prefix}: at {redact(url)}{hint}")
     _id, raw = entries[0]
     fields = {k.decode(): v for k, v in raw.items()}
-    labels = {int(k): v for k, v in json.loads(client.hget(keys.meta, "labels") or b"{}").items()}
-    active = {json.loads(v).get("zone") for k, v in client.hgetall(keys.alerts_active).items()
-              if k.decode().startswith(f"{stream}/")}
-    zones = [(z["name"], z["polygon"], z["name"] in active)
-             for z in json.loads(client.hget(keys.meta, "zones") or b"[]")
-             if z.get("streams") is None or stream in z["streams"]]
-    picture = render_entry(fields, labels, zones=zones)
+    labels = parse_labels(client.hget(keys.meta, "labels"))
+    # zones and active alerts read as the view reads them (one parser, one drawing: the pictures agree)
+    zones = [z for z in parse_zones(client.hget(keys.meta, "zones")) if z.applies_to(stream)]
+    active = active_zones(parse_active_alerts(client.hgetall(keys.alerts_active)).get(stream, []))
+    picture = render_entry(fields, labels, zones=zone_drawings(zones, active))
     target = out or Path(f"{stream}.png")
     try:
         Image.fromarray(picture).save(target, format="PNG")

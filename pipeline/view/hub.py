@@ -30,6 +30,7 @@ from pipeline.view.stats import (
     RateWindow,
     Sample,
     Zone,
+    active_zones,
     entry_key,
     entry_ms,
     parse_active_alerts,
@@ -113,7 +114,6 @@ class Hub:
     def __init__(self, settings: ViewSettings) -> None:
         self.settings = settings
         self.keys = RedisKeys(settings.prefix)
-        self.alerts_active_key = f"{settings.prefix}:alerts:active"
         self.tiles: dict[str, Tile] = {}
         self.labels: dict[int, str] = {}
         self.zones: list[Zone] = []
@@ -223,7 +223,7 @@ class Hub:
         pipe.time()
         pipe.smembers(self.keys.streams)
         pipe.hgetall(self.keys.meta)
-        pipe.hgetall(self.alerts_active_key)
+        pipe.hgetall(self.keys.alerts_active)
         (secs, micros), members, meta, active = pipe.execute()
         streams = sorted(s for s in (m.decode(errors="replace") for m in members) if valid_stream_id(s))
         entries: dict[str, list[tuple[str, dict[str, bytes]]]] = {}
@@ -314,8 +314,7 @@ class Hub:
 
     def _zones_for(self, sid: str) -> tuple[list[Zone], set[str]]:
         zones = [z for z in self.zones if z.applies_to(sid)]
-        active = {str(a["zone"]) for a in self.active.get(sid, []) if a.get("zone")}
-        return zones, active
+        return zones, active_zones(self.active.get(sid, []))
 
     def _maybe_render(self, tile: Tile) -> None:
         fields = tile.entry

@@ -162,6 +162,11 @@ def parse_active_alerts(raw: dict[bytes, bytes] | dict[str, str]) -> dict[str, l
     return out
 
 
+def active_zones(alerts: list[dict[str, Any]]) -> set[str]:
+    """The zones with an active rule, from one stream's :func:`parse_active_alerts` list."""
+    return {str(a["zone"]) for a in alerts if a.get("zone")}
+
+
 def top_classes(classes: dict[int, float], labels: dict[int, str], colours: Any, n: int | None = None
                 ) -> list[dict[str, Any]]:
     """Classes by coverage (largest first) with their names and palette colours (``#rrggbb``)."""

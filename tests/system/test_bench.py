@@ -90,3 +90,21 @@ def test_bench_families_adds_an_engine_row_per_depth_family(assets: dict[str, Pa
         assert r["depth_kind"] == ("metric" if name.endswith("metric") else "relative_inverse")
     shapes = {r["model"].split()[0]: tuple(r["input"]) for r in rows}
     assert shapes["depth-anything-v2"] == (98, 168)  # 640x360 at 98, aspect kept, multiples of 14
+
+
+@pytest.mark.slow
+def test_main_rows_report_the_network_shape_used_for_the_clip(assets: dict[str, Path], tmp_path: Path) -> None:
+    """A checkpoint that keeps the aspect ratio (Depth Anything V2: multiples of 14) reports the shape the clip
+    is fed at, not its processor's square size."""
+    from pipeline.checkpoints import make_family_checkpoint
+
+    ckpt = make_family_checkpoint(tmp_path / "da2", "depth-anything-v2")
+    size = json.loads((ckpt / "preprocessor_config.json").read_text())["size"]
+    out = tmp_path / "da2.json"
+    p = cli("bench", "-m", f"depth={ckpt}", "--tasks", "depth", "--clip", str(assets["clip360"]), "--device", "cpu",
+            "--modes", "engine", "--threads", "1", "--batch-sizes", "1", "--seconds", "0", "--min-calls", "1",
+            "--warmup", "0", "--work-dir", str(tmp_path / "work"), "--out", str(out), timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    (row,) = [r for r in json.loads(out.read_text())["results"] if r["mode"] == "engine"]
+    assert row["task"] == "depth"
+    assert row["input"] == [98, 168], (row["input"], size)  # 640x360 at 98, aspect kept, multiples of 14

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.support.entries import split_mask_entry
 from tests.support.servers import RedisServer, cli, model_args
 
 
@@ -61,14 +62,9 @@ def test_rendering_helpers() -> None:
 def test_snapshot_rendering_without_thumbnail_uses_mask_and_depth_summary() -> None:
     from pipeline.overlay import PALETTE, render_entry
 
-    mask = np.zeros((54, 96), np.uint8)
-    mask[:, 48:] = 7
-    buf = io.BytesIO()
-    Image.fromarray(mask, mode="L").save(buf, format="PNG")
     depth = {"kind": "relative_inverse", "min": 0.0, "max": 10.0, "mean": 5, "p05": 1, "p50": 5, "p95": 9,
              "grid": [[1, 2], [3, 4]], "per_class": {"0": 2.0, "7": 9.0}}
-    fields = {"frame": b"3", "mask": buf.getvalue(), "classes": json.dumps({"0": 0.5, "7": 0.5}).encode(),
-              "depth": json.dumps(depth).encode()}
+    fields = split_mask_entry(54, 96, 7, depth, frame=b"3")
     pic = render_entry(fields, {0: "wall", 7: "bed"})
     h, w = pic.shape[:2]
     assert (w, h) == (2 * 480, 270)  # mask scaled up to a 480 long side, two halves

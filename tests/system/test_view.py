@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.overlay import ACTIVE_COLOUR, ZONE_COLOUR
 from tests.support.servers import ROOT, RedisServer, cli, free_port
 
 pytestmark = pytest.mark.slow
@@ -296,38 +298,49 @@ def test_wall_latest_jpg_api_zones_and_alerts(assets: dict[str, Path], redis_ser
             assert get(f"{view.base}/streams/a/latest.jpg")[0] == 200
         assert view.api()["renders"] == 2
 
-        # zones (issue 13's meta contract): outlines over the mask half of the stream they apply to ...
+        # zones (issue 13's meta contract), drawn by snapshot's own code: latest.jpg's outline pixels are snapshot's
         zone = {"name": "door", "streams": ["a"], "polygon": [[0.2, 0.2], [0.6, 0.2], [0.6, 0.9], [0.2, 0.9]]}
         rd.hset("dpt:meta", "zones", json.dumps([zone]))
         wait_for(lambda: view.api()["streams"][0]["zones"] == ["door"], 10, "the zone to show")
         wait_for(lambda: view.api()["renders"] == 3, 10, "a's picture to be drawn again with its zone")
-        ph, pw = jpgs["a"].shape[0], half
-        edge = np.s_[round(0.4 * (ph - 1)):round(0.8 * (ph - 1)), round(0.2 * (pw - 1))]  # the zone's left side
 
-        def edge_of(sid: str) -> np.ndarray:
-            return jpeg_array(get(f"{view.base}/streams/{sid}/latest.jpg")[2])[edge]
+        def latest(sid: str) -> np.ndarray:
+            return jpeg_array(get(f"{view.base}/streams/{sid}/latest.jpg")[2])
 
-        assert (edge_of("a") > 200).all(axis=-1).mean() > 0.9  # white outline
-        assert (jpgs["a"][edge] > 200).all(axis=-1).mean() < 0.5  # (it was not there before)
-        assert np.abs(edge_of("b") - jpgs["b"][edge]).mean() < 4  # b: no zone, unchanged
+        def snapshot(sid: str) -> np.ndarray:
+            png = tmp_path / f"{sid}-zones.png"
+            s = cli("snapshot", sid, "-o", str(png), "--redis", redis_server.url)
+            assert s.returncode == 0, s.stderr
+            return np.asarray(Image.open(png).convert("RGB")).astype(np.int16)
+
+        def outline_agrees(colour: tuple[int, int, int]) -> None:
+            snap, got = snapshot("a"), latest("a")
+            drawn = np.abs(snap - snaps["a"]).sum(axis=-1) > 60  # the pixels snapshot's zone drawing changed
+            assert drawn.sum() > 300, f"snapshot drew no zone ({drawn.sum()} pixels)"
+            assert np.abs(got[drawn] - snap[drawn]).mean() < 12, "latest.jpg's zone outline is not snapshot's"
+            on = np.abs(snap[drawn] - np.array(colour)).max(axis=-1) < 30
+            assert on.mean() > 0.5, f"snapshot's outline is not {colour}"
+            assert (np.abs(got[drawn] - np.array(colour)).max(axis=-1) < 80).mean() > 0.5 * on.mean()
+
+        outline_agrees(ZONE_COLOUR)
+        assert np.abs(latest("b") - jpgs["b"]).mean() < 1  # b: no zone, unchanged
         # ... red while a rule on it is active, with the alert on the tile and in the API
         start = {"rule": "person-in-door", "zone": "door", "stream": "a", "state": "start", "frame": 9,
                  "ts": time.time(), "coverage": 0.31}
         rd.hset("dpt:alerts:active", "a/person-in-door", json.dumps(start))
-
-        def red(px: np.ndarray) -> float:
-            return float(((px[:, 0] > 180) & (px[:, 1] < 80) & (px[:, 2] < 80)).mean())
-
-        wait_for(lambda: red(edge_of("a")) > 0.9, 10, "the active zone in red")
+        wait_for(lambda: view.api()["renders"] == 4, 10, "a's picture drawn again with the zone active")
+        outline_agrees(ACTIVE_COLOUR)
         a = view.api()["streams"][0]
         assert a["alerts"] == [{"rule": "person-in-door", "zone": "door", "frame": 9, "ts": start["ts"],
                                 "coverage": 0.31}]
         wait_for(lambda: tile_text(browser, "a", ".alerts") == "person-in-door @ door", 5, "the alert on the tile")
-        wait_for(lambda: red(tile_pixels(browser, "a")[edge]) > 0.9, 5, "the red zone in the browser")
+        red_jpg = latest("a")
+        wait_for(lambda: (px := tile_pixels(browser, "a")) is not None and np.abs(px - red_jpg).mean() < 1, 5,
+                 "the red zone in the browser")
         assert tile_text(browser, "b", ".alerts") == ""
         rd.hdel("dpt:alerts:active", "a/person-in-door")
-        wait_for(lambda: red(edge_of("a")) == 0 and (edge_of("a") > 200).all(axis=-1).mean() > 0.9, 10,
-                 "the zone back to white when the alert ends")
+        wait_for(lambda: view.api()["renders"] == 5, 10, "the zone drawn again when the alert ends")
+        outline_agrees(ZONE_COLOUR)
         wait_for(lambda: tile_text(browser, "a", ".alerts") == "", 5, "the alert gone from the tile")
         assert console_errors(browser) == []
     finally:
@@ -386,6 +399,60 @@ def test_live_tile_changes_and_recovers_from_a_redis_restart(assets: dict[str, P
         assert "Redis at redis://127.0.0.1" in view.output and "reachable again" in view.output
     finally:
         browser.get("about:blank")
+        if view is not None:
+            assert view.stop() == 0, view.output
+        pipe.stop()
+
+
+# -- a real run with zones: the view shows what issue 13's code publishes, while an alert is active ---------
+
+def test_view_shows_a_real_runs_zones_and_its_active_alert(assets: dict[str, Path], redis_server: RedisServer,
+                                                           tmp_path: Path) -> None:
+    cfg = tmp_path / "zones-live.yaml"
+    everything = list(range(150))  # every ADE20K class: the zone is always covered, so the rule holds at once
+    cfg.write_text(json.dumps({  # YAML is a superset of JSON
+        "sources": [{"id": "cam", "uri": str(assets["live"]), "loop": True, "realtime": True, "live": True}],
+        "engine": {"threads": 1, "batch_size": 1, "max_wait_ms": 0},
+        "zones": [{"name": "door", "streams": ["cam"], "polygon": [[0.1, 0.1], [0.6, 0.1], [0.6, 0.9], [0.1, 0.9]]},
+                  {"name": "elsewhere", "streams": ["other"], "polygon": [[0.0, 0.0], [0.5, 0.0], [0.5, 0.5]]}],
+        "rules": [{"name": "door-busy", "zone": "door", "classes": everything, "min_coverage": 0.5,
+                   "for_frames": 2, "clear_frames": 2}],
+    }))
+    pipe = Proc("run", str(cfg), "--sink", redis_server.url, *model_args(assets))
+    view = None
+    try:
+        rd = redis_server.client()
+        wait_for(lambda: rd.hexists("dpt:alerts:active", "cam/door-busy"), 60,
+                 f"the pipeline's alert to start\n{pipe.output}", interval=0.2)
+        published = json.loads(rd.hget("dpt:alerts:active", "cam/door-busy"))
+        assert published["state"] == "start" and published["zone"] == "door"
+        view = View(redis_server.url)
+        s = wait_for(lambda: (st := view.api()["streams"]) and st[0]["image"] and st[0]["alerts"] and st[0], 20,
+                     "the view to show cam with its alert")
+        assert s["id"] == "cam" and s["zones"] == ["door"]  # "elsewhere" is for another stream
+        (alert,) = s["alerts"]
+        assert alert["rule"] == "door-busy" and alert["zone"] == "door"
+        assert alert["frame"] == published["frame"] and alert["ts"] == published["ts"]
+        assert alert["coverage"] == pytest.approx(1.0)
+        # the tile is drawn with the zone active (red), as snapshot draws it
+        snap = cli("snapshot", "cam", "-o", str(tmp_path / "cam.png"), "--redis", redis_server.url)
+        assert snap.returncode == 0, snap.stderr
+        code, _, body = get(f"{view.base}/streams/cam/latest.jpg")
+        assert code == 200
+        pic = jpeg_array(body)
+        h, w = pic.shape[0], pic.shape[1] // 2
+        edge = pic[round(0.3 * h):round(0.7 * h), round(0.1 * w) - 1:round(0.1 * w) + 1].reshape(-1, 3)
+        assert (np.abs(edge - np.array(ACTIVE_COLOUR)).max(axis=-1) < 80).mean() > 0.5
+        # dptstream show names the entry's zone in brief: top class coverage, nearest depth with its units
+        shown = cli("show", "cam", "--redis", redis_server.url)
+        assert shown.returncode == 0, shown.stderr
+        assert re.search(r"zones: door \S.* \d+% nearest [-\d.e+]+ relative inverse \(larger = nearer\)",
+                         shown.stdout), shown.stdout
+        assert pipe.stop() == 0, pipe.output
+        # the run's end ends the rule: the view drops the alert
+        assert not rd.hexists("dpt:alerts:active", "cam/door-busy")
+        wait_for(lambda: view.api()["streams"][0]["alerts"] == [], 10, "the alert to go when the run ends")
+    finally:
         if view is not None:
             assert view.stop() == 0, view.output
         pipe.stop()

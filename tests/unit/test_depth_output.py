@@ -4,7 +4,6 @@ metric depth summaries, and the 16-bit depth-map PNG."""
 from __future__ import annotations
 
 import io
-import json
 import threading
 import time
 
@@ -19,6 +18,7 @@ from pipeline.queues import NamedQueue
 from pipeline.sinks.encode import depth_png_values, encode_depth_png
 from pipeline.stages.infer import shape_groups
 from pipeline.stages.postprocess import depth_summary, mask_size
+from tests.support.entries import split_mask_entry
 
 
 def _prepared(i: int, h: int, w: int, tasks: tuple[str, ...] = ("depth",)) -> Prepared:
@@ -120,14 +120,10 @@ def test_depth_png_relative_spans_min_to_max() -> None:
 def test_snapshot_renders_metric_entries_with_units() -> None:
     from pipeline.overlay import depth_units, render_entry
 
-    mask = np.zeros((27, 48), np.uint8)
-    mask[:, 24:] = 3
-    buf = io.BytesIO()
-    Image.fromarray(mask, mode="L").save(buf, format="PNG")
     depth = {"kind": "metric", "min": 0.5, "max": 9.0, "mean": 4, "p05": 0.7, "p50": 4, "p95": 8.5,
              "grid": [[1.0] * 4] * 4, "per_class": {"0": {"median": 2.0, "nearest": 1.0},
                                                     "3": {"median": 8.0, "nearest": 6.0}}}
-    fields = {"mask": buf.getvalue(), "classes": b'{"0": 0.5, "3": 0.5}', "depth": json.dumps(depth).encode()}
+    fields = split_mask_entry(27, 48, 3, depth)
     pic = render_entry(fields, {0: "wall", 3: "floor"})
     assert pic.ndim == 3 and pic.shape[2] == 3
     left, right = pic[:, : pic.shape[1] // 2], pic[:, pic.shape[1] // 2:]

@@ -43,6 +43,16 @@ def test_the_script_runs_the_gate(tmp_path: Path) -> None:
     assert "tests/system/test_gpu.py" in script
 
 
+def test_the_script_runs_every_gpu_test_file() -> None:
+    """Every system test file marked ``gpu`` (they skip without CUDA) is in the script's pytest step."""
+    script = (ROOT / "bench/gpu_check.sh").read_text()
+    gpu_files = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "tests/system").glob("test_*.py")
+                       if "pytest.mark.gpu" in p.read_text())
+    assert "tests/system/test_families_gpu.py" in gpu_files
+    missing = [f for f in gpu_files if f not in script]
+    assert not missing, f"bench/gpu_check.sh does not run {missing}"
+
+
 def _touch(d: Path, *names: str) -> None:
     for n in names:
         (d / n).write_bytes(b"")

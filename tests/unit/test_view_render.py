@@ -1,27 +1,22 @@
-"""pipeline/view/render.py: the view's picture is snapshot's (render_entry), plus zone outlines."""
+"""pipeline/view/render.py: the view's picture is snapshot's (render_entry), zone outlines included."""
 
 from __future__ import annotations
 
 import io
-import json
 
 import numpy as np
 from PIL import Image
 
-from pipeline.overlay import render_entry
-from pipeline.view.render import ACTIVE_COLOUR, ZONE_COLOUR, draw_zones, left_half_width, render_tile
+from pipeline.overlay import ACTIVE_COLOUR, ZONE_COLOUR, render_entry
+from pipeline.view.render import render_tile, zone_drawings
 from pipeline.view.stats import Zone
+from tests.support.entries import split_mask_entry
 
 
 def entry() -> dict[str, bytes]:
-    mask = np.zeros((54, 96), np.uint8)
-    mask[:, 48:] = 7
-    buf = io.BytesIO()
-    Image.fromarray(mask, mode="L").save(buf, format="PNG")
     depth = {"kind": "relative_inverse", "min": 0.0, "max": 10.0, "mean": 5, "p05": 1, "p50": 5, "p95": 9,
              "grid": [[1, 2], [3, 4]], "per_class": {"0": 2.0, "7": 9.0}}
-    return {"frame": b"3", "mask": buf.getvalue(), "classes": json.dumps({"0": 0.5, "7": 0.5}).encode(),
-            "depth": json.dumps(depth).encode()}
+    return split_mask_entry(54, 96, 7, depth, frame=b"3")
 
 
 def decode(jpeg: bytes) -> np.ndarray:
@@ -36,17 +31,26 @@ def test_without_zones_it_is_snapshots_picture() -> None:
     assert np.abs(got - expected).mean() < 2
 
 
-def test_zone_outlines_white_and_red_when_active_on_the_mask_half_only() -> None:
+def test_zone_outlines_are_snapshots_own_and_red_when_active() -> None:
     f = entry()
-    pic = render_entry(f, {})
-    half = left_half_width(f, pic)
-    assert half == 480
     zone = Zone("door", None, ((0.25, 0.25), (0.75, 0.25), (0.75, 0.75), (0.25, 0.75)))
-    out = draw_zones(pic, half, [zone], set())
-    y = round(0.5 * 269)
-    x = round(0.25 * 479)
-    assert tuple(out[y, x]) == ZONE_COLOUR and tuple(pic[y, x]) != ZONE_COLOUR
-    assert (out[:, half:] == pic[:, half:]).all()  # the depth half is untouched
-    red = draw_zones(pic, half, [zone], {"door"})
-    assert tuple(red[y, x]) == ACTIVE_COLOUR
-    assert draw_zones(pic, half, [], {"door"}) is pic
+    plain = render_entry(f, {})
+    half = plain.shape[1] // 2
+    y, x = round(0.5 * 270), round(0.25 * half)  # on the zone's left edge
+    for active, colour in ((set(), ZONE_COLOUR), ({"door"}, ACTIVE_COLOUR)):
+        expected = render_entry(f, {}, zones=[("door", zone.polygon, bool(active))])
+        jpeg, _ = render_tile(f, {}, [zone], active)
+        got = decode(jpeg)
+        outline = np.abs(expected.astype(int) - plain.astype(int)).sum(axis=-1) > 0  # what the zone drew
+        assert outline.sum() > 500
+        assert np.abs(got[outline] - expected[outline].astype(int)).mean() < 6  # the view's pixels are snapshot's
+        for px in (got[y, x], got[y, half + x]):  # on both halves, as snapshot and the video draw it
+            assert np.abs(px - np.array(colour)).max() < 40, (px, colour)
+        assert tuple(plain[y, x]) != colour
+
+
+def test_zone_drawings_mark_only_the_active_zones() -> None:
+    door = Zone("door", None, ((0.1, 0.1), (0.5, 0.1), (0.5, 0.5)))
+    bay = Zone("bay", ("a",), ((0.6, 0.6), (0.9, 0.6), (0.9, 0.9)))
+    assert zone_drawings([door, bay], {"bay"}) == [("door", door.polygon, False), ("bay", bay.polygon, True)]
+    assert zone_drawings([], {"bay"}) == []
