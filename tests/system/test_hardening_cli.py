@@ -269,3 +269,23 @@ def test_http_source_down_gives_up_with_the_password_hidden(assets: dict[str, Pa
     line = one_error_line(p.stderr)
     assert "u:***@127.0.0.1" in line and "gave up after 2 attempts" in line
     assert "pw123" not in p.stderr + p.stdout
+
+
+def test_health_bodies_never_show_a_password() -> None:
+    import urllib.error
+    import urllib.request
+
+    from pipeline.metrics import Metrics
+
+    m = Metrics()
+    detail = {"fatal": "camera 'x' at rtsp://admin:cam@Secret9@10.0.0.5/live broke", "sinks": {"redis": False}}
+    port = m.serve(0, "127.0.0.1", lambda: (True, False, detail))
+    try:
+        for path in ("/healthz", "/readyz"):
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).read().decode()
+            except urllib.error.HTTPError as e:
+                body = e.read().decode()
+            assert "Secret9" not in body and "admin:***@10.0.0.5" in body
+    finally:
+        m.close()
