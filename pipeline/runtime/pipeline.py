@@ -63,6 +63,52 @@ class RunReport:
         return [s for s in self.streams.values() if s.error]
 
 
+def resume_point(sink: RedisSink, s: SourceConfig, resume: bool, record: bool) -> int:
+    """First frame to publish for source ``s`` with Redis sink ``sink``.
+
+    A file resumes after its last published frame only if the progress hash was recorded for the same file
+    (size, video duration, hash of the first MiB); a different file under the same stream id is refused with a
+    :class:`ConfigError`, never silently skipped. With ``record`` the file's identity is written next to the
+    resume point (live sources and ``resume=False`` clear it first); without, nothing is written (a check
+    before the models load)."""
+    fields = SourceIdentity.FIELDS
+    if s.is_live or s.scheme != "file":
+        if record:
+            sink.reset_progress(s.id, fields)
+        return 0
+    ident = source_identity(s)
+    if not resume:
+        if record:
+            sink.reset_progress(s.id, fields)
+            sink.record_source(s.id, ident.fields())
+        return 0
+    progress = sink.progress_fields(s.id)
+    last = int(progress["frame"]) if progress.get("frame", "").lstrip("-").isdigit() else -1
+    before = SourceIdentity.from_fields(progress)
+    if last >= 0 and before is not None and not before.same_file(ident):
+        raise ConfigError(
+            f"stream {s.id!r} was published from {before.describe()}, but {ident.describe()} is a different "
+            f"file: give it its own id (--source NEWID={shorten(s.path)}) or publish from frame 0 with "
+            "--no-resume")
+    if record:
+        if last >= 0 and before is None:
+            log.warning("%s: the resume point has no source identity (written by an older version); resuming "
+                        "after frame %d and recording %s as its source", s.id, last, ident.describe())
+        sink.record_source(s.id, ident.fields())
+        if last >= 0:
+            log.info("%s: resuming after frame %d (already published)", s.id, last)
+    return last + 1
+
+
+def check_resume(cfg: PipelineConfig, sinks: Sequence[Sink]) -> None:
+    """Refuse, before any model loads, a file whose stream id holds frames published from another file."""
+    sink = next((s for s in sinks if isinstance(s, RedisSink)), None)
+    if sink is None:
+        return
+    for s in cfg.sources:
+        resume_point(sink, s, cfg.resume, record=False)
+
+
 class Pipeline:
     """One run over ``cfg.sources`` with already-created engines and sinks (both reusable across runs)."""
 
@@ -192,39 +238,20 @@ class Pipeline:
         return live or not self.stopping.is_set()
 
     def _resume_point(self, sink: RedisSink, s: SourceConfig) -> int:
-        """First frame to publish for ``s``. A file resumes after its last published frame only if the progress
-        hash was recorded for the same file (size, duration, hash of the first MiB); a different file under the
-        same stream id is refused, never silently skipped. The file's identity is recorded with the progress."""
-        fields = SourceIdentity.FIELDS
-        if s.is_live or s.scheme != "file":
-            sink.reset_progress(s.id, fields)
-            return 0
-        ident = source_identity(s)
-        if not self.cfg.resume:
-            sink.reset_progress(s.id, fields)
-            sink.record_source(s.id, ident.fields())
-            return 0
-        progress = sink.progress_fields(s.id)
-        last = int(progress["frame"]) if progress.get("frame", "").lstrip("-").isdigit() else -1
-        before = SourceIdentity.from_fields(progress)
-        if last >= 0 and before is not None and not before.same_file(ident):
-            raise ConfigError(
-                f"stream {s.id!r} was published from {before.describe()}, but {ident.describe()} is a different "
-                f"file: give it its own id (--source NEWID={shorten(s.path)}) or publish from frame 0 with "
-                "--no-resume")
-        if last >= 0 and before is None:
-            log.warning("%s: the resume point has no source identity (written by an older version); resuming "
-                        "after frame %d and recording %s as its source", s.id, last, ident.describe())
-        sink.record_source(s.id, ident.fields())
-        if last >= 0:
-            log.info("%s: resuming after frame %d (already published)", s.id, last)
-        return last + 1
+        """First frame to publish for ``s`` (see :func:`resume_point`); records the file's identity."""
+        return resume_point(sink, s, self.cfg.resume, record=True)
 
     def unwritten(self) -> int:
-        """Frames decoded in this run that no sink has written (what a stop during an outage leaves out)."""
-        decoded = sum(src.frames for src in self.sources)
-        written = max((getattr(s, "published", 0) for s in self.sinks), default=0)
-        return max(decoded - written, 0)
+        """Frames of file streams decoded in this run that no sink has written (what a stop during a Redis outage
+        leaves out, and a rerun resumes). Live streams do not count: their dropped frames are counted as drops."""
+        total = 0
+        for src in self.sources:
+            if src.cfg.is_live:
+                continue
+            written = max((s.published_by.get(src.id, 0) for s in self.sinks if hasattr(s, "published_by")),
+                          default=0)
+            total += max(src.frames - written, 0)
+        return total
 
     def _on_eos(self, eos: EndOfStream) -> None:
         rep = self.report.streams.setdefault(eos.stream_id, StreamReport(eos.stream_id))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -173,6 +174,7 @@ class RedisSink:
         self._probe_ok = False
         self._live = {s.id for s in cfg.sources if s.is_live}
         self.published = 0
+        self.published_by: collections.Counter[str] = collections.Counter()  # per stream id
         self.duplicates = 0
         self.wants_images = cfg.redis.thumbnail > 0  # the pipeline keeps the frame for the JPEG thumbnail
 
@@ -352,6 +354,7 @@ class RedisSink:
             # after a failed round trip, a frame already applied by it is ours, written once
             if ok or retried:
                 self.published += 1
+                self.published_by[r.id.stream_id] += 1
                 self.metrics.frames.labels(stream=r.id.stream_id, stage="published").inc()
                 self.metrics.latency.labels(stream=r.id.stream_id).observe(now - r.id.wall_time)
             else:

@@ -50,7 +50,9 @@ def test_a_different_file_under_the_same_id_is_refused_not_skipped(assets: dict[
     assert prog["source_size"] == str(day1.stat().st_size) and len(prog["source_sha256_1mib"]) == 64
     assert float(prog["source_duration"]) > 0 and "source_mtime" in prog
 
-    p = cli("run", "-s", str(day2), *run)
+    # refused before any model loads: a missing model would otherwise be the error (exit 1)
+    p = cli("run", "-s", str(day2), "--sink", redis_server.url, "--metrics-port", "-1",
+            "-m", f"segmentation={tmp_path / 'no-model'}")
     assert p.returncode == 2, p.stderr
     line = one_error_line(p.stderr)
     assert "day1" in line and "day2" in line and "--no-resume" in line and "--source" in line
