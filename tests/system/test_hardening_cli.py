@@ -291,3 +291,27 @@ def test_health_bodies_never_show_a_password() -> None:
             assert "Secret9" not in body and "admin:***@10.0.0.5" in body
     finally:
         m.close()
+
+
+def test_rotated_phone_video_gives_portrait_masks_and_records_the_rotation(assets: dict[str, Path], tmp_path: Path,
+                                                                           redis_server: RedisServer) -> None:
+    import av
+
+    from pipeline.sample import make_frames
+
+    clip = tmp_path / "phone.mp4"
+    with av.open(str(clip), "w") as out:  # landscape coded frames, "turn 90° counter-clockwise" to display
+        s = out.add_stream("libx264", rate=24)
+        s.width, s.height, s.pix_fmt = 320, 180, "yuv420p"
+        s.set_display_rotation(90)
+        for img in make_frames(6, 320, 180, seed=3):
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    p = cli("run", "-s", str(clip), *model_args(assets), "--sink", redis_server.url, "--metrics-port", "-1")
+    assert p.returncode == 0, p.stderr
+    r = redis_server.client()
+    _, f = r.xrange("dpt:stream:phone:frames", count=1)[0]
+    assert (int(f[b"mask_w"]), int(f[b"mask_h"])) == (108, 192)  # portrait, long side = the 192 network side
+    assert r.hget("dpt:stream:phone:progress", "rotation") == b"90"
