@@ -3,6 +3,7 @@ orientation, truncation detection, resume from a frame index."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -49,10 +50,15 @@ def probe_file(cfg: SourceConfig) -> dict[str, Any]:
                     f"source {cfg.id!r}: {shown} has no video stream (it holds {', '.join(kinds)})"
                 )
             v = c.streams.video[0]
-            return {"frames": int(v.frames or 0), "width": v.codec_context.width,
-                    "height": v.codec_context.height,
+            w, h = v.codec_context.width, v.codec_context.height
+            rotation = 0
+            with contextlib.suppress(StopIteration, av.FFmpegError):  # rotation: side data of the first frame
+                rotation = display_rotation(next(c.decode(v)))
+            if rotation in (90, 270):
+                w, h = h, w
+            return {"frames": int(v.frames or 0), "width": w, "height": h,  # display orientation
                     "fps": float(v.average_rate) if v.average_rate else None,
-                    "duration": video_end(c, v)}
+                    "duration": video_end(c, v), "rotation": rotation}
     except av.FFmpegError as e:
         raise SourceError(f"source {cfg.id!r}: cannot read {shown} as video ({av_reason(e)})") from e
 

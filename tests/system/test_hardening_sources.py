@@ -143,3 +143,7 @@ def test_display_rotation_turns_frames_to_display_orientation(tmp_path: Path, de
     bright = max(corners, key=lambda k: float(corners[k].mean()))
     assert bright == corner
     assert src.rotation == degrees % 360
+    from pipeline.sources import probe_file
+
+    facts = probe_file(SourceConfig(id="s", uri=str(path)))  # what the pipeline plans network shapes from
+    assert (facts["width"], facts["height"]) == (w, h) and facts["rotation"] == degrees % 360
