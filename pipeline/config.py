@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -17,7 +17,15 @@ from pipeline.zones import polygon_problem, valid_name
 Task = Literal["segmentation", "depth"]
 DEFAULT_MODELS: dict[str, str] = {"segmentation": "Intel/dpt-large-ade", "depth": "Intel/dpt-large"}
 SINK_SCHEMES = ("redis", "rediss", "dir", "video")
-SOURCE_SCHEMES = ("file", "rtsp", "rtsps")
+# network streams FFmpeg reads here, as live sources (reconnect on end or error); HLS is http(s). No srt://: the
+# FFmpeg in PyAV's wheels is built without libsrt.
+LIVE_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "rtmps")
+SOURCE_SCHEMES = ("file", *LIVE_SCHEMES)
+MAX_CONFIG_BYTES = 1 << 20  # a config file larger than 1 MiB is refused before it is parsed
+MAX_MASK_SIDE = 8192
+MAX_URI_CHARS = 4096  # PATH_MAX: no longer path can be opened
+NAME_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # Redis key prefixes and consumer group names (fullmatch)
+MASK_SIZE_RE = re.compile(r"(\d{1,5})x(\d{1,5})")
 
 
 class ConfigError(Exception):
@@ -45,19 +53,40 @@ class SourceConfig(_Strict):
             raise ValueError(f"invalid stream id {v!r}: use 1-64 of A-Z a-z 0-9 . _ -")
         return v
 
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        if not v:
+            raise ValueError("empty source URI")
+        if len(v) > MAX_URI_CHARS:
+            raise ValueError(f"source URI {shorten(redact(v))!r} is {len(v)} characters long "
+                             f"(at most {MAX_URI_CHARS}): check the path")
+        scheme = uri_scheme(v)
+        if scheme is not None and scheme not in SOURCE_SCHEMES:
+            raise ValueError(f"unsupported scheme {scheme + '://'!r} in source {shorten(redact(v))!r}: use a "
+                             f"file path or one of {', '.join(s + '://' for s in SOURCE_SCHEMES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _network_is_live(self) -> SourceConfig:
+        if self.live is False and self.scheme != "file":
+            raise ValueError(f"source {self.id!r}: {self.scheme}:// sources are read as live streams "
+                             "(reconnect on end or error); live: false is for files only")
+        return self
+
     @property
     def scheme(self) -> str:
-        s = urlsplit(self.uri).scheme.lower()
-        return s if s in SOURCE_SCHEMES else "file"
+        return uri_scheme(self.uri) or "file"
 
     @property
     def is_live(self) -> bool:
-        return self.live if self.live is not None else self.scheme in ("rtsp", "rtsps")
+        return self.live if self.live is not None else self.scheme in LIVE_SCHEMES
 
     @property
     def path(self) -> str:
-        if self.uri.startswith("file://"):
-            return urlsplit(self.uri).path
+        """The local path of a file source (``file://`` URIs percent-decoded)."""
+        if uri_scheme(self.uri) == "file":
+            return unquote(urlsplit(self.uri).path)
         return self.uri
 
 
@@ -99,8 +128,8 @@ class RedisSection(_Strict):
     @field_validator("prefix")
     @classmethod
     def _prefix(cls, v: str) -> str:
-        if not re.match(r"^[A-Za-z0-9._:-]{1,64}$", v):
-            raise ValueError(f"invalid redis prefix {v!r}")
+        if not NAME_RE.fullmatch(v):
+            raise ValueError(f"invalid redis prefix {v!r}: use 1-64 of A-Z a-z 0-9 . _ : -")
         return v
 
 
@@ -134,8 +163,8 @@ class JobsSection(_Strict):
     @field_validator("group")
     @classmethod
     def _group(cls, v: str) -> str:
-        if not re.match(r"^[A-Za-z0-9._:-]{1,64}$", v):
-            raise ValueError(f"invalid consumer group name {v!r}")
+        if not NAME_RE.fullmatch(v):
+            raise ValueError(f"invalid consumer group name {v!r}: use 1-64 of A-Z a-z 0-9 . _ : -")
         return v
 
 
@@ -238,9 +267,13 @@ class PipelineConfig(_Strict):
     @field_validator("mask_size")
     @classmethod
     def _mask(cls, v: str) -> str:
-        if v in ("default", "network", "source") or re.match(r"^\d{1,5}x\d{1,5}$", v):
+        if v in ("default", "network", "source"):
             return v
-        raise ValueError(f"invalid mask size {v!r}: use WxH, network, source or default")
+        m = MASK_SIZE_RE.fullmatch(v)
+        if m and all(1 <= int(side) <= MAX_MASK_SIDE for side in m.groups()):
+            return v
+        raise ValueError(f"invalid mask size {shorten(v)!r}: use WxH (each side 1..{MAX_MASK_SIDE}), network, "
+                         "source or default")
 
     @field_validator("sinks")
     @classmethod
@@ -249,8 +282,10 @@ class PipelineConfig(_Strict):
             scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
             if scheme not in SINK_SCHEMES:
                 raise ValueError(
-                    f"unknown sink {redact(uri)!r}: use redis://, rediss://, dir:PATH or video:PATH"
+                    f"unknown sink {shorten(redact(uri))!r}: use redis://, rediss://, dir:PATH or video:PATH"
                 )
+            if scheme in ("redis", "rediss"):
+                check_redis_url(uri)
         return v
 
     @model_validator(mode="after")
@@ -284,9 +319,79 @@ class PipelineConfig(_Strict):
         return self
 
 
+_SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+_URI_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+
+
+def uri_scheme(uri: str) -> str | None:
+    """The lower-case scheme of ``scheme://...``, or None for a plain path (``C:\\x`` or ``a:b`` are paths)."""
+    m = _SCHEME_RE.match(uri)
+    return m.group(1).lower() if m else None
+
+
 def redact(uri: str) -> str:
-    """Hide the password in a URI (``redis://user:***@host``)."""
-    return re.sub(r"(?<=://)([^:/@]*):([^@/]*)@", lambda m: f"{m.group(1)}:***@", uri)
+    """Hide the password of a URI of any scheme: ``scheme://user:***@host/...``.
+
+    The userinfo ends at the *last* ``@`` of the authority, so a password holding ``@``, ``:``, ``/``, ``%40`` or
+    any other character is hidden whole (a raw ``/`` in a password would end the authority for a URL parser:
+    then everything up to the last ``@`` before the query counts as userinfo, erring on the side of hiding).
+    A user name without a password (``rediss://writer@host``) is kept.
+    """
+    m = _SCHEME_RE.match(uri)
+    if not m:
+        return uri
+    head, rest = uri[: m.end()], uri[m.end():]
+    try:
+        netloc = urlsplit(uri).netloc
+    except ValueError:  # e.g. an unbalanced "[": fall back to the generic syntax
+        netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if "@" in netloc:
+        authority_end = len(netloc)
+    else:
+        # no "@" before the first "/": a raw "/" in the password may have ended the parser's authority early
+        cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+        at = rest.rfind("@", 0, cut)
+        if at < 0 or ":" not in rest[:at]:
+            return uri
+        authority_end = cut
+    at = rest.rfind("@", 0, authority_end)
+    if at < 0:
+        return uri
+    userinfo = rest[:at]
+    user, sep, _password = userinfo.partition(":")
+    if not sep:
+        return uri
+    return f"{head}{user}:***{rest[at:]}"
+
+
+def redact_text(text: str) -> str:
+    """``text`` with every URI in it redacted (for log lines and error messages of any origin)."""
+    if "://" not in text:
+        return text
+    return _URI_IN_TEXT.sub(lambda m: redact(m.group(0)), text)
+
+
+def shorten(text: str, limit: int = 120) -> str:
+    """``text`` cut in the middle to at most ``limit`` characters (a 5000-character path stays one short line)."""
+    if len(text) <= limit:
+        return text
+    keep = (limit - 1) // 2
+    return f"{text[:keep]}…{text[-keep:]}"
+
+
+def check_redis_url(url: str) -> None:
+    """A ``redis://`` / ``rediss://`` URL a client can use: host, port 1..65535, integer database."""
+    safe = shorten(redact(url))
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"sink {safe!r}: the port must be a number in 1..65535") from None
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"sink {safe!r}: the port must be a number in 1..65535")
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        raise ValueError(f"sink {safe!r}: the database must be a number (redis://host:port/0)")
 
 
 def parse_source(arg: str) -> SourceConfig:
@@ -300,10 +405,10 @@ def parse_source(arg: str) -> SourceConfig:
         raise ConfigError(f"empty source in {arg!r}")
     if sid is None:
         parts = urlsplit(uri)
-        if parts.scheme.lower() in ("rtsp", "rtsps"):
+        if parts.scheme.lower() in LIVE_SCHEMES:
             sid = re.sub(r"[^A-Za-z0-9._-]", "_", parts.path.strip("/")) or parts.hostname or "camera"
         else:
-            sid = Path(parts.path if parts.scheme == "file" else uri).stem or "source"
+            sid = Path(unquote(parts.path) if parts.scheme.lower() == "file" else uri).stem or "source"
             sid = re.sub(r"[^A-Za-z0-9._-]", "_", sid)
         sid = sid[:64]
     try:
@@ -316,9 +421,49 @@ def first_error(e: ValidationError) -> str:
     err = e.errors()[0]
     loc = ".".join(str(p) for p in err["loc"])
     if err["type"] == "extra_forbidden":
-        return f"unknown config key {loc!r}"
+        return f"unknown config key {shorten(loc)!r}"
     msg = str(err["msg"]).removeprefix("Value error, ")
     return f"{loc}: {msg}" if loc else msg
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses aliases (``*name``): a few hundred bytes of nested aliases expand to
+    gigabytes (the "billion laughs"), and a config never needs them."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"YAML aliases (*{event.anchor}) are not allowed in a config", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def read_yaml(p: Path) -> Any:
+    """The YAML document in ``p``: at most 1 MiB, text, no aliases; every problem is one ConfigError line."""
+    shown = shorten(str(p))
+    try:
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {shown}")
+        with p.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {shown} ({e.strerror or type(e).__name__})") from e
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {shown} is larger than 1 MiB: a config is a short YAML file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {shown} is not a text YAML file (binary data at byte {e.start}): "
+                          "pass the config first, sources with --source") from e
+    if "\x00" in text:
+        raise ConfigError(f"config file {shown} is not a text YAML file (it holds NUL bytes)")
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"config file {shown} is not valid YAML: {problem}{where}") from e
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
@@ -326,14 +471,9 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from e
+        loaded = read_yaml(p) or {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {p} must be a mapping of keys")
+            raise ConfigError(f"config file {shorten(str(p))} must be a mapping of keys")
         data = loaded
         if isinstance(data.get("sources"), list):
             data["sources"] = [_source_entry(s) for s in data["sources"]]

@@ -8,11 +8,22 @@ from typing import Any
 
 import numpy as np
 
-STREAM_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+STREAM_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")  # whole-string match only: "$" would allow a final "\n"
 
 
 def valid_stream_id(sid: str) -> bool:
-    return bool(STREAM_ID_RE.match(sid)) and sid not in (".", "..")
+    return bool(STREAM_ID_RE.fullmatch(sid)) and sid not in (".", "..")
+
+
+MAX_UINT8_CLASSES = 256  # class ids 0..255 fit an 8-bit mask; more labels need a 16-bit one
+MAX_CLASSES = 65536
+
+
+def mask_dtype_for(num_classes: int) -> str:
+    """``uint8`` for up to 256 classes, else ``uint16`` (published as 16-bit PNGs; ``{prefix}:meta`` says which)."""
+    if num_classes > MAX_CLASSES:
+        raise ValueError(f"{num_classes} classes do not fit a 16-bit mask (at most {MAX_CLASSES})")
+    return "uint8" if num_classes <= MAX_UINT8_CLASSES else "uint16"
 
 
 @dataclass(frozen=True)
@@ -66,7 +77,7 @@ class Result:
     """What a sink publishes for one frame."""
 
     id: FrameId
-    mask: np.ndarray | None  # mask_h x mask_w uint8 class ids
+    mask: np.ndarray | None  # mask_h x mask_w class ids: uint8, or uint16 for more than 256 classes
     classes: dict[int, float] = field(default_factory=dict)  # class id -> pixel fraction
     depth: dict[str, Any] | None = None  # summary, see postprocess.depth_summary
     depth_map: np.ndarray | None = None  # mask-sized float32, kept only for visual sinks

@@ -10,6 +10,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import MetricsHandler
 
+from pipeline.config import redact_text
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0)
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -75,7 +77,7 @@ class Metrics:
                 if path in ("/healthz", "/readyz"):
                     alive, ready, detail = health() if health else (True, True, {})
                     ok = alive if path == "/healthz" else ready
-                    body = json.dumps({"ok": ok, **detail}).encode()
+                    body = redact_text(json.dumps({"ok": ok, **detail})).encode()  # no password, whatever the detail
                     self.send_response(200 if ok else 503)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(body)))

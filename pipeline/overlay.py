@@ -49,6 +49,11 @@ def _turbo_lut() -> np.ndarray:
 
 
 PALETTE = class_palette()
+
+
+def class_colours(mask: np.ndarray) -> np.ndarray:
+    """``H x W x 3`` colours of a class-id mask; a 16-bit mask (> 256 classes) reuses the palette's colours."""
+    return PALETTE[mask] if mask.dtype == np.uint8 else PALETTE[mask.astype(np.int64) % len(PALETTE)]
 TURBO = _turbo_lut()
 
 
@@ -68,7 +73,7 @@ def colorize_depth(depth: np.ndarray, lo: float | None = None, hi: float | None 
 
 def blend_mask(image: np.ndarray | None, mask: np.ndarray, alpha: float = ALPHA) -> np.ndarray:
     """Class colours of ``mask`` blended over ``image`` (same H x W), or the colours alone without an image."""
-    colours = PALETTE[mask]
+    colours = class_colours(mask)
     if image is None:
         return colours  # type: ignore[no-any-return]
     out = image.astype(np.float32) * (1.0 - alpha) + colours.astype(np.float32) * alpha
@@ -216,8 +221,8 @@ def render_entry(fields: dict[str, bytes], labels: dict[int, str], min_side: int
     halves = []
     if mask is not None:
         classes = {int(k): float(v) for k, v in json.loads(fields.get("classes", b"{}")).items()}
-        left = blend_mask(thumb, _resize(mask, size, nearest=True)) if thumb is not None else PALETTE[
-            _resize(mask, size, nearest=True)]
+        left = blend_mask(thumb, _resize(mask, size, nearest=True)) if thumb is not None else class_colours(
+            _resize(mask, size, nearest=True))
         left = draw_legend(np.ascontiguousarray(left), classes, labels)
         halves.append(caption(left, "classes over frame thumbnail" if thumb is not None else "classes (mask)"))
     elif thumb is not None:

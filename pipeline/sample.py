@@ -81,11 +81,12 @@ def tiny_config_kwargs(image_size: int) -> dict[str, Any]:
 
 
 def make_checkpoint(path: str | Path, task: str, image_size: int | None = None, seed: int = 0,
-                    large: bool = False) -> Path:
+                    large: bool = False, num_labels: int = 150) -> Path:
     """Save a random-weight DPT checkpoint with a ``preprocessor_config.json``.
 
     ``large=False``: a tiny model (same architecture, small sizes) for tests and the CPU demo.
     ``large=True``: the real DPT-Large architecture (ViT-L/16, 24 layers) with random weights.
+    ``num_labels``: segmentation classes (ADE20K's 150 names, then ``class_N``).
     """
     import torch
     from transformers import DPTConfig, DPTForDepthEstimation, DPTForSemanticSegmentation
@@ -111,8 +112,9 @@ def make_checkpoint(path: str | Path, task: str, image_size: int | None = None, 
     if task == "segmentation":
         from engines.labels import ADE20K_LABELS
 
-        id2label = dict(enumerate(ADE20K_LABELS))
-        kw.update(num_labels=150, id2label=id2label, label2id={v: k for k, v in id2label.items()},
+        names = [*ADE20K_LABELS, *(f"class_{i}" for i in range(len(ADE20K_LABELS), num_labels))][:num_labels]
+        id2label = dict(enumerate(names))
+        kw.update(num_labels=num_labels, id2label=id2label, label2id={v: k for k, v in id2label.items()},
                   use_auxiliary_head=True)
         config = DPTConfig(**kw)
         model: Any = DPTForSemanticSegmentation(config)

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline.config import ConfigError, PipelineConfig, load_config, parse_source, redact
+from pipeline.config import ConfigError, PipelineConfig, load_config, parse_source, redact, redact_text, shorten
 
 log = logging.getLogger("dptstream")
 
@@ -41,6 +41,7 @@ def setup_logging(debug: bool = False, quiet: bool = False) -> None:
         handler = logging.StreamHandler(sys.stderr)
         fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     handler.setFormatter(logging.Formatter(fmt))
+    handler.addFilter(RedactFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -53,6 +54,20 @@ def setup_logging(debug: bool = False, quiet: bool = False) -> None:
 
     av.logging.set_libav_level(av.logging.WARNING if debug else av.logging.PANIC)
 
+
+
+class RedactFilter(logging.Filter):
+    """Hides the password of every URI in every log record, whichever module logged it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            msg = record.getMessage()
+        except Exception:  # a malformed record: let logging report it as it would
+            return True
+        clean = redact_text(msg)
+        if clean != msg:
+            record.msg, record.args = clean, None
+        return True
 
 
 def build_overrides(sources: list[str] | None, sinks: list[str] | None, models: list[str] | None,
@@ -73,21 +88,23 @@ def build_overrides(sources: list[str] | None, sinks: list[str] | None, models: 
                 raise ConfigError(f"--model {spec!r}: use TASK=ID|PATH with TASK segmentation or depth")
             m[task] = mid
         o["models"] = m
-    if tasks:
+    if tasks is not None:  # "" is given, and wrong: flags are tested for presence, never for truthiness
         ts = [t.strip() for t in tasks.split(",") if t.strip()]
+        if not ts:
+            raise ConfigError("--tasks is empty: use segmentation, depth or segmentation,depth")
         bad = [t for t in ts if t not in ("segmentation", "depth")]
         if bad:
             raise ConfigError(f"--tasks: unknown task {bad[0]!r} (use segmentation, depth or both)")
         o["tasks"] = ts
     given = {"backend": engine, "device": device, "batch_size": batch_size, "precision": precision}
-    eng = {k: v for k, v in given.items() if v}
+    eng = {k: v for k, v in given.items() if v is not None}
     if eng:
         o["engine"] = eng
-    if mask_size:
+    if mask_size is not None:
         o["mask_size"] = mask_size
     if metrics_port is not None:
-        o["metrics"] = {"port": None if metrics_port < 0 else metrics_port}
-    if redis_prefix:
+        o["metrics"] = {"port": None if metrics_port == -1 else metrics_port}  # other negatives fail validation
+    if redis_prefix is not None:
         o["redis"] = {"prefix": redis_prefix}
     if no_resume:
         o["resume"] = False
@@ -97,12 +114,16 @@ def build_overrides(sources: list[str] | None, sinks: list[str] | None, models: 
 
 class stop_on_signals:
     """First SIGINT/SIGTERM: call ``target.request_stop()`` (stop reading; what was decoded drains to the
-    sinks) and log ``what``. A second signal exits at once."""
+    sinks, and a sink that cannot write gives up after ``redis.retry_max_s``) and log ``what``. A second
+    signal exits at once, saying how many results were not written (``target.unwritten()``, when it has one):
+    through ``target.abort_now()`` when the target has one (then ``forced`` is set and the caller returns
+    :data:`EXIT_INTERRUPTED`), else by raising ``SystemExit``."""
 
     def __init__(self, target: Any, what: str = "draining decoded frames to the sinks") -> None:
         self.target = target
         self.what = what
         self.count = 0
+        self.forced = False  # a second signal came: the caller exits with EXIT_INTERRUPTED, nothing more to say
         self._old: dict[int, Any] = {}
 
     def _handler(self, signum: int, frame: Any) -> None:
@@ -110,8 +131,19 @@ class stop_on_signals:
         if self.count == 1:
             log.warning("%s: stopping; %s (again to quit at once)", signal.Signals(signum).name, self.what)
             self.target.request_stop()
-        else:
-            raise SystemExit(EXIT_INTERRUPTED)
+        elif not self.forced:
+            self.forced = True
+            count = getattr(self.target, "unwritten", None)
+            n = count() if count is not None else 0
+            name = signal.Signals(signum).name
+            err(f"stopped at once by a second {name}: {n} results not written (a rerun resumes after the last "
+                "written frame)" if n else f"stopped at once by a second {name}")
+            abort = getattr(self.target, "abort_now", None)
+            if abort is None:
+                raise SystemExit(EXIT_INTERRUPTED)
+            # the stages stop after their current item and the run returns at once; unwinding the main thread
+            # with SystemExit while they compute would kill the process mid-computation
+            abort()
 
     def __enter__(self) -> stop_on_signals:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -125,7 +157,8 @@ class stop_on_signals:
 
 
 def err(msg: str) -> None:
-    print(f"dptstream: error: {msg}", file=sys.stderr, flush=True)
+    """The one error line; every URI in it is redacted, whatever produced the message."""
+    print(f"dptstream: error: {redact_text(msg)}", file=sys.stderr, flush=True)
 
 
 
@@ -141,7 +174,7 @@ def report_error(e: Exception) -> int:
     if isinstance(e, SourceError | EngineError | SinkError | PipelineError):
         err(str(e))
         return EXIT_FAIL
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    msg = shorten(str(e).strip().splitlines()[0]) if str(e).strip() else ""
     err(f"unexpected {type(e).__name__}: {msg} (run with --debug for the traceback)")
     return EXIT_FAIL
 

@@ -9,7 +9,7 @@ from types import ModuleType
 import typer
 
 from pipeline.cli import alerts, bench, engine, jobs, run, sample, show, snapshot, view
-from pipeline.cli.common import EXIT_INTERRUPTED, err, report_error
+from pipeline.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, err, report_error
 
 # Every command group, in the order `--help` lists them. Each module has `register(app)`.
 COMMANDS: tuple[ModuleType, ...] = (run, show, alerts, sample, engine, bench, jobs, snapshot, view)
@@ -39,17 +39,29 @@ def main(argv: list[str] | None = None) -> None:
         err("interrupted")
         sys.exit(EXIT_INTERRUPTED)
     except Exception as e:
-        import click
-
-        if isinstance(e, click.exceptions.Abort):
+        kind = click_kind(e)
+        if kind == "Abort":
             err("interrupted")
             sys.exit(EXIT_INTERRUPTED)
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
+        if kind == "ClickException":
+            e.show()  # type: ignore[attr-defined]  # click's own message: usage line, hint, "Error: ..."
+            code = getattr(e, "exit_code", EXIT_USAGE)
+            sys.exit(code if isinstance(code, int) else EXIT_USAGE)
         if debug:
             raise
         sys.exit(report_error(e))
+
+
+def click_kind(e: BaseException) -> str | None:
+    """``"ClickException"`` (usage errors included) or ``"Abort"`` for an exception of click *or* of the click
+    that typer bundles (``typer._click``: a separate class hierarchy, so ``isinstance`` against one misses
+    the other); None for anything else. Judged by the class names along the MRO."""
+    names = {c.__name__ for c in type(e).__mro__}
+    for kind in ("Abort", "ClickException"):
+        if kind in names and any(c.__module__.split(".")[0] in ("click", "typer") for c in type(e).__mro__
+                                 if c.__name__ == kind):
+            return kind
+    return None
 
 
 if __name__ == "__main__":

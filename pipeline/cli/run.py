@@ -11,6 +11,7 @@ import typer
 
 from pipeline.cli.common import (
     EXIT_FAIL,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     DebugOpt,
     QuietOpt,
@@ -26,7 +27,7 @@ log = logging.getLogger("dptstream")
 
 def run(
     config: Annotated[Path | None, typer.Argument(help="YAML config (see configs/). Flags override it.")] = None,
-    source: Annotated[list[str] | None, typer.Option("--source", "-s", help="[ID=]URI: a file path, file://, rtsp:// or rtsps://. Repeatable.")] = None,
+    source: Annotated[list[str] | None, typer.Option("--source", "-s", help="[ID=]URI: a file path, file://, or a live rtsp(s)://, http(s):// (incl. HLS) or rtmp(s):// stream. Repeatable.")] = None,
     sink: Annotated[list[str] | None, typer.Option("--sink", help="redis://[user:pass@]host:port/db, rediss://, dir:PATH or video:PATH. Repeatable. Default: $REDIS_URL or redis://127.0.0.1:6379/0.")] = None,
     model: Annotated[list[str] | None, typer.Option("--model", "-m", help="TASK=ID|PATH, e.g. segmentation=Intel/dpt-large-ade or depth=./ckpt. Repeatable.")] = None,
     tasks: Annotated[str | None, typer.Option(help="segmentation,depth (default both).")] = None,
@@ -89,8 +90,10 @@ def run_pipeline(cfg: PipelineConfig) -> int:
         holder["pipeline"] = pipeline
         show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
         view = ProgressView(rt.metrics, totals, pipeline.report, enabled=show)
-        with stop_on_signals(pipeline), view:
+        with stop_on_signals(pipeline) as signals, view:
             report = pipeline.run(tick=view.update)
+        if signals.forced:  # a second signal: its line said what was not written
+            return EXIT_INTERRUPTED
         return finish(report, cfg)
     finally:
         rt.close()
@@ -115,9 +118,15 @@ def finish(report: Any, cfg: PipelineConfig) -> int:
         if s.error:
             err(s.error)
             code = EXIT_FAIL
+    unwritten = getattr(report, "unwritten", 0)
     if report.fatal:
-        err(report.fatal)
+        lost = f"; {unwritten} results not written (a rerun resumes after the last written frame)" \
+            if unwritten else ""
+        err(report.fatal + lost)
         code = EXIT_FAIL
+    elif unwritten and report.interrupted:
+        log.warning("%d decoded results were not written before the stop (a rerun resumes after the last written "
+                    "frame)", unwritten)
     return code
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from pipeline.cli.common import DebugOpt, setup_logging
-from pipeline.config import ConfigError, redact
+from pipeline.config import ConfigError, redact, shorten
 
 
 def zone_summary(zones: dict[str, Any], labels: dict[str, str], depth_kind: str | None) -> str:
@@ -35,7 +35,7 @@ def zone_summary(zones: dict[str, Any], labels: dict[str, str], depth_kind: str 
 
 def show(
     stream: Annotated[str | None, typer.Argument(help="Stream id (default: every stream).")] = None,
-    count: Annotated[int, typer.Option("--count", "-n", help="Latest entries per stream.")] = 1,
+    count: Annotated[int, typer.Option("--count", "-n", min=1, help="Latest entries per stream (1 or more).")] = 1,
     redis_url: Annotated[str | None, typer.Option("--redis", help="Redis URL (default $REDIS_URL or redis://127.0.0.1:6379/0).")] = None,
     redis_prefix: Annotated[str, typer.Option("--redis-prefix")] = "dpt",
     debug: DebugOpt = False,
@@ -44,10 +44,21 @@ def show(
     setup_logging(debug, quiet=True)
     import os
 
+    from pipeline.config import NAME_RE, check_redis_url
     from pipeline.frames import valid_stream_id
     from pipeline.sinks import RedisKeys, redis_client
 
     url = redis_url or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    if stream is not None and not valid_stream_id(stream):
+        raise ConfigError(f"invalid stream id {shorten(stream)!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+    if not NAME_RE.fullmatch(redis_prefix):
+        raise ConfigError(f"invalid --redis-prefix {shorten(redis_prefix)!r}: use 1-64 of A-Z a-z 0-9 . _ : -")
+    if url.split(":", 1)[0].lower() not in ("redis", "rediss"):
+        raise ConfigError(f"{shorten(redact(url))!r} is not a Redis URL: use redis://host:port/db or rediss://")
+    try:
+        check_redis_url(url)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     keys = RedisKeys(redis_prefix)
     try:
         r = redis_client(url)
@@ -55,8 +66,6 @@ def show(
         ids = [stream] if stream else sorted(x.decode() for x in r.smembers(keys.streams))
     except Exception as e:
         raise ConfigError(f"cannot read Redis at {redact(url)} ({str(e).splitlines()[0]})") from e
-    if stream and not valid_stream_id(stream):
-        raise ConfigError(f"invalid stream id {stream!r}: use 1-64 of A-Z a-z 0-9 . _ -")
     labels = json.loads(meta.get(b"labels", b"{}"))
     if not ids:
         print(f"no streams under {redis_prefix}: in {redact(url)}")

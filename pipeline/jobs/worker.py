@@ -23,7 +23,7 @@ from pipeline.jobs.submit import ensure_group
 
 log = logging.getLogger(__name__)
 
-WORKER_NAME_RE = re.compile(r"^[A-Za-z0-9._:@-]{1,128}$")
+WORKER_NAME_RE = re.compile(r"[A-Za-z0-9._:@-]{1,128}")  # used with fullmatch
 
 
 # Lua: each state change is one atomic step. Ownership = "this worker holds the job's pending entry".
@@ -95,7 +95,7 @@ class Worker:
         self.rt = runtime
         self.client = client
         self.name = name or default_worker_name()
-        if not WORKER_NAME_RE.match(self.name):
+        if not WORKER_NAME_RE.fullmatch(self.name):
             raise ConfigError(f"invalid worker name {self.name!r}: use 1-128 of A-Z a-z 0-9 . _ : @ -")
         self.keys = JobKeys(cfg.redis.prefix)
         self.group = cfg.jobs.group
@@ -345,7 +345,13 @@ class Worker:
             self.client.hset(self.keys.job(jid), "frames", total)
         cfg = self.cfg.model_copy(update={"sources": [src], "resume": True})
         pipeline = Pipeline(cfg, self.rt.engines, self.rt.sinks, self.rt.metrics, live_options={"live": cfg.live})
-        pipeline.build()
+        try:
+            pipeline.build()  # refuses a resume point recorded for another file under this job id
+        except (ConfigError, SourceError) as e:
+            reason = str(e).splitlines()[0]
+            self._finish_job(entry, jid, "failed", error=reason)
+            log.error("job %s failed: %s", jid, reason)
+            return JobOutcome(jid, "failed", reason=reason)
         skipped = pipeline.report.streams[jid].skipped
         if skipped:
             log.info("job %s: resuming after frame %d", jid, skipped - 1)

@@ -11,6 +11,7 @@ import engines as eng
 from engines import Engine, EngineConfig
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.metrics import Metrics
+from pipeline.runtime.pipeline import check_resume
 from pipeline.sinks import Sink, create_sink
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ def start_runtime(cfg: PipelineConfig, serve_metrics: bool = True, health: Any =
     stop = threading.Event()
     sinks = open_sinks(cfg, metrics, stop)
     try:
+        check_resume(cfg, sinks)  # another file under a published stream id: refused before the models load
         engines = create_engines(cfg)
         from pipeline.runtime.pipeline import zone_plan
 

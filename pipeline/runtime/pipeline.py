@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engines import Engine
-from pipeline.config import ConfigError, PipelineConfig
+from pipeline.config import ConfigError, PipelineConfig, SourceConfig, shorten
 from pipeline.frames import EndOfStream, Frame
 from pipeline.metrics import Metrics
 from pipeline.queues import FanIn, NamedQueue
 from pipeline.sinks import RedisSink, Sink
-from pipeline.sources import Source, create_source
+from pipeline.sources import Source, SourceIdentity, create_source, source_identity
 from pipeline.stages import InferStage, PostprocessStage, PreprocessStage, PublishStage, Stage, is_control
 from pipeline.zones import RuleError, ZonePlan, resolve
 
@@ -56,10 +56,57 @@ class RunReport:
     seconds: float = 0.0
     fatal: str | None = None
     interrupted: bool = False
+    unwritten: int = 0  # decoded frames no sink wrote (a stop while Redis was down)
 
     @property
     def failed(self) -> list[StreamReport]:
         return [s for s in self.streams.values() if s.error]
+
+
+def resume_point(sink: RedisSink, s: SourceConfig, resume: bool, record: bool) -> int:
+    """First frame to publish for source ``s`` with Redis sink ``sink``.
+
+    A file resumes after its last published frame only if the progress hash was recorded for the same file
+    (size, video duration, hash of the first MiB); a different file under the same stream id is refused with a
+    :class:`ConfigError`, never silently skipped. With ``record`` the file's identity is written next to the
+    resume point (live sources and ``resume=False`` clear it first); without, nothing is written (a check
+    before the models load)."""
+    fields = SourceIdentity.FIELDS
+    if s.is_live or s.scheme != "file":
+        if record:
+            sink.reset_progress(s.id, fields)
+        return 0
+    ident = source_identity(s)
+    if not resume:
+        if record:
+            sink.reset_progress(s.id, fields)
+            sink.record_source(s.id, ident.fields())
+        return 0
+    progress = sink.progress_fields(s.id)
+    last = int(progress["frame"]) if progress.get("frame", "").lstrip("-").isdigit() else -1
+    before = SourceIdentity.from_fields(progress)
+    if last >= 0 and before is not None and not before.same_file(ident):
+        raise ConfigError(
+            f"stream {s.id!r} was published from {before.describe()}, but {ident.describe()} is a different "
+            f"file: give it its own id (--source NEWID={shorten(s.path)}) or publish from frame 0 with "
+            "--no-resume")
+    if record:
+        if last >= 0 and before is None:
+            log.warning("%s: the resume point has no source identity (written by an older version); resuming "
+                        "after frame %d and recording %s as its source", s.id, last, ident.describe())
+        sink.record_source(s.id, ident.fields())
+        if last >= 0:
+            log.info("%s: resuming after frame %d (already published)", s.id, last)
+    return last + 1
+
+
+def check_resume(cfg: PipelineConfig, sinks: Sequence[Sink]) -> None:
+    """Refuse, before any model loads, a file whose stream id holds frames published from another file."""
+    sink = next((s for s in sinks if isinstance(s, RedisSink)), None)
+    if sink is None:
+        return
+    for s in cfg.sources:
+        resume_point(sink, s, cfg.resume, record=False)
 
 
 class Pipeline:
@@ -110,16 +157,12 @@ class Pipeline:
             start = 0
             rep = StreamReport(s.id)
             if redis_sink is not None:
-                if s.is_live or not cfg.resume:
-                    redis_sink.reset_progress(s.id)
-                else:
-                    start = redis_sink.last_published(s.id) + 1
-                    rep.skipped = start
-                    if start:
-                        log.info("%s: resuming after frame %d (already published)", s.id, start - 1)
-                        state = redis_sink.rule_state(s.id) if plan.rules_for(s.id) else None
-                        if state:  # the debounce continues where the published frames left it
-                            rule_states[s.id] = state
+                start = self._resume_point(redis_sink, s)
+                rep.skipped = start
+                if start:
+                    state = redis_sink.rule_state(s.id) if plan.rules_for(s.id) else None
+                    if state:  # the debounce continues where the published frames left it
+                        rule_states[s.id] = state
             policy = cfg.queues.live_policy if s.is_live else "block"
             q: NamedQueue[Any] = NamedQueue(f"decoded:{s.id}", cfg.queues.decoded, policy,
                                             on_drop=self._dropped("decoded"), is_control=is_control,
@@ -194,6 +237,22 @@ class Pipeline:
         live = any(s.id == eos.stream_id and s.is_live for s in self.cfg.sources)
         return live or not self.stopping.is_set()
 
+    def _resume_point(self, sink: RedisSink, s: SourceConfig) -> int:
+        """First frame to publish for ``s`` (see :func:`resume_point`); records the file's identity."""
+        return resume_point(sink, s, self.cfg.resume, record=True)
+
+    def unwritten(self) -> int:
+        """Frames of file streams decoded in this run that no sink has written (what a stop during a Redis outage
+        leaves out, and a rerun resumes). Live streams do not count: their dropped frames are counted as drops."""
+        total = 0
+        for src in self.sources:
+            if src.cfg.is_live:
+                continue
+            written = max((s.published_by.get(src.id, 0) for s in self.sinks if hasattr(s, "published_by")),
+                          default=0)
+            total += max(src.frames - written, 0)
+        return total
+
     def _on_eos(self, eos: EndOfStream) -> None:
         rep = self.report.streams.setdefault(eos.stream_id, StreamReport(eos.stream_id))
         rep.decoded, rep.error, rep.truncated, rep.done = eos.frames, eos.error, eos.truncated, True
@@ -258,11 +317,28 @@ class Pipeline:
         self._t0 = time.monotonic()
 
     def request_stop(self) -> None:
-        """Stop reading; everything already decoded drains through to the sinks."""
+        """Stop reading; everything already decoded drains through to the sinks. A sink that cannot write
+        (Redis down) gives up after its retry limit (``redis.retry_max_s``) instead of waiting forever."""
         self.stopping.set()
         self.report.interrupted = True
         for s in self.sources:
             s.stop()
+        for sink in self.sinks:
+            stop = getattr(sink, "request_stop", None)
+            if stop is not None:
+                stop()
+
+    def abort_now(self) -> None:
+        """Quit at once (a second signal): stages stop after their current item, a sink waiting for Redis gives
+        up, and :meth:`wait` returns within its bounded joins. What was not written is :meth:`unwritten`."""
+        self.request_stop()
+        if self._fatal is None:
+            self._fatal = "stopped at once by a second signal"
+        self.abort.set()
+        for sink in self.sinks:
+            abandon = getattr(sink, "abandon", None)
+            if abandon is not None:
+                abandon()
 
     @property
     def running(self) -> bool:
@@ -277,13 +353,27 @@ class Pipeline:
             s.join(timeout=5)
         for st in self.stages:
             st.join(timeout=5)
+        if self.abort.is_set():
+            self._discard_queued()
+        for src in self.sources:  # a stream whose end marker never reached the sinks (aborted run)
+            rep = self.report.streams.get(src.id)
+            if rep is not None and not rep.done:
+                rep.decoded = src.frames
         if tick is not None:
             tick()
         self.report.seconds = time.monotonic() - self._t0
         # one frame written to several sinks counts once
         self.report.published = max((getattr(s, "published", 0) for s in self.sinks), default=0)
         self.report.fatal = self._fatal
+        self.report.unwritten = self.unwritten()
         return self.report
+
+    def _discard_queued(self) -> None:
+        """Drop what an aborted run left in its queues now, while the interpreter is whole: decoded pictures are
+        views of PyAV frames, and freeing those during interpreter shutdown can hang."""
+        for q in self.queues.values():
+            while q.get_nowait() is not None:
+                pass
 
     def run(self, tick: Callable[[], None] | None = None) -> RunReport:
         self.start()

@@ -3,6 +3,7 @@ frame."""
 
 from __future__ import annotations
 
+import collections
 import json
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ class DirSink:
         self.metrics = metrics
         self._files: dict[str, Any] = {}
         self.published = 0
+        self.published_by: collections.Counter[str] = collections.Counter()  # per stream id
 
     def open(self) -> None:
         try:
@@ -52,6 +54,7 @@ class DirSink:
                 rec["depth_map"] = name
             self._files[sid].write(json.dumps(rec) + "\n")
             self.published += 1
+            self.published_by[sid] += 1
             self.metrics.frames.labels(stream=sid, stage="published").inc()
             self.metrics.latency.labels(stream=sid).observe(now - r.id.wall_time)
 

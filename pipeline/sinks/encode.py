@@ -20,9 +20,10 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def encode_png(mask: np.ndarray) -> bytes:
-    """An 8-bit greyscale PNG of a uint8 mask, written directly: filter type 0 on every row and zlib's fast
-    run-length strategy. Class masks are long runs of equal ids: this is ~4x cheaper in CPU than PIL's
-    encoder at ``compress_level=1`` and smaller; any PNG reader decodes the very same pixels."""
+    """A greyscale PNG of a class-id mask. uint8 (up to 256 classes): 8-bit, written directly (filter type 0 on
+    every row and zlib's fast run-length strategy; class masks are long runs of equal ids, so this is ~4x cheaper
+    in CPU than PIL's encoder at ``compress_level=1`` and smaller; any PNG reader decodes the very same pixels).
+    uint16 (more than 256 classes): a 16-bit greyscale PNG through PIL (mode ``I;16``)."""
     if mask.dtype != np.uint8 or mask.ndim != 2:
         buf = io.BytesIO()
         Image.fromarray(mask).save(buf, format="PNG", compress_level=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -11,7 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pipeline.config import PipelineConfig, redact
-from pipeline.frames import EndOfStream, Result
+from pipeline.frames import EndOfStream, Result, mask_dtype_for
 from pipeline.metrics import Metrics
 from pipeline.sinks.base import SinkError, error_reason
 from pipeline.sinks.encode import encode_depth_png, encode_png, encode_thumbnail, summary
@@ -159,6 +160,7 @@ class RedisSink:
         self.labels = labels or {}
         self.models = models or {}
         self._stop = stop or threading.Event()
+        self._abandon = threading.Event()  # set by a second stop signal: give up a waiting write at once
         self._errors = metrics.sink_errors.labels(sink=urlsplit(url).scheme)
         self._buffer_gauge = metrics.sink_buffer.labels(sink=urlsplit(url).scheme)
         self._client: Any = None
@@ -172,6 +174,7 @@ class RedisSink:
         self._probe_ok = False
         self._live = {s.id for s in cfg.sources if s.is_live}
         self.published = 0
+        self.published_by: collections.Counter[str] = collections.Counter()  # per stream id
         self.duplicates = 0
         self.wants_images = cfg.redis.thumbnail > 0  # the pipeline keeps the frame for the JPEG thumbnail
 
@@ -202,6 +205,7 @@ class RedisSink:
             "labels": json.dumps({str(k): v for k, v in sorted(self.labels.items())}),
             "models": json.dumps(self.models),
             **zones,
+            "mask_dtype": mask_dtype_for(max(self.labels, default=-1) + 1),  # uint8, or uint16 past 256 classes
         })
 
     def last_published(self, sid: str) -> int:
@@ -214,10 +218,13 @@ class RedisSink:
         v = self._client.hget(self.keys.progress(sid), "rules")
         return v.decode() if isinstance(v, bytes) else v
 
-    def reset_progress(self, sid: str) -> None:
-        """Start ``sid`` afresh: no resume point, no rule state; rules a previous run left active end."""
+    def reset_progress(self, sid: str, fields: tuple[str, ...] = ()) -> None:
+        """Start ``sid`` afresh: no resume point, no rule state; rules a previous run left active end. ``fields``
+        (the source identity recorded with the resume point) are removed too."""
         n = self._reset_script(keys=[self.keys.progress(sid), self.keys.alerts, self.keys.alerts_active],
                                args=[sid, self.keys.alerts, self.cfg.redis.alerts_maxlen])
+        if fields:
+            self._client.hdel(self.keys.progress(sid), *fields)
         if n:
             log.info("%s: ended %d rule(s) a previous run left active", sid, n)
 
@@ -226,6 +233,24 @@ class RedisSink:
             return ""
         return json.dumps([{"key": f"{ev['stream']}/{ev['rule']}", "state": ev["state"], "json": json.dumps(ev),
                             "fields": alert_fields(ev)} for ev in events])
+
+    def progress_fields(self, sid: str) -> dict[str, str]:
+        """Everything in ``{prefix}:stream:{sid}:progress``: the resume point and the source identity."""
+        raw = self._client.hgetall(self.keys.progress(sid))
+        return {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
+
+    def record_source(self, sid: str, fields: dict[str, str]) -> None:
+        """Record which source the resume point of ``sid`` belongs to (next to ``frame`` / ``id``)."""
+        self._client.hset(self.keys.progress(sid), mapping=fields)
+
+    def request_stop(self) -> None:
+        """The run is stopping: a write that fails keeps retrying for at most ``redis.retry_max_s`` more."""
+        self._stop.set()
+
+    def abandon(self) -> None:
+        """The run is quitting at once: a write waiting for Redis gives up now."""
+        self._abandon.set()
+        self._stop.set()
 
     def _fields(self, r: Result, latency_ms: float) -> list[Any]:
         f: list[Any] = ["frame", r.id.index, "pts", repr(round(r.id.pts, 6)), "ts", repr(round(r.id.wall_time, 6))]
@@ -277,13 +302,25 @@ class RedisSink:
             self._pending = batch + self._pending
 
     def _write_blocking(self, batch: list[Result]) -> None:
-        waited = 0.0
+        """Retry until Redis takes ``batch``; once a stop is requested, for at most ``redis.retry_max_s`` more."""
+        give_up: float | None = None
         while not self._attempt(batch):
-            if self._stop.is_set() and waited >= self.cfg.redis.retry_max_s:
-                raise SinkError(f"Redis at {self.name} is unreachable; {len(batch)} results not written")
-            delay = max(self._next_try - time.monotonic(), 0.0)
-            time.sleep(delay)
-            waited += delay
+            now = time.monotonic()
+            if self._abandon.is_set():
+                raise SinkError(f"Redis at {self.name} is unreachable; writing abandoned by a second stop signal")
+            if self._stop.is_set():
+                if give_up is None:
+                    give_up = now + self.cfg.redis.retry_max_s
+                if now >= give_up:
+                    raise SinkError(f"Redis at {self.name} is unreachable; gave up writing after the stop "
+                                    f"request (redis.retry_max_s {self.cfg.redis.retry_max_s:g}s)")
+            delay = max(self._next_try - now, 0.0)
+            if give_up is not None:
+                delay = min(delay, max(give_up - now, 0.0))
+            if give_up is None:
+                self._stop.wait(delay)  # a stop request ends the wait: its deadline starts now
+            else:
+                self._abandon.wait(delay)
 
     def _attempt(self, batch: list[Result]) -> bool:
         """One pipelined round trip for ``batch``. False (counted, backoff scheduled) when Redis is away."""
@@ -317,6 +354,7 @@ class RedisSink:
             # after a failed round trip, a frame already applied by it is ours, written once
             if ok or retried:
                 self.published += 1
+                self.published_by[r.id.stream_id] += 1
                 self.metrics.frames.labels(stream=r.id.stream_id, stage="published").inc()
                 self.metrics.latency.labels(stream=r.id.stream_id).observe(now - r.id.wall_time)
             else:

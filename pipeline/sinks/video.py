@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 from fractions import Fraction
@@ -77,6 +78,7 @@ class VideoSink:
         self._writers: dict[str, _Writer] = {}
         self._sizes: dict[str, tuple[int, int]] = {}
         self.published = 0
+        self.published_by: collections.Counter[str] = collections.Counter()  # per stream id
         # frames_total{stage="published"} belongs to the primary sink; count here only when this is the only one
         self._count = len(cfg.sinks) == 1
         self.files: list[Path] = []
@@ -117,6 +119,7 @@ class VideoSink:
             except (av.FFmpegError, OSError) as e:
                 raise SinkError(f"{self.name}: cannot write {self.path_for(sid)} ({e})") from e
             self.published += 1
+            self.published_by[sid] += 1
             if self._count:
                 self.metrics.frames.labels(stream=sid, stage="published").inc()
 

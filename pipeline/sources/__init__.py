@@ -1,5 +1,6 @@
 """Sources: one backend per file behind :class:`~pipeline.sources.base.Source` — ``file`` (PyAV demux + decode of a
-file, truncation detection) and ``rtsp`` (live cameras with the reconnect logic of ``reconnect``). The runtime
+file, truncation detection, display rotation, identity for resume) and ``rtsp`` (live network streams: rtsp(s),
+http(s) incl. HLS, rtmp(s), with the reconnect logic of ``reconnect``). The runtime
 creates them with :func:`create_source`."""
 
 from __future__ import annotations
@@ -10,14 +11,15 @@ from pipeline.config import SourceConfig
 from pipeline.metrics import Metrics
 from pipeline.queues import NamedQueue
 from pipeline.sources.base import Source, SourceError
-from pipeline.sources.file import FileSource, probe_file
+from pipeline.sources.file import FileSource, SourceIdentity, probe_file, source_identity
 
-__all__ = ["FileSource", "Source", "SourceError", "create_source", "probe_file"]
+__all__ = ["FileSource", "Source", "SourceError", "SourceIdentity", "create_source", "probe_file",
+           "source_identity"]
 
 
 def create_source(cfg: SourceConfig, out: NamedQueue[Any], metrics: Metrics, start_index: int = 0,
                   **live_options: Any) -> Source:
-    if cfg.scheme in ("rtsp", "rtsps") or (cfg.is_live and cfg.scheme != "file"):
+    if cfg.scheme != "file":  # every network scheme is a live stream (config validation says so)
         from pipeline.sources.rtsp import RtspSource
 
         return RtspSource(cfg, out, metrics, start_index, **live_options)

@@ -1,46 +1,176 @@
-"""Video files through PyAV: probing, decoding every frame, truncation detection, resume from a frame index."""
+"""Video files through PyAV: probing, the file's identity (for resume), decoding every decodable frame in display
+orientation, truncation detection, resume from a frame index."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
+import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import av
+import numpy as np
 
-from pipeline.config import SourceConfig
+from pipeline.config import SourceConfig, shorten
 from pipeline.sources.base import Source, SourceError, av_reason
 
 log = logging.getLogger(__name__)
 
+HEAD_BYTES = 1 << 20  # the identity hashes the first MiB of the file
+
+
+def _check_path(cfg: SourceConfig) -> Path:
+    path = Path(cfg.path)
+    shown = shorten(str(path))
+    try:
+        if not path.exists():
+            raise SourceError(f"source {cfg.id!r}: file not found: {shown}")
+        if path.is_dir():
+            raise SourceError(f"source {cfg.id!r}: {shown} is a directory, not a video file")
+        if path.stat().st_size == 0:
+            raise SourceError(f"source {cfg.id!r}: {shown} is empty (0 bytes)")
+    except OSError as e:  # e.g. a name longer than the file system allows
+        raise SourceError(f"source {cfg.id!r}: cannot open {shown} ({e.strerror or type(e).__name__})") from e
+    return path
+
 
 def probe_file(cfg: SourceConfig) -> dict[str, Any]:
     """Open a file source once to fail early with one clear line. Returns basic facts about it."""
-    path = Path(cfg.path)
-    if not path.exists():
-        raise SourceError(f"source {cfg.id!r}: file not found: {path}")
-    if path.is_dir():
-        raise SourceError(f"source {cfg.id!r}: {path} is a directory, not a video file")
-    if path.stat().st_size == 0:
-        raise SourceError(f"source {cfg.id!r}: {path} is empty (0 bytes)")
+    path = _check_path(cfg)
+    shown = shorten(str(path))
     try:
         with av.open(str(path)) as c:
             if not c.streams.video:
                 kinds: list[str] = sorted({str(s.type) for s in c.streams}) or ["nothing"]
                 raise SourceError(
-                    f"source {cfg.id!r}: {path} has no video stream (it holds {', '.join(kinds)})"
+                    f"source {cfg.id!r}: {shown} has no video stream (it holds {', '.join(kinds)})"
                 )
             v = c.streams.video[0]
-            return {"frames": int(v.frames or 0), "width": v.codec_context.width,
-                    "height": v.codec_context.height,
-                    "fps": float(v.average_rate) if v.average_rate else None}
+            w, h = v.codec_context.width, v.codec_context.height
+            rotation = 0
+            with contextlib.suppress(StopIteration, av.FFmpegError):  # rotation: side data of the first frame
+                rotation = display_rotation(next(c.decode(v)))
+            if rotation in (90, 270):
+                w, h = h, w
+            return {"frames": int(v.frames or 0), "width": w, "height": h,  # display orientation
+                    "fps": float(v.average_rate) if v.average_rate else None,
+                    "duration": video_end(c, v), "rotation": rotation}
     except av.FFmpegError as e:
-        raise SourceError(f"source {cfg.id!r}: cannot read {path} as video ({av_reason(e)})") from e
+        raise SourceError(f"source {cfg.id!r}: cannot read {shown} as video ({av_reason(e)})") from e
+
+
+def video_end(container: Any, stream: Any) -> float | None:
+    """Seconds where the *video stream* ends: its own start + duration; the container's duration only when the
+    video is the container's only stream (an audio track may outlast the picture)."""
+    if stream.duration and stream.time_base:
+        return float((stream.duration + (stream.start_time or 0)) * stream.time_base)
+    if container.duration and len(container.streams) == 1:
+        return (container.duration + (container.start_time or 0)) / 1_000_000
+    return None
+
+
+def display_rotation(frame: Any) -> int:
+    """The frame's display-matrix rotation, counter-clockwise degrees, rounded to a multiple of 90 (0 when none)."""
+    try:
+        deg = int(frame.rotation or 0)
+    except (AttributeError, ValueError, TypeError):
+        return 0
+    return (round(deg / 90) * 90) % 360
+
+
+def rotate(image: np.ndarray, degrees: int) -> np.ndarray:
+    """``image`` turned counter-clockwise by ``degrees`` (a multiple of 90): the orientation a player shows."""
+    k = (degrees // 90) % 4
+    return image if k == 0 else np.ascontiguousarray(np.rot90(image, k))
+
+
+@dataclass(frozen=True)
+class SourceIdentity:
+    """What makes a file *this* file for resume: recorded in the stream's progress hash with the resume point.
+
+    Two identities are the same file when size, video duration and the hash of the first MiB agree; path and
+    mtime are recorded to name the files in messages (a copied or moved file still resumes)."""
+
+    path: str
+    size: int
+    mtime: float
+    duration: float | None
+    head_sha256: str
+    rotation: int = 0
+
+    FIELDS: ClassVar[tuple[str, ...]] = ("source_path", "source_size", "source_mtime", "source_duration", "source_sha256_1mib", "rotation")
+
+    def fields(self) -> dict[str, str]:
+        return {"source_path": self.path, "source_size": str(self.size), "source_mtime": f"{self.mtime:.6f}",
+                "source_duration": "" if self.duration is None else f"{self.duration:.6f}",
+                "source_sha256_1mib": self.head_sha256, "rotation": str(self.rotation)}
+
+    @classmethod
+    def from_fields(cls, f: dict[str, str]) -> SourceIdentity | None:
+        if not f.get("source_sha256_1mib"):
+            return None
+        try:
+            return cls(f.get("source_path", "?"), int(f.get("source_size") or -1),
+                       float(f.get("source_mtime") or 0), float(f["source_duration"]) if f.get("source_duration")
+                       else None, f["source_sha256_1mib"], int(f.get("rotation") or 0))
+        except ValueError:
+            return None
+
+    def same_file(self, other: SourceIdentity) -> bool:
+        same_duration = (self.duration is None and other.duration is None) or (
+            self.duration is not None and other.duration is not None and abs(self.duration - other.duration) < 1e-3)
+        return self.size == other.size and self.head_sha256 == other.head_sha256 and same_duration
+
+    def describe(self) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.mtime))
+        return f"{shorten(self.path)} ({self.size} bytes, modified {when})"
+
+
+def source_identity(cfg: SourceConfig) -> SourceIdentity:
+    """The identity of a file source: absolute path, size, mtime, video duration, sha256 of the first MiB and
+    the display rotation (read from the first frame)."""
+    path = _check_path(cfg)
+    st = path.stat()
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        h.update(f.read(HEAD_BYTES))
+    duration: float | None = None
+    rotation = 0
+    try:
+        with av.open(str(path)) as c:
+            if c.streams.video:
+                v = c.streams.video[0]
+                duration = video_end(c, v)
+                for frame in c.decode(v):
+                    rotation = display_rotation(frame)
+                    break
+    except av.FFmpegError as e:
+        log.debug("source %s: identity probe: %s", cfg.id, av_reason(e))
+    return SourceIdentity(str(path.resolve()), st.st_size, st.st_mtime, duration, h.hexdigest(), rotation)
 
 
 class FileSource(Source):
-    """Decodes a file (PyAV, threaded codec). ``block`` policy: backpressure reaches the decoder."""
+    """Decodes a file (PyAV, threaded codec). ``block`` policy: backpressure reaches the decoder.
+
+    Packets are demuxed and decoded one by one: a packet the demuxer flags corrupt (the cut-off last packet of a
+    truncated file) or the decoder rejects is skipped and counted, and the decoder is always drained with the
+    null packet at the end, so every frame FFmpeg can decode is published. Frames are turned to the stream's
+    display orientation (its display-matrix rotation)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bad_packets = 0  # packets skipped: flagged corrupt by the demuxer or refused by the decoder
+        self.rotation = 0  # display rotation applied to every frame (counter-clockwise degrees)
+        self._index = self._first = 0
+        self._interval = 0.04
+        self._last_pts = -1.0
+        self._t0: float | None = None
+        self._pts0: float | None = None
+        self._rotation_seen = False
 
     def run(self) -> None:
         path = self.cfg.path
@@ -53,11 +183,15 @@ class FileSource(Source):
     def _decode_once(self, path: str, index: int) -> int:
         self.state = "streaming"
         self._up.set(1)
-        t0: float | None = None
-        pts0: float | None = None
-        declared, expected_end, interval = 0, 0.0, 0.04
-        last_pts = -1.0
         first = index
+        self._t0 = self._pts0 = None
+        self._last_pts = -1.0
+        self._index = index
+        self._first = first
+        self._rotation_seen = False
+        read_error: Exception | None = None
+        declared, interval, expected_end = 0, 0.04, None
+        shown = shorten(path)
         try:
             with av.open(path) as container:
                 stream = container.streams.video[0]
@@ -65,38 +199,96 @@ class FileSource(Source):
                 declared = int(stream.frames or 0)
                 if stream.average_rate:
                     interval = 1.0 / float(stream.average_rate)
-                if container.duration:
-                    expected_end = (container.duration + (container.start_time or 0)) / 1_000_000
-                for frame in container.decode(stream):
+                self._interval = interval
+                expected_end = video_end(container, stream)
+                codec = stream.codec_context
+                packets = container.demux(stream)
+                while True:
+                    try:
+                        packet = next(packets)
+                    except StopIteration:
+                        break
+                    except av.FFmpegError as e:  # the demuxer cannot go on: keep what the decoder holds
+                        read_error = e
+                        break
                     if self._stop.is_set():
-                        return index
-                    pts = float(frame.time) if frame.time is not None else (index - first) * interval
-                    last_pts = pts
-                    if self.cfg.realtime:
-                        now = time.monotonic()
-                        if t0 is None or pts0 is None:
-                            t0, pts0 = now, pts
-                        delay = (pts - pts0) - (now - t0)
-                        if delay > 0 and self._stop.wait(delay):
-                            return index
-                    if index >= self.start_index:
-                        self.emit(index, pts, frame.to_ndarray(format="rgb24"))
-                    index += 1
+                        return self._index
+                    if packet.size == 0:
+                        continue  # demux's own flush packet; the decoder is drained below in every case
+                    if packet.is_corrupt:
+                        self._bad(f"packet at {packet.pts} is corrupt (cut off?)")
+                        continue
+                    try:
+                        frames = codec.decode(packet)
+                    except av.FFmpegError as e:
+                        self._bad(av_reason(e))
+                        continue
+                    if not self._deliver(frames):
+                        return self._index
+                try:
+                    tail = codec.decode(None)  # the null packet: frame threads hand back what they hold
+                except av.FFmpegError as e:
+                    log.debug("source %s: flushing the decoder: %s", self.id, av_reason(e))
+                    tail = []
+                if not self._deliver(tail):
+                    return self._index
         except av.FFmpegError as e:
-            if index == first:
-                self.error = f"source {self.id!r}: cannot decode {path} ({av_reason(e)})"
+            read_error = read_error or e
+        index = self._index
+        decoded = index - first
+        if read_error is not None:
+            if decoded == 0:
+                self.error = f"source {self.id!r}: cannot decode {shown} ({av_reason(read_error)})"
                 return index
             self.truncated = True
             log.warning("source %r: %s is damaged or truncated after frame %d (%s); kept every decoded frame",
-                        self.id, path, index - 1, av_reason(e))
+                        self.id, shown, index - 1, av_reason(read_error))
             return index
         if self.cfg.loop:
             return index
-        decoded = index - first
-        if (declared and decoded < declared) or (expected_end and last_pts + 3 * interval < expected_end):
+        short = (declared and decoded < declared) or (
+            expected_end is not None and self._last_pts + 3 * interval < expected_end)
+        if decoded == 0 and self.bad_packets:
+            self.error = f"source {self.id!r}: cannot decode {shown} ({self.bad_packets} bad packets, no frame)"
+        elif short:
             self.truncated = True
             log.warning("source %r: %s is truncated: decoded %d frames up to %.2fs of %.2fs (all kept)",
-                        self.id, path, decoded, last_pts, expected_end)
+                        self.id, shown, decoded, self._last_pts, expected_end or 0.0)
         return index
 
+    def _bad(self, why: str) -> None:
+        self.bad_packets += 1
+        if self.bad_packets == 1:
+            log.warning("source %r: skipping a bad packet (%s)", self.id, why)
+        else:
+            log.debug("source %s: skipping a bad packet (%s)", self.id, why)
 
+    def _deliver(self, frames: Any) -> bool:
+        """Emit decoded ``frames`` (paced, rotated). False when the source was stopped meanwhile."""
+        for frame in frames:
+            if self._stop.is_set():
+                return False
+            if not self._rotation_seen:
+                self._rotation_seen = True
+                self.rotation = display_rotation(frame)
+                if self.rotation:
+                    log.info("source %r: display rotation %d°: frames are turned to display orientation",
+                             self.id, self.rotation)
+            t = frame.time
+            if t is not None and math.isfinite(float(t)):
+                pts = float(t)
+            else:  # no timestamp (or NaN: frames flushed out of a cut-off file): one interval after the last
+                pts = self._last_pts + self._interval if self._last_pts >= 0 else \
+                    (self._index - self._first) * self._interval
+            self._last_pts = max(self._last_pts, pts)
+            if self.cfg.realtime:
+                now = time.monotonic()
+                if self._t0 is None or self._pts0 is None:
+                    self._t0, self._pts0 = now, pts
+                delay = (pts - self._pts0) - (now - self._t0)
+                if delay > 0 and self._stop.wait(delay):
+                    return False
+            if self._index >= self.start_index:
+                self.emit(self._index, pts, rotate(frame.to_ndarray(format="rgb24"), self.rotation))
+            self._index += 1
+        return True

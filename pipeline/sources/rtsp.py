@@ -234,7 +234,8 @@ class RtspSource(Source):
     def _open(self) -> Any:
         cfg = self.cfg
         read_timeout = self.stall_s
-        options: dict[str, str] = {}
+        options: dict[str, str] = {}  # http(s) and rtmp(s): PyAV's open/read timeouts alone (rtmp's own
+        # "timeout" option would put FFmpeg in listen mode)
         if cfg.scheme in ("rtsp", "rtsps"):
             options = {"rtsp_transport": cfg.rtsp_transport, "timeout": str(int(read_timeout * 1e6)),
                        **_FAST_OPEN}

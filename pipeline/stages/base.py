@@ -108,12 +108,15 @@ class Stage:
                     replaced = self.on_end_of_stream(item)
                     self.put(replaced if replaced is not None else item)
                     continue
+                if self.abort.is_set():
+                    return  # the pipeline is dead: what is still queued is not worth computing
                 t0 = time.perf_counter()
                 outs = list(self.process(item))
                 if not self.timed_on_gpu:
                     self._seconds.observe(time.perf_counter() - t0)
                 for out in outs:
-                    self.put(out)
+                    if not self.put(out):
+                        return  # aborted while waiting for room downstream
         except BaseException as e:
             self.error = e
             log.debug("stage %s failed", self.name, exc_info=True)

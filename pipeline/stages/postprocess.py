@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.frames import EndOfStream, Inferred, Result
+from pipeline.frames import MAX_UINT8_CLASSES, EndOfStream, Inferred, Result
 from pipeline.metrics import Metrics
 from pipeline.queues import NamedQueue
 from pipeline.stages.base import Stage
@@ -44,7 +44,10 @@ def mask_size(spec: str, src_w: int, src_h: int, net: int | tuple[int, int]) -> 
 
 
 def segment(logits: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
-    """``C x h x w`` logits -> ``H x W`` uint8 class ids: bilinear resize of the logits, then argmax.
+    """``C x h x w`` logits -> ``H x W`` class ids: bilinear resize of the logits, then argmax.
+
+    uint8 for up to 256 classes; int32 for more (never wrapped; :func:`mask_array` makes it the published
+    uint16).
 
     The same computation as transformers' ``post_process_semantic_segmentation(target_sizes=[size])``.
     On CPU the logits are kept channels-last (DPT's head already emits them so), where both the resize and
@@ -65,11 +68,18 @@ def segment(logits: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
             x = x.float()
     if tuple(x.shape[-2:]) != tuple(size_hw):
         x = F.interpolate(x, size=size_hw, mode="bilinear", align_corners=False)
+    wide = logits.shape[0] > MAX_UINT8_CLASSES
     if cpu:
         hwc = x[0].permute(1, 2, 0)
         if hwc.is_contiguous():
-            return torch.from_numpy(hwc.numpy().argmax(axis=-1).astype(np.uint8))
-    return x[0].argmax(dim=0).to(torch.uint8)
+            return torch.from_numpy(hwc.numpy().argmax(axis=-1).astype(np.int32 if wide else np.uint8))
+    return x[0].argmax(dim=0).to(torch.int32 if wide else torch.uint8)
+
+
+def mask_array(mask: torch.Tensor) -> np.ndarray:
+    """A host mask tensor -> the published array: uint8 as is, wider ids as uint16 (at most 65536 classes)."""
+    a = mask.cpu().numpy()
+    return a if a.dtype == np.uint8 else a.astype(np.uint16)
 
 
 def histogram(keys: torch.Tensor, length: int) -> torch.Tensor:
@@ -539,7 +549,7 @@ class PostprocessStage(Stage):
         mask = classes = None
         if job.mask is not None and job.counts is not None:
             classes = class_fractions(job.mask, self.num_classes, counts=job.counts)
-            mask = job.mask.cpu().numpy()
+            mask = mask_array(job.mask)
         depth = depth_dict(job.depth.replace([t.cpu() for t in job.depth.tensors()]), self.grid, self.kind) \
             if job.depth is not None else None
         depth_map = job.depth_map.cpu().numpy() if job.depth_map is not None else None

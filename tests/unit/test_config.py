@@ -89,7 +89,9 @@ def test_zones_and_rules_validate(tmp_path: Path) -> None:
     ({"zones": [{"name": "a", "polygon": [[0, 0], [1, 1], [1, 0], [0, 1]]}]}, "self-intersecting"),
     ({"zones": [{"name": "a/b", "polygon": [[0, 0], [1, 0], [0, 1]]}]}, "invalid zone name 'a/b'"),
     ({"zones": [{"name": "a", "polygon": [[0, 0], [1, 0], [0, 1]], "streams": ["x y"]}]}, "invalid stream id"),
-    ({"zones": [{"name": "a", "polygon": [[0, 0], [1, 0], [0, 1]]}] * 2}, "two zones share the name 'a'"),
+    # two equal copies, not one object twice: yaml.safe_dump would write that as an alias, which configs refuse
+    ({"zones": [{"name": "a", "polygon": [[0, 0], [1, 0], [0, 1]]} for _ in range(2)]},
+     "two zones share the name 'a'"),
     ({"zones": [{"name": "a", "polygon": [[0, 0], [1, 0], [0, 1]], "shape": 1}]}, "unknown config key 'zones.0.shape'"),
     ({"rules": [{"name": "r", "zone": "a", "classes": ["person"]}]}, "rule 'r': unknown zone 'a' (zones: none"),
     ({"zones": [{"name": "a", "polygon": [[0, 0], [1, 0], [0, 1]]}],

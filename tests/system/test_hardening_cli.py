@@ -1,0 +1,317 @@
+"""Issue 10 through the command line, as a user runs it (subprocess, real redis-server, real clips, tiny models):
+resume refuses another file under the same id (item 1), > 256 classes (2), SIGTERM while Redis is down (11),
+usage errors (12), flags and values checked before any model loads (13), file:// and network schemes (16)."""
+
+from __future__ import annotations
+
+import http.server
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.support.servers import ROOT, RedisServer, cli, free_port, model_args
+
+pytestmark = pytest.mark.slow
+
+
+def one_error_line(stderr: str) -> str:
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("dptstream: error:")]
+    assert len(errors) == 1, stderr
+    return errors[0]
+
+
+# -- item 1 -------------------------------------------------------------------------------------------------
+def test_a_different_file_under_the_same_id_is_refused_not_skipped(assets: dict[str, Path], tmp_path: Path,
+                                                                    redis_server: RedisServer) -> None:
+    from pipeline.sample import make_clip
+
+    day1 = make_clip(tmp_path / "day1" / "cam.mp4", frames=8, width=320, height=180, seed=1)
+    day2 = make_clip(tmp_path / "day2" / "cam.mp4", frames=10, width=320, height=180, seed=2)
+    run = ["--sink", redis_server.url, "--metrics-port", "-1", *model_args(assets)]
+    p = cli("run", "-s", str(day1), *run)
+    assert p.returncode == 0, p.stderr
+    r = redis_server.client()
+    prog = {k.decode(): v.decode() for k, v in r.hgetall("dpt:stream:cam:progress").items()}
+    assert prog["frame"] == "7" and prog["source_path"] == str(day1.resolve())
+    assert prog["source_size"] == str(day1.stat().st_size) and len(prog["source_sha256_1mib"]) == 64
+    assert float(prog["source_duration"]) > 0 and "source_mtime" in prog
+
+    # refused before any model loads: a missing model would otherwise be the error (exit 1)
+    p = cli("run", "-s", str(day2), "--sink", redis_server.url, "--metrics-port", "-1",
+            "-m", f"segmentation={tmp_path / 'no-model'}")
+    assert p.returncode == 2, p.stderr
+    line = one_error_line(p.stderr)
+    assert "day1" in line and "day2" in line and "--no-resume" in line and "--source" in line
+    assert r.xlen("dpt:stream:cam:frames") == 8  # nothing published, nothing skipped in silence
+
+    copy = tmp_path / "copy" / "cam.mp4"  # the same file elsewhere still resumes
+    copy.parent.mkdir()
+    shutil.copy(day1, copy)
+    p = cli("run", "-s", str(copy), *run)
+    assert p.returncode == 0 and "8 already published" in p.stderr, p.stderr
+
+    p = cli("run", "-s", str(day2), "--no-resume", *run)
+    assert p.returncode == 0, p.stderr
+    prog = {k.decode(): v.decode() for k, v in r.hgetall("dpt:stream:cam:progress").items()}
+    assert prog["frame"] == "9" and prog["source_path"] == str(day2.resolve())
+
+
+# -- item 2 -------------------------------------------------------------------------------------------------
+def checkpoint_predicting(path: Path, num_labels: int, cls: int) -> Path:
+    import torch
+    from transformers import DPTForSemanticSegmentation
+
+    from pipeline.sample import make_checkpoint
+
+    make_checkpoint(path, "segmentation", num_labels=num_labels)
+    model = DPTForSemanticSegmentation.from_pretrained(path)
+    last = [m for m in model.head.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+        last.bias[cls] = 10.0
+    model.save_pretrained(path)
+    return path
+
+
+def test_300_classes_publish_class_260_in_a_16_bit_mask(assets: dict[str, Path], tmp_path: Path,
+                                                         redis_server: RedisServer) -> None:
+    ckpt = checkpoint_predicting(tmp_path / "seg300", 300, 260)
+    p = cli("run", "-s", f"big={assets['clip360']}", "-m", f"segmentation={ckpt}", "--tasks", "segmentation",
+            "--sink", redis_server.url, "--sink", f"dir:{tmp_path / 'out'}", "--metrics-port", "-1")
+    assert p.returncode == 0, p.stderr
+    r = redis_server.client()
+    assert r.hget("dpt:meta", "mask_dtype") == b"uint16"
+    assert json.loads(r.hget("dpt:meta", "labels"))["260"] == "class_260"
+    entries = r.xrange("dpt:stream:big:frames")
+    assert len(entries) == 20
+    for _, f in entries:
+        assert json.loads(f[b"classes"]) == {"260": 1.0}
+        mask = np.asarray(Image.open(io.BytesIO(f[b"mask"])))
+        assert mask.dtype == np.uint16 and int(mask.min()) == int(mask.max()) == 260
+    png = np.asarray(Image.open(tmp_path / "out" / "big" / "000000.png"))
+    assert int(png.max()) == 260
+
+
+def test_150_classes_stay_uint8_in_meta(assets: dict[str, Path], redis_server: RedisServer) -> None:
+    p = cli("run", "-s", f"small={assets['clip360']}", *model_args(assets), "--tasks", "segmentation",
+            "--sink", redis_server.url, "--metrics-port", "-1")
+    assert p.returncode == 0, p.stderr
+    r = redis_server.client()
+    assert r.hget("dpt:meta", "mask_dtype") == b"uint8"
+    _, f = r.xrange("dpt:stream:small:frames", count=1)[0]
+    assert np.asarray(Image.open(io.BytesIO(f[b"mask"]))).dtype == np.uint8
+
+
+# -- item 11 ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("signals", [1, 2])
+def test_sigterm_while_redis_is_down_exits_and_counts_what_was_not_written(
+        assets: dict[str, Path], tmp_path: Path, redis_server: RedisServer, signals: int) -> None:
+    from pipeline.sample import make_clip
+
+    clip = make_clip(tmp_path / "slow.mp4", frames=240, width=320, height=180, seed=6)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"sources: [{{id: slow, uri: '{clip}', realtime: true}}]\n"
+                   f"sinks: ['{redis_server.url}']\nredis: {{retry_max_s: 1.0}}\nmetrics: {{port: null}}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(cfg), *model_args(assets)],
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        r = redis_server.client()
+        deadline = time.time() + 120
+        while time.time() < deadline and r.xlen("dpt:stream:slow:frames") < 5:
+            time.sleep(0.1)
+        assert r.xlen("dpt:stream:slow:frames") >= 5
+        redis_server.stop()
+        time.sleep(1.5)  # frames keep being decoded; the publish stage now waits for Redis
+        proc.send_signal(signal.SIGTERM)
+        if signals == 2:
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGTERM)
+        # exits within retry_max_s (1 s) plus a few seconds of joins: the bound is generous, a hang is not
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in err
+    line = one_error_line(err)
+    assert "results not written" in line and "rerun resumes" in line, err
+    n = int(line.split(" results not written")[0].rsplit(" ", 1)[1])
+    assert n >= 1
+    assert proc.returncode == (130 if signals == 2 else 1), err
+
+
+# -- item 12 ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("args, message", [
+    (["run", "--bogus"], "No such option: --bogus"),
+    (["run", "--batch-size", "abc"], "Invalid value for '--batch-size'"),
+    (["nosuchcommand"], "No such command 'nosuchcommand'"),
+    (["show", "-n", "-5"], "Invalid value for '--count' / '-n'"),
+])
+def test_usage_errors_exit_2_with_clicks_message(args: list[str], message: str) -> None:
+    p = cli(*args)
+    assert p.returncode == 2, p.stderr
+    assert message in p.stderr and "unexpected" not in p.stderr and "Traceback" not in p.stderr
+
+
+# -- item 13 ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("flags, expect", [
+    (["--batch-size", "0"], "engine.batch_size"),
+    (["--tasks", ""], "--tasks is empty"),
+    (["--mask-size", "0x0"], "invalid mask size '0x0'"),
+    (["--mask-size", "99999x99999"], "invalid mask size '99999x99999'"),
+    (["--sink", "redis://127.0.0.1:99999/0"], "port must be a number in 1..65535"),
+    (["--metrics-port", "70000"], "metrics.port"),
+])
+def test_bad_flags_fail_before_any_model_loads(assets: dict[str, Path], tmp_path: Path, flags: list[str],
+                                                expect: str) -> None:
+    # the model does not exist: a flag that passed validation would fail later, on the model, with exit 1
+    p = cli("run", "-s", str(assets["clip360"]), "-m", f"segmentation={tmp_path / 'none'}", *flags)
+    assert p.returncode == 2, p.stderr
+    assert expect in one_error_line(p.stderr)
+
+
+def test_a_video_as_config_and_a_5000_character_path_are_one_short_line(assets: dict[str, Path]) -> None:
+    p = cli("run", str(assets["clip360"]))
+    assert p.returncode == 2 and "not a text YAML file" in one_error_line(p.stderr)
+    long = "/tmp/" + "x" * 5000 + ".mp4"
+    p = cli("run", "-s", long, *model_args(assets), "--sink", "dir:/tmp/never", "--metrics-port", "-1")
+    assert p.returncode in (1, 2)
+    line = one_error_line(p.stderr)
+    assert len(line) < 300 and "unexpected" not in line
+    p = cli("run", long)
+    assert p.returncode == 2 and len(one_error_line(p.stderr)) < 300
+
+
+# -- item 16 ------------------------------------------------------------------------------------------------
+def test_file_uris_are_percent_decoded(assets: dict[str, Path], tmp_path: Path) -> None:
+    spaced = tmp_path / "with space.mp4"
+    shutil.copy(assets["clip360"], spaced)
+    p = cli("run", "-s", f"file://{tmp_path}/with%20space.mp4", *model_args(assets),
+            "--sink", f"dir:{tmp_path / 'out'}", "--metrics-port", "-1")
+    assert p.returncode == 0, p.stderr
+    assert len((tmp_path / "out" / "with_space.jsonl").read_text().splitlines()) == 20
+
+
+def test_unsupported_schemes_are_named_with_the_list(assets: dict[str, Path]) -> None:
+    p = cli("run", "-s", "ftp://u:pw123@127.0.0.1/a.mp4", *model_args(assets), "--metrics-port", "-1")
+    assert p.returncode == 2
+    line = one_error_line(p.stderr)
+    assert "unsupported scheme 'ftp://'" in line and "http://" in line and "rtmp://" in line
+    assert "pw123" not in p.stderr
+
+
+@pytest.fixture
+def http_server(assets: dict[str, Path], tmp_path: Path) -> Iterator[int]:
+    root = tmp_path / "www"
+    root.mkdir()
+    shutil.copy(assets["clip360"], root / "clip.mp4")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(root)))
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield int(srv.server_address[1])
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_http_source_is_live_reconnects_at_its_end_and_never_shows_the_password(
+        assets: dict[str, Path], tmp_path: Path, http_server: int) -> None:
+    out = tmp_path / "out"
+    url = f"http://viewer:pw123@127.0.0.1:{http_server}/clip.mp4"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", "-s", f"web={url}", *model_args(assets),
+                             "--sink", f"dir:{out}", "--metrics-port", "-1"],
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        lines = out / "web.jsonl"
+        deadline = time.time() + 120
+        while time.time() < deadline and (not lines.exists() or len(lines.read_text().splitlines()) < 30):
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    frames = [json.loads(x)["frame"] for x in lines.read_text().splitlines()]
+    assert len(frames) >= 30, err  # the 20-frame file ended, was reopened (live reconnect) and read again
+    assert frames == sorted(frames) and len(set(frames)) == len(frames)
+    assert proc.returncode == 0, err
+    assert "pw123" not in err and "viewer:***@127.0.0.1" in err and "reconnecting" in err
+
+
+def test_http_source_down_gives_up_with_the_password_hidden(assets: dict[str, Path], tmp_path: Path) -> None:
+    port = free_port()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"sources: [{{id: web, uri: 'https://u:pw123@127.0.0.1:{port}/live.m3u8'}}]\n"
+                   f"sinks: ['dir:{tmp_path / 'out'}']\nlive: {{max_attempts: 2, reconnect_initial_s: 0.1}}\n"
+                   "metrics: {port: null}\n")
+    p = cli("run", str(cfg), *model_args(assets))
+    assert p.returncode == 1, p.stderr
+    line = one_error_line(p.stderr)
+    assert "u:***@127.0.0.1" in line and "gave up after 2 attempts" in line
+    assert "pw123" not in p.stderr + p.stdout
+
+
+def test_health_bodies_never_show_a_password() -> None:
+    import urllib.error
+    import urllib.request
+
+    from pipeline.metrics import Metrics
+
+    m = Metrics()
+    detail = {"fatal": "camera 'x' at rtsp://admin:cam@Secret9@10.0.0.5/live broke", "sinks": {"redis": False}}
+    port = m.serve(0, "127.0.0.1", lambda: (True, False, detail))
+    try:
+        for path in ("/healthz", "/readyz"):
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).read().decode()
+            except urllib.error.HTTPError as e:
+                body = e.read().decode()
+            assert "Secret9" not in body and "admin:***@10.0.0.5" in body
+    finally:
+        m.close()
+
+
+def test_rotated_phone_video_gives_portrait_masks_and_records_the_rotation(assets: dict[str, Path], tmp_path: Path,
+                                                                           redis_server: RedisServer) -> None:
+    import av
+
+    from pipeline.sample import make_frames
+
+    clip = tmp_path / "phone.mp4"
+    with av.open(str(clip), "w") as out:  # landscape coded frames, "turn 90° counter-clockwise" to display
+        s = out.add_stream("libx264", rate=24)
+        s.width, s.height, s.pix_fmt = 320, 180, "yuv420p"
+        s.set_display_rotation(90)
+        for img in make_frames(6, 320, 180, seed=3):
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    p = cli("run", "-s", str(clip), *model_args(assets), "--sink", redis_server.url, "--metrics-port", "-1")
+    assert p.returncode == 0, p.stderr
+    r = redis_server.client()
+    _, f = r.xrange("dpt:stream:phone:frames", count=1)[0]
+    assert (int(f[b"mask_w"]), int(f[b"mask_h"])) == (108, 192)  # portrait, long side = the 192 network side
+    assert r.hget("dpt:stream:phone:progress", "rotation") == b"90"

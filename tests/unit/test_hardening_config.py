@@ -1,0 +1,173 @@
+"""Issue 10 (hardening), pure config logic: redaction of any URI (items 8, 9), whole-string name checks (10),
+YAML alias bombs and oversized or binary configs (7, 13), flag and value bounds (13), source URI schemes (16)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli.common import build_overrides
+from pipeline.config import ConfigError, SourceConfig, load_config, parse_source, redact
+
+
+# -- items 8 and 9: one redact() for every scheme, the userinfo ends at the authority's last "@" ----------------
+@pytest.mark.parametrize("uri, secret, shown", [
+    ("redis://:s3cret@PW@127.0.0.1:6379/0", "s3cret@PW", "redis://:***@127.0.0.1:6379/0"),
+    ("rtsp://admin:cam@Secret9@10.0.0.5:554/live", "cam@Secret9", "rtsp://admin:***@10.0.0.5:554/live"),
+    ("rtsps://admin:a:b:c@cam/stream", "a:b:c", "rtsps://admin:***@cam/stream"),
+    ("redis://u:pa/ss@host:6379/0", "pa/ss", "redis://u:***@host:6379/0"),
+    ("rtsp://u:p%40ss%3Aw%2Fd@cam/s", "p%40ss", "rtsp://u:***@cam/s"),
+    ("rtsp://u:pässwörd☃@cam/s", "pässwörd☃", "rtsp://u:***@cam/s"),
+    ("http://user:pw123@example.com/a.m3u8", "pw123", "http://user:***@example.com/a.m3u8"),
+    ("https://user:pw123@example.com:8443/x?y=1", "pw123", "https://user:***@example.com:8443/x?y=1"),
+    ("rtmp://live:k3y@ingest/app", "k3y", "rtmp://live:***@ingest/app"),
+    ("srt://u:pw@host:9000", "pw", "srt://u:***@host:9000"),
+    ("kafka://u:pw@broker:9092", "pw", "kafka://u:***@broker:9092"),
+])
+def test_redact_hides_the_whole_password_of_any_scheme(uri: str, secret: str, shown: str) -> None:
+    out = redact(uri)
+    assert out == shown
+    assert secret not in out
+
+
+@pytest.mark.parametrize("uri", ["redis://127.0.0.1:6379/0", "rediss://writer@redis.example:6380/0",
+                                 "/data/a:b@c.mp4", "dir:out/", "http://host/path@v2"])
+def test_redact_leaves_uris_without_a_password_alone(uri: str) -> None:
+    assert redact(uri) == uri
+
+
+def test_redact_text_and_the_log_filter_hide_passwords_inside_any_message() -> None:
+    from pipeline.cli.common import RedactFilter
+    from pipeline.config import redact_text
+
+    msg = "cannot open http://u:pw123@h/x and rtsp://a:cam@Secret9@c/s (refused)"
+    assert redact_text(msg) == "cannot open http://u:***@h/x and rtsp://a:***@c/s (refused)"
+    rec = logging.LogRecord("x", logging.WARNING, __file__, 1, "source at %s failed", ("rtsp://a:s@3cr@c/s",), None)
+    assert RedactFilter().filter(rec) and "s@3cr" not in rec.getMessage() and "***" in rec.getMessage()
+
+
+# -- item 10: names are checked whole: "$" used to accept a final newline --------------------------------------
+@pytest.mark.parametrize("bad", ["cam\n", "cam\r\n", "\ncam"])
+def test_names_with_a_newline_are_refused(bad: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="invalid stream id"):
+        parse_source(f"{bad}=/x/clip.mp4")
+    with pytest.raises(ConfigError, match="invalid redis prefix"):
+        load_config(None, {"redis": {"prefix": f"dpt{bad}"}})
+    with pytest.raises(ConfigError, match="invalid consumer group"):
+        load_config(None, {"jobs": {"group": f"g{bad}"}})
+    with pytest.raises(ConfigError, match="invalid mask size"):
+        load_config(None, {"mask_size": "64x64\n"})
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text('sources: [{id: "cam\\n", uri: a.mp4}]\n')
+    with pytest.raises(ConfigError, match="invalid stream id"):
+        load_config(cfg)
+
+
+def test_worker_names_are_checked_whole() -> None:
+    from pipeline.jobs.worker import WORKER_NAME_RE
+
+    assert WORKER_NAME_RE.fullmatch("host-1@a") and not WORKER_NAME_RE.fullmatch("host-1\n")
+
+
+# -- item 7: YAML aliases are refused before anything expands, and configs are capped at 1 MiB -----------------
+BOMB = ('a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+        + "".join(f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(7))
+        + "sources: [{uri: *h}]\n")
+
+
+def test_yaml_alias_bomb_is_refused_before_expansion(tmp_path: Path) -> None:
+    assert len(BOMB) < 400  # the 328-byte class of file from the issue
+    p = tmp_path / "bomb.yaml"
+    p.write_text(BOMB)
+    with pytest.raises(ConfigError, match=r"aliases \(\*a\) are not allowed") as e:
+        load_config(p)
+    assert "\n" not in str(e.value)
+
+
+def test_a_single_harmless_alias_is_refused_too(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("x: &port 9108\nmetrics: {port: *port}\n")
+    with pytest.raises(ConfigError, match="aliases"):
+        load_config(p)
+
+
+def test_configs_over_one_mib_are_refused_unread(tmp_path: Path) -> None:
+    p = tmp_path / "big.yaml"
+    p.write_text("# " + "x" * (1 << 20) + "\nsources: []\n")
+    with pytest.raises(ConfigError, match="larger than 1 MiB"):
+        load_config(p)
+
+
+def test_a_video_as_the_config_is_one_line(tmp_path: Path) -> None:
+    p = tmp_path / "clip.mp4"
+    p.write_bytes(b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41\xff\xfe\x00\x01" * 50)
+    with pytest.raises(ConfigError, match="not a text YAML file") as e:
+        load_config(p)
+    assert "\n" not in str(e.value)
+
+
+def test_a_5000_character_path_is_one_short_line(tmp_path: Path) -> None:
+    long = "/tmp/" + "d" * 5000 + ".yaml"
+    with pytest.raises(ConfigError) as e:
+        load_config(long)
+    assert len(str(e.value)) < 300 and "\n" not in str(e.value)
+    with pytest.raises(ConfigError) as e2:
+        parse_source("/data/" + "v" * 5000 + ".mp4")
+    assert len(str(e2.value)) < 300
+
+
+# -- item 13: bounds for every value, flags tested for presence (0 and "" are given values) --------------------
+@pytest.mark.parametrize("over, match", [
+    ({"mask_size": "0x0"}, "invalid mask size"),
+    ({"mask_size": "99999x99999"}, "invalid mask size"),
+    ({"mask_size": "8193x10"}, "invalid mask size"),
+    ({"sinks": ["redis://127.0.0.1:99999/0"]}, "port must be a number in 1..65535"),
+    ({"sinks": ["redis://127.0.0.1:0/0"]}, "port must be a number in 1..65535"),
+    ({"sinks": ["redis://127.0.0.1:6379/zero"]}, "database must be a number"),
+    ({"metrics": {"port": 70000}}, "metrics.port"),
+])
+def test_values_out_of_bounds_are_config_errors(over: dict[str, object], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, over)
+
+
+def test_mask_size_bounds_accept_the_edges() -> None:
+    assert load_config(None, {"mask_size": "1x8192"}).mask_size == "1x8192"
+
+
+def test_zero_and_empty_flags_are_validated_not_ignored() -> None:
+    o = build_overrides(None, None, None, None, None, None, 0, None, None)
+    with pytest.raises(ConfigError, match="batch_size"):
+        load_config(None, o)
+    with pytest.raises(ConfigError, match="--tasks is empty"):
+        build_overrides(None, None, None, "", None, None, None, None, None)
+    with pytest.raises(ConfigError, match="--tasks is empty"):
+        build_overrides(None, None, None, " , ", None, None, None, None, None)
+    with pytest.raises(ConfigError, match="invalid mask size"):
+        load_config(None, build_overrides(None, None, None, None, None, None, None, "", None))
+    with pytest.raises(ConfigError, match=r"metrics\.port"):
+        load_config(None, build_overrides(None, None, None, None, None, None, None, None, -5))
+    assert load_config(None, build_overrides(None, None, None, None, None, None, None, None, -1)).metrics.port is None
+
+
+# -- item 16: file:// is percent-decoded; network schemes are live; anything else names the supported list -----
+def test_file_uris_are_percent_decoded() -> None:
+    s = parse_source("file:///data/with%20space%23.mp4")
+    assert s.path == "/data/with space#.mp4" and s.id == "with_space_" and not s.is_live
+
+
+@pytest.mark.parametrize("uri", ["http://h/live.m3u8", "https://h/a.mp4", "rtmp://h/app/key", "rtmps://h/app"])
+def test_network_schemes_are_live_sources(uri: str) -> None:
+    s = SourceConfig(id="n", uri=uri)
+    assert s.is_live and s.scheme == uri.split(":", 1)[0]
+    with pytest.raises(ValueError, match="read as live streams"):
+        SourceConfig(id="n", uri=uri, live=False)
+
+
+@pytest.mark.parametrize("uri", ["ftp://u:pw@h/a.mp4", "srt://h:9000", "gopher://h/x"])
+def test_unsupported_schemes_say_so_with_the_list(uri: str) -> None:
+    with pytest.raises(ConfigError, match="unsupported scheme") as e:
+        parse_source(uri)
+    assert "rtsp://" in str(e.value) and "http://" in str(e.value) and "pw" not in str(e.value)
