@@ -5,14 +5,15 @@ modules of a lower layer or of its own folder, never a higher layer and never a 
 Bottom to top::
 
     engines/                                    (outside pipeline: one interface, a factory, a file per backend)
-    frames queues config metrics progress overlay sample zones    base: data, policy, config, pure drawing,
-                                                                  zone geometry and the rule debounce
+    frames queues config metrics progress overlay sample          base: data, policy, config, pure drawing,
+        checkpoints zones                                         tiny checkpoints, zone geometry + debounce
     sources/ (base file rtsp reconnect)  stages/ (base preprocess infer postprocess publish gpu)
         sinks/ (base encode redis directory video)                the data flow, one file per stage/backend
     runtime/ (pipeline app degrade)                               wiring sources -> stages -> sinks
     jobs/ (keys submit status worker)  benchmark/ (plan timing engine e2e naive results run onnx_check)
         view/ (stats security render hub server page.html)        the live view: reads Redis, serves HTTP
-    cli/ (main common run show sample engine bench jobs snapshot view) the only code that knows typer/click,
+    cli/ (main common run show sample engine bench jobs snapshot view alerts)  the only code that knows
+                                                                  typer/click,
                                                                   exit codes and signals
 
 A frame goes: ``sources`` -> queue ``decoded:{stream}`` -> ``stages.preprocess`` -> ``prepared`` ->
