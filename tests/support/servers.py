@@ -79,3 +79,11 @@ def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
 
 def model_args(assets: dict[str, Path]) -> list[str]:
     return ["-m", f"segmentation={assets['segmentation']}", "-m", f"depth={assets['depth']}"]
+
+
+def one_error_line(stderr: str) -> str:
+    """The one ``dptstream: error:`` line of a failed run (and no traceback): what a user sees."""
+    assert "Traceback" not in stderr, stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("dptstream: error:")]
+    assert len(errors) == 1, stderr
+    return errors[0]

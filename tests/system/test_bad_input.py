@@ -9,16 +9,9 @@ import av
 import numpy as np
 import pytest
 
-from tests.support.servers import RedisServer, cli, free_port, model_args
+from tests.support.servers import RedisServer, cli, free_port, model_args, one_error_line
 
 pytestmark = pytest.mark.slow
-
-
-def one_error_line(stderr: str) -> str:
-    assert "Traceback" not in stderr, stderr
-    errors = [line for line in stderr.splitlines() if line.startswith("dptstream: error:")]
-    assert len(errors) == 1, stderr
-    return errors[0]
 
 
 def audio_only(path: Path) -> Path:

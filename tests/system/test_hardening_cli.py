@@ -22,16 +22,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support.servers import ROOT, RedisServer, cli, free_port, model_args
+from tests.support.servers import ROOT, RedisServer, cli, free_port, model_args, one_error_line
 
 pytestmark = pytest.mark.slow
-
-
-def one_error_line(stderr: str) -> str:
-    assert "Traceback" not in stderr, stderr
-    errors = [line for line in stderr.splitlines() if line.startswith("dptstream: error:")]
-    assert len(errors) == 1, stderr
-    return errors[0]
 
 
 # -- item 1 -------------------------------------------------------------------------------------------------
