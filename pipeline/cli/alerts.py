@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli.common import DebugOpt, setup_logging
+from pipeline.cli.common import DebugOpt, reader_redis, setup_logging
 from pipeline.config import ConfigError, redact
 
 
@@ -23,7 +23,6 @@ def alerts(
     """Print zone rule alerts (stream, rule, state, frame, coverage / distance) from Redis."""
     setup_logging(debug, quiet=True)
     import json
-    import os
 
     from pipeline.frames import valid_stream_id
     from pipeline.sinks import RedisKeys, redis_client
@@ -33,7 +32,7 @@ def alerts(
         raise ConfigError(f"invalid stream id {stream!r}: use 1-64 of A-Z a-z 0-9 . _ -")
     if count < 0:
         raise ConfigError("--count must be 0 or more")
-    url = redis_url or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    url = reader_redis(redis_url, redis_prefix)
     keys = RedisKeys(redis_prefix)
     r = redis_client(url, timeout=10.0)
 

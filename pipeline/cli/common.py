@@ -179,6 +179,25 @@ def report_error(e: Exception) -> int:
     return EXIT_FAIL
 
 
+def reader_redis(redis_url: str | None, redis_prefix: str) -> str:
+    """The Redis a reading command (``show``, ``alerts``) uses: ``--redis``, else ``$REDIS_URL``, else the local
+    default; the URL and the key prefix are checked first, each a one-line usage error."""
+    import os
+
+    from pipeline.config import NAME_RE, check_redis_url
+
+    url = redis_url or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    if not NAME_RE.fullmatch(redis_prefix):
+        raise ConfigError(f"invalid --redis-prefix {shorten(redis_prefix)!r}: use 1-64 of A-Z a-z 0-9 . _ : -")
+    if url.split(":", 1)[0].lower() not in ("redis", "rediss"):
+        raise ConfigError(f"{shorten(redact(url))!r} is not a Redis URL: use redis://host:port/db or rediss://")
+    try:
+        check_redis_url(url)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    return url
+
+
 def queue_url(cfg: PipelineConfig, url: str | None = None) -> str:
     """The job queue's Redis: ``url``, else the config's first redis:// or rediss:// sink."""
     if url:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline.cli.common import DebugOpt, setup_logging
+from pipeline.cli.common import DebugOpt, reader_redis, setup_logging
 from pipeline.config import ConfigError, redact, shorten
 
 
@@ -42,23 +42,12 @@ def show(
 ) -> None:
     """Print the latest published results from Redis (classes by name, depth summary)."""
     setup_logging(debug, quiet=True)
-    import os
-
-    from pipeline.config import NAME_RE, check_redis_url
     from pipeline.frames import valid_stream_id
     from pipeline.sinks import RedisKeys, redis_client
 
-    url = redis_url or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
     if stream is not None and not valid_stream_id(stream):
         raise ConfigError(f"invalid stream id {shorten(stream)!r}: use 1-64 of A-Z a-z 0-9 . _ -")
-    if not NAME_RE.fullmatch(redis_prefix):
-        raise ConfigError(f"invalid --redis-prefix {shorten(redis_prefix)!r}: use 1-64 of A-Z a-z 0-9 . _ : -")
-    if url.split(":", 1)[0].lower() not in ("redis", "rediss"):
-        raise ConfigError(f"{shorten(redact(url))!r} is not a Redis URL: use redis://host:port/db or rediss://")
-    try:
-        check_redis_url(url)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
+    url = reader_redis(redis_url, redis_prefix)
     keys = RedisKeys(redis_prefix)
     try:
         r = redis_client(url)
