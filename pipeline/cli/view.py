@@ -24,6 +24,7 @@ def view_cmd(
     port: Annotated[int, typer.Option("--port", help="Port to listen on (0 = any free port).", min=0, max=65535)] = 8088,
     token: Annotated[str | None, typer.Option("--token", envvar="DPTSTREAM_VIEW_TOKEN", show_envvar=True, show_default=False, help="Token viewers must send (Authorization: Bearer TOKEN or ?token=TOKEN).")] = None,
     stale_after: Annotated[float, typer.Option("--stale-after", help="Seconds without a new entry before a tile says stale.", min=0.1)] = 5.0,
+    write_timeout: Annotated[float, typer.Option("--write-timeout", help="Seconds a browser may take to accept one update (its buffers full) before it is dropped.", min=0.1)] = 5.0,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
 ) -> None:
     """Serve a live wall of every stream in Redis: masks over the frame, depth, zones, alerts, fps, latency."""
@@ -39,8 +40,8 @@ def view_cmd(
     url = queue_url(cfg, redis_url)
     rc = cfg.redis
     settings = ViewSettings(redis_url=url, prefix=rc.prefix, host=host, port=port, token=token,
-                            stale_after_s=stale_after, ca_file=rc.ca_file, cert_file=rc.cert_file,
-                            key_file=rc.key_file)
+                            stale_after_s=stale_after, write_timeout_s=write_timeout, ca_file=rc.ca_file,
+                            cert_file=rc.cert_file, key_file=rc.key_file)
     _check_credentials(settings)
 
     def ready(bound: int) -> None:

@@ -522,3 +522,85 @@ def test_redis_passwords_never_reach_a_page_a_log_or_an_error(tmp_path: Path, as
         assert secret not in wrong.stderr
     finally:
         srv.stop()
+
+
+# -- a viewer that never reads is dropped; the others keep getting updates; the server's memory stays bounded ----
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def test_a_viewer_that_does_not_read_is_dropped_and_the_others_keep_their_updates(
+        assets: dict[str, Path], redis_server: RedisServer, tmp_path: Path) -> None:
+    import socket
+
+    publish_files(redis_server, assets, tmp_path)
+    rd = redis_server.client()
+    # a wall of 150 cameras: a real run's entries of stream a, published again under 150 ids (so each state
+    # update is tens of KB and a reader that stops reading fills its buffers within seconds)
+    entries = [fields for _id, fields in rd.xrange("dpt:stream:a:frames")]
+    pipe = rd.pipeline()
+    for k in range(150):
+        for f in entries:
+            pipe.xadd(f"dpt:stream:cam{k:03d}:frames", f)
+        pipe.sadd("dpt:streams", f"cam{k:03d}")
+    pipe.execute()
+    view = View(redis_server.url, "--write-timeout", "1")
+    stop = threading.Event()
+
+    def tick() -> None:  # new entries keep arriving, so every viewer is sent an update several times a second
+        k = 0
+        while not stop.is_set():
+            rd.xadd(f"dpt:stream:cam{k % 150:03d}:frames", entries[k % len(entries)])
+            k += 1
+            time.sleep(0.05)
+
+    good_events: list[float] = []
+
+    def good_viewer() -> None:  # reads the event stream as a browser does
+        with urllib.request.urlopen(view.base + "/api/events", timeout=30) as r:
+            while not stop.is_set():
+                line = r.readline()
+                if not line:
+                    return
+                if line.startswith(b"event: state"):
+                    good_events.append(time.monotonic())
+
+    ticker = threading.Thread(target=tick, daemon=True)
+    reader = threading.Thread(target=good_viewer, daemon=True)
+    slow = socket.socket()
+    try:
+        wait_for(lambda: len(view.api()["streams"]) == 152, 30, "the wall of 152 streams")
+        ticker.start()
+        reader.start()
+        slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow.connect(("127.0.0.1", view.port))
+        slow.sendall(b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")  # ... and never reads
+        wait_for(lambda: view.api()["viewers"] == 2, 10, "both viewers connected")
+        size = len(json.dumps(view.api()))
+        assert size > 30_000, size  # the test means something only if updates are large
+        rss0 = rss_kib(view.proc.pid)
+        wait_for(lambda: "dropping a slow viewer" in view.output, 30, f"the slow viewer dropped\n{view.output}",
+                 interval=0.2)
+        wait_for(lambda: view.api()["viewers"] == 1, 5, "the slow viewer gone from the count")
+        # the server hung up on it: what it had buffered drains, then the connection ends
+        slow.settimeout(10)
+        try:
+            while slow.recv(65536):
+                pass
+        except ConnectionResetError:
+            pass  # aborted: a reset is a hang-up too
+        # it held at most its write buffer, never a growing queue of updates
+        assert rss_kib(view.proc.pid) - rss0 < 48 * 1024
+        # the reading viewer was served all along, and still is
+        n = len(good_events)
+        wait_for(lambda: len(good_events) >= n + 3, 5, "updates to the reading viewer")
+        assert view.alive()
+    finally:
+        stop.set()
+        slow.close()
+        ticker.join(5)
+        assert view.stop() == 0, view.output
