@@ -51,14 +51,14 @@ def probe_file(cfg: SourceConfig) -> dict[str, Any]:
                 )
             v = c.streams.video[0]
             w, h = v.codec_context.width, v.codec_context.height
-            rotation = 0
-            with contextlib.suppress(StopIteration, av.FFmpegError):  # rotation: side data of the first frame
-                rotation = display_rotation(next(c.decode(v)))
-            if rotation in (90, 270):
+            orient = Orientation()
+            with contextlib.suppress(StopIteration, av.FFmpegError):  # orientation: side data of the first frame
+                orient = display_orientation(next(c.decode(v)))
+            if orient.swaps_sides:
                 w, h = h, w
             return {"frames": int(v.frames or 0), "width": w, "height": h,  # display orientation
                     "fps": float(v.average_rate) if v.average_rate else None,
-                    "duration": video_end(c, v), "rotation": rotation}
+                    "duration": video_end(c, v), "rotation": orient.rotation, "mirrored": orient.mirrored}
     except av.FFmpegError as e:
         raise SourceError(f"source {cfg.id!r}: cannot read {shown} as video ({av_reason(e)})") from e
 
@@ -73,8 +73,65 @@ def video_end(container: Any, stream: Any) -> float | None:
     return None
 
 
+# FFmpeg's display-matrix autorotation (fftools' transpose / hflip / vflip choice) as a turn and a mirror: the
+# signs of the matrix's 2x2 part, rounded to the nearest multiple of 90 degrees, -> (counter-clockwise degrees,
+# then flipped left-right). Checked against ffmpeg 5.1's own decoding for all eight axis-aligned matrices.
+_ORIENTATIONS: dict[tuple[int, int, int, int], tuple[int, bool]] = {
+    (1, 0, 0, 1): (0, False), (-1, 0, 0, -1): (180, False), (0, -1, 1, 0): (90, False), (0, 1, -1, 0): (270, False),
+    (-1, 0, 0, 1): (0, True), (1, 0, 0, -1): (180, True), (0, -1, -1, 0): (90, True), (0, 1, 1, 0): (270, True),
+}
+
+
+@dataclass(frozen=True)
+class Orientation:
+    """How a player turns a stream's decoded frames: ``rotation`` degrees counter-clockwise, then a left-right
+    mirror when ``mirrored`` (what a display matrix with a flip says)."""
+
+    rotation: int = 0
+    mirrored: bool = False
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        return rotate(image, self.rotation, self.mirrored)
+
+    @property
+    def swaps_sides(self) -> bool:
+        return self.rotation in (90, 270)
+
+    def __bool__(self) -> bool:
+        return bool(self.rotation or self.mirrored)
+
+    def __str__(self) -> str:
+        return f"{self.rotation}°" + (" mirrored" if self.mirrored else "")
+
+
+def _sign(x: int) -> int:
+    return (x > 0) - (x < 0)
+
+
+def display_orientation(frame: Any) -> Orientation:
+    """The frame's display matrix as an :class:`Orientation` (none: no turn, no mirror). Rotations that are not
+    a multiple of 90 degrees are rounded to the nearest one."""
+    matrix = None
+    with contextlib.suppress(AttributeError, ImportError, KeyError, TypeError, ValueError):
+        from av.sidedata.sidedata import Type
+
+        sd = frame.side_data.get(Type.DISPLAYMATRIX)
+        if sd is not None:
+            raw = bytes(sd)
+            if len(raw) == 36:
+                matrix = np.frombuffer(raw, "<i4")
+    if matrix is None:
+        return Orientation(display_rotation(frame))
+    a, b, c, d = (int(matrix[i]) for i in (0, 1, 3, 4))
+    axis_aligned = abs(a) + abs(d) >= abs(b) + abs(c)  # nearer a turn of 0 or 180 degrees than of 90 or 270
+    key = (_sign(a), 0, 0, _sign(d)) if axis_aligned else (0, _sign(b), _sign(c), 0)
+    rotation, mirrored = _ORIENTATIONS.get(key, (0, False))
+    return Orientation(rotation, mirrored)
+
+
 def display_rotation(frame: Any) -> int:
-    """The frame's display-matrix rotation, counter-clockwise degrees, rounded to a multiple of 90 (0 when none)."""
+    """The frame's display-matrix rotation as PyAV reads it, counter-clockwise degrees, rounded to a multiple of
+    90 (0 when none). Blind to mirrors: :func:`display_orientation` reads the whole matrix."""
     try:
         deg = int(frame.rotation or 0)
     except (AttributeError, ValueError, TypeError):
@@ -82,10 +139,14 @@ def display_rotation(frame: Any) -> int:
     return (round(deg / 90) * 90) % 360
 
 
-def rotate(image: np.ndarray, degrees: int) -> np.ndarray:
-    """``image`` turned counter-clockwise by ``degrees`` (a multiple of 90): the orientation a player shows."""
+def rotate(image: np.ndarray, degrees: int, mirrored: bool = False) -> np.ndarray:
+    """``image`` turned counter-clockwise by ``degrees`` (a multiple of 90), then mirrored left-right when
+    ``mirrored``: the orientation a player shows."""
     k = (degrees // 90) % 4
-    return image if k == 0 else np.ascontiguousarray(np.rot90(image, k))
+    out = image if k == 0 else np.rot90(image, k)
+    if mirrored:
+        out = out[:, ::-1]
+    return out if out is image else np.ascontiguousarray(out)
 
 
 @dataclass(frozen=True)
@@ -101,13 +162,16 @@ class SourceIdentity:
     duration: float | None
     head_sha256: str
     rotation: int = 0
+    mirrored: bool = False
 
-    FIELDS: ClassVar[tuple[str, ...]] = ("source_path", "source_size", "source_mtime", "source_duration", "source_sha256_1mib", "rotation")
+    FIELDS: ClassVar[tuple[str, ...]] = ("source_path", "source_size", "source_mtime", "source_duration",
+                                         "source_sha256_1mib", "rotation", "mirrored")
 
     def fields(self) -> dict[str, str]:
         return {"source_path": self.path, "source_size": str(self.size), "source_mtime": f"{self.mtime:.6f}",
                 "source_duration": "" if self.duration is None else f"{self.duration:.6f}",
-                "source_sha256_1mib": self.head_sha256, "rotation": str(self.rotation)}
+                "source_sha256_1mib": self.head_sha256, "rotation": str(self.rotation),
+                "mirrored": "1" if self.mirrored else "0"}
 
     @classmethod
     def from_fields(cls, f: dict[str, str]) -> SourceIdentity | None:
@@ -116,7 +180,8 @@ class SourceIdentity:
         try:
             return cls(f.get("source_path", "?"), int(f.get("source_size") or -1),
                        float(f.get("source_mtime") or 0), float(f["source_duration"]) if f.get("source_duration")
-                       else None, f["source_sha256_1mib"], int(f.get("rotation") or 0))
+                       else None, f["source_sha256_1mib"], int(f.get("rotation") or 0),
+                       f.get("mirrored") == "1")
         except ValueError:
             return None
 
@@ -132,25 +197,26 @@ class SourceIdentity:
 
 def source_identity(cfg: SourceConfig) -> SourceIdentity:
     """The identity of a file source: absolute path, size, mtime, video duration, sha256 of the first MiB and
-    the display rotation (read from the first frame)."""
+    the display orientation (read from the first frame)."""
     path = _check_path(cfg)
     st = path.stat()
     h = hashlib.sha256()
     with path.open("rb") as f:
         h.update(f.read(HEAD_BYTES))
     duration: float | None = None
-    rotation = 0
+    orient = Orientation()
     try:
         with av.open(str(path)) as c:
             if c.streams.video:
                 v = c.streams.video[0]
                 duration = video_end(c, v)
                 for frame in c.decode(v):
-                    rotation = display_rotation(frame)
+                    orient = display_orientation(frame)
                     break
     except av.FFmpegError as e:
         log.debug("source %s: identity probe: %s", cfg.id, av_reason(e))
-    return SourceIdentity(str(path.resolve()), st.st_size, st.st_mtime, duration, h.hexdigest(), rotation)
+    return SourceIdentity(str(path.resolve()), st.st_size, st.st_mtime, duration, h.hexdigest(), orient.rotation,
+                          orient.mirrored)
 
 
 class FileSource(Source):
@@ -159,18 +225,23 @@ class FileSource(Source):
     Packets are demuxed and decoded one by one: a packet the demuxer flags corrupt (the cut-off last packet of a
     truncated file) or the decoder rejects is skipped and counted, and the decoder is always drained with the
     null packet at the end, so every frame FFmpeg can decode is published. Frames are turned to the stream's
-    display orientation (its display-matrix rotation)."""
+    display orientation (its display matrix: a turn by a multiple of 90 degrees, and a mirror)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.bad_packets = 0  # packets skipped: flagged corrupt by the demuxer or refused by the decoder
-        self.rotation = 0  # display rotation applied to every frame (counter-clockwise degrees)
+        self.orientation = Orientation()  # applied to every frame (display matrix)
         self._index = self._first = 0
         self._interval = 0.04
         self._last_pts = -1.0
         self._t0: float | None = None
         self._pts0: float | None = None
         self._rotation_seen = False
+
+    @property
+    def rotation(self) -> int:
+        """Counter-clockwise degrees applied to every frame (see :attr:`orientation`)."""
+        return self.orientation.rotation
 
     def run(self) -> None:
         path = self.cfg.path
@@ -270,10 +341,10 @@ class FileSource(Source):
                 return False
             if not self._rotation_seen:
                 self._rotation_seen = True
-                self.rotation = display_rotation(frame)
-                if self.rotation:
-                    log.info("source %r: display rotation %d°: frames are turned to display orientation",
-                             self.id, self.rotation)
+                self.orientation = display_orientation(frame)
+                if self.orientation:
+                    log.info("source %r: display matrix %s: frames are turned to display orientation",
+                             self.id, self.orientation)
             t = frame.time
             if t is not None and math.isfinite(float(t)):
                 pts = float(t)
@@ -289,6 +360,6 @@ class FileSource(Source):
                 if delay > 0 and self._stop.wait(delay):
                     return False
             if self._index >= self.start_index:
-                self.emit(self._index, pts, rotate(frame.to_ndarray(format="rgb24"), self.rotation))
+                self.emit(self._index, pts, self.orientation.apply(frame.to_ndarray(format="rgb24")))
             self._index += 1
         return True

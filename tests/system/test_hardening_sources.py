@@ -124,6 +124,83 @@ def rotated_clip(path: Path, degrees: int, width: int = 160, height: int = 96) -
     return path, img
 
 
+def display_matrix(turn_ccw: int, hflip: bool, vflip: bool) -> list[int]:
+    """FFmpeg's ``av_display_rotation_set`` then ``av_display_matrix_flip``: what ``ffmpeg -display_rotation R
+    -display_hflip -display_vflip`` writes."""
+    import math
+
+    r = -turn_ccw * math.pi / 180
+    c, s = round(math.cos(r) * 65536), round(math.sin(r) * 65536)
+    m = [c, -s, 0, s, c, 0, 0, 0, 1 << 30]
+    sign = (-1 if hflip else 1, -1 if vflip else 1, 1)
+    return [v * sign[i % 3] for i, v in enumerate(m)]
+
+
+def blocks(img: np.ndarray) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Where the centres of the white and the red block of :func:`matrix_clip`'s picture are, in eighths of the
+    picture's (height, width): the pair tells all eight turns and mirrors apart."""
+    h, w = img.shape[:2]
+    x = img.astype(int)
+    white = x.min(axis=2) > 200
+    red = (x[..., 0] > 200) & (x[..., 1] < 60)
+    out = []
+    for m in (white, red):
+        ys, xs = np.nonzero(m)
+        out.append((round(float(ys.mean()) / h * 8), round(float(xs.mean()) / w * 8)))
+    return out[0], out[1]
+
+
+def matrix_clip(path: Path, matrix: list[int]) -> np.ndarray:
+    """A 160x96 clip: a white block in the coded frame's top-left corner, a red one below it."""
+    img = np.zeros((96, 160, 3), np.uint8)
+    img[:24, :40] = 255
+    img[24:48, :40] = (255, 0, 0)
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=24)
+        s.width, s.height, s.pix_fmt = 160, 96, "yuv420p"
+        s.options = {"crf": "10"}
+        s.set_display_matrix(matrix)
+        for _ in range(3):
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    return img
+
+
+# What ffmpeg 5.1 shows for each matrix (its autorotation: transpose / hflip / vflip), read off its decoded
+# output when this was written: the block centres (eighths of height, width) and whether the picture is portrait.
+# The six mirrored cases and two turns; the plain turns are test_display_rotation_turns_frames_to_display_orientation.
+@pytest.mark.parametrize("turn, hflip, vflip, white, red, portrait", [
+    (0, False, True, (7, 1), (5, 1), False),
+    (0, True, False, (1, 7), (3, 7), False),
+    (90, False, False, (1, 7), (1, 5), True),
+    (90, False, True, (7, 7), (7, 5), True),
+    (90, True, False, (1, 1), (1, 3), True),
+    (90, True, True, (7, 1), (7, 3), True),
+    (180, True, False, (7, 1), (5, 1), False),
+    (270, True, False, (7, 7), (7, 5), True),
+])
+def test_mirrored_display_matrices_show_as_ffmpeg_shows_them(tmp_path: Path, turn: int, hflip: bool, vflip: bool,
+                                                             white: tuple[int, int], red: tuple[int, int],
+                                                             portrait: bool) -> None:
+    path = tmp_path / "m.mp4"
+    matrix_clip(path, display_matrix(turn, hflip, vflip))
+    frames, eos, src = decode_all(path)
+    assert eos.error is None and len(frames) == 3
+    img = frames[0].image
+    assert (img.shape[0] > img.shape[1]) == portrait
+    assert blocks(img) == (white, red)
+    assert src.orientation.mirrored == (hflip != vflip)
+    from pipeline.sources import probe_file, source_identity
+
+    cfg = SourceConfig(id="s", uri=str(path))
+    facts = probe_file(cfg)
+    assert (facts["height"], facts["width"]) == img.shape[:2] and facts["mirrored"] == (hflip != vflip)
+    ident = source_identity(cfg)
+    assert ident.fields()["mirrored"] == ("1" if hflip != vflip else "0")
+
+
 @pytest.mark.parametrize("degrees, corner", [(90, "bottom-left"), (-90, "top-right"), (180, "bottom-right"),
                                              (0, "top-left")])
 def test_display_rotation_turns_frames_to_display_orientation(tmp_path: Path, degrees: int, corner: str) -> None:
