@@ -9,7 +9,16 @@ from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.frames import valid_stream_id
 from pipeline.zones import polygon_problem, valid_name
@@ -33,7 +42,7 @@ class ConfigError(Exception):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SourceConfig(_Strict):
@@ -43,8 +52,8 @@ class SourceConfig(_Strict):
     loop: bool = False  # replay a file forever (a file posing as a camera)
     realtime: bool = False  # pace a file at its frame rate
     rtsp_transport: Literal["tcp", "udp"] = "tcp"
-    open_timeout_s: float = Field(10.0, gt=0)
-    read_timeout_s: float = Field(5.0, gt=0)
+    open_timeout_s: float = Field(10.0, gt=0, le=3600)
+    read_timeout_s: float = Field(5.0, gt=0, le=3600)
 
     @field_validator("id")
     @classmethod
@@ -95,32 +104,32 @@ class EngineSection(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     batch_size: int = Field(8, ge=1, le=256)
-    max_wait_ms: float = Field(10.0, ge=0)
+    max_wait_ms: float = Field(10.0, ge=0, le=60_000)
     cuda_graphs: bool = True
     compile: bool = False
     cache_dir: str = "~/.cache/dptstream"
-    threads: int | None = Field(None, ge=1)
+    threads: int | None = Field(None, ge=1, le=1024)
 
 
 class QueueSection(_Strict):
-    decoded: int = Field(8, ge=1)
-    prepared: int = Field(16, ge=1)
-    inferred: int = Field(16, ge=1)
-    results: int = Field(64, ge=1)
+    decoded: int = Field(8, ge=1, le=100_000)
+    prepared: int = Field(16, ge=1, le=100_000)
+    inferred: int = Field(16, ge=1, le=100_000)
+    results: int = Field(64, ge=1, le=100_000)
     live_policy: Literal["drop_oldest", "block"] = "drop_oldest"
 
 
 class RedisSection(_Strict):
     prefix: str = "dpt"
-    maxlen: int = Field(10000, ge=1)
+    maxlen: int = Field(10000, ge=1, le=1_000_000_000)
     events: bool = True
     ca_file: str | None = None
-    retry_max_s: float = Field(5.0, gt=0)
-    buffer: int = Field(1000, ge=1)  # live results held while Redis is away
+    retry_max_s: float = Field(5.0, gt=0, le=3600)
+    buffer: int = Field(1000, ge=1, le=1_000_000)  # live results held while Redis is away
     cert_file: str | None = None  # client certificate (PEM) for a TLS server that asks for one
     key_file: str | None = None  # its private key (PEM)
     thumbnail: int = Field(0, ge=0, le=1024)  # long side (px) of a JPEG of the frame in each entry; 0 = off
-    alerts_maxlen: int = Field(10000, ge=1)  # {prefix}:alerts is trimmed to about this many entries
+    alerts_maxlen: int = Field(10000, ge=1, le=1_000_000_000)  # {prefix}:alerts is trimmed to about this many entries
     # a 16-bit PNG depth map at the mask size in each entry (field depth_map; the dir: sink writes one per frame):
     # metric depth in millimetres (clipped at 65.535 m), relative depth scaled from depth.min..max to 0..65535
     depth_map: bool = False
@@ -134,20 +143,20 @@ class RedisSection(_Strict):
 
 
 class LiveSection(_Strict):
-    reconnect_initial_s: float = Field(0.5, gt=0)
-    reconnect_max_s: float = Field(30.0, gt=0)
-    stall_timeout_s: float = Field(10.0, gt=0)
-    frozen_timeout_s: float = Field(0.0, ge=0)  # 0 disables the frozen-picture detector
+    reconnect_initial_s: float = Field(0.5, gt=0, le=3600)
+    reconnect_max_s: float = Field(30.0, gt=0, le=86400)
+    stall_timeout_s: float = Field(10.0, gt=0, le=86400)
+    frozen_timeout_s: float = Field(0.0, ge=0, le=86400)  # 0 disables the frozen-picture detector
     fail_if_down_at_start: bool = False
-    latency_budget_ms: float = Field(0.0, ge=0)  # 0 disables degradation
+    latency_budget_ms: float = Field(0.0, ge=0, le=3_600_000)  # 0 disables degradation
     degrade_order: list[Literal["rate", "skip_depth", "alternate_segmentation"]] = Field(
         default_factory=lambda: ["rate", "skip_depth", "alternate_segmentation"]  # type: ignore[arg-type]
     )
     reconnect_jitter: float = Field(0.5, ge=0, le=1)  # each delay is scaled by U(1 - jitter, 1)
-    max_attempts: int = Field(0, ge=0)  # consecutive failed connects before a camera is given up; 0 = never
-    frozen_tolerance: float = Field(2.0, gt=0)  # grey levels a thumbnail block may move and still be "frozen"
-    degrade_rate_divisor: int = Field(2, ge=2)  # the "rate" level keeps one frame in N
-    degrade_recover_s: float = Field(5.0, gt=0)  # latency under half the budget this long undoes one level
+    max_attempts: int = Field(0, ge=0, le=10**9)  # consecutive failed connects before a camera is given up; 0 = never
+    frozen_tolerance: float = Field(2.0, gt=0, le=255)  # grey levels a thumbnail block may move and still be "frozen"
+    degrade_rate_divisor: int = Field(2, ge=2, le=1000)  # the "rate" level keeps one frame in N
+    degrade_recover_s: float = Field(5.0, gt=0, le=86400)  # latency under half the budget this long undoes one level
     rtsps_verify: bool = False  # rtsps://: verify the camera's certificate (most cameras' are self-signed)
     rtsps_ca_file: str | None = None  # rtsps://: verify against this CA (implies rtsps_verify)
 
@@ -156,9 +165,9 @@ class JobsSection(_Strict):
     """Batch jobs (``submit`` / ``worker`` / ``status``): a Redis stream read by a consumer group."""
 
     group: str = "dptstream-workers"
-    claim_idle_s: float = Field(60.0, gt=0)  # a job whose worker is silent this long goes to another worker
-    max_attempts: int = Field(3, ge=1)  # deliveries of one job before it is marked failed
-    poll_s: float = Field(2.0, gt=0)  # how long an idle worker blocks waiting for a job
+    claim_idle_s: float = Field(60.0, gt=0, le=7 * 86400)  # a job whose worker is silent this long goes to another worker
+    max_attempts: int = Field(3, ge=1, le=1000)  # deliveries of one job before it is marked failed
+    poll_s: float = Field(2.0, gt=0, le=3600)  # how long an idle worker blocks waiting for a job
 
     @field_validator("group")
     @classmethod
@@ -212,11 +221,12 @@ class RuleConfig(_Strict):
 
     name: str
     zone: str
-    classes: list[str | int] = Field(default_factory=list)  # label names of the segmentation checkpoint, or ids
+    # label names of the segmentation checkpoint, or ids (a YAML true is neither)
+    classes: list[StrictInt | StrictStr] = Field(default_factory=list)
     min_coverage: float = Field(0.0, ge=0, le=1)  # fraction of the zone's pixels these classes cover
     max_distance_m: float | None = Field(None, gt=0)  # metric depth checkpoints only
-    for_frames: int = Field(1, ge=1)  # consecutive frames the condition holds before the rule starts
-    clear_frames: int = Field(1, ge=1)  # consecutive frames it fails before the rule ends
+    for_frames: int = Field(1, ge=1, le=10**9)  # consecutive frames the condition holds before the rule starts
+    clear_frames: int = Field(1, ge=1, le=10**9)  # consecutive frames it fails before the rule ends
 
     @field_validator("name")
     @classmethod
@@ -278,15 +288,18 @@ class PipelineConfig(_Strict):
     @field_validator("sinks")
     @classmethod
     def _sinks(cls, v: list[str]) -> list[str]:
+        out = []
         for uri in v:
             scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
             if scheme not in SINK_SCHEMES:
                 raise ValueError(
                     f"unknown sink {shorten(redact(uri))!r}: use redis://, rediss://, dir:PATH or video:PATH"
                 )
+            uri = scheme + uri[len(scheme):]  # REDIS://... works as redis://... (clients want it lower-case)
             if scheme in ("redis", "rediss"):
                 check_redis_url(uri)
-        return v
+            out.append(uri)
+        return out
 
     @model_validator(mode="after")
     def _unique_ids(self) -> PipelineConfig:
@@ -382,7 +395,12 @@ def shorten(text: str, limit: int = 120) -> str:
 def check_redis_url(url: str) -> None:
     """A ``redis://`` / ``rediss://`` URL a client can use: host, port 1..65535, integer database."""
     safe = shorten(redact(url))
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise ValueError(f"sink {safe!r} is not a valid URL (redis://host:port/db)") from None
+    if not parts.hostname:
+        raise ValueError(f"sink {safe!r}: name the host (redis://host:6379/0)")
     try:
         port = parts.port
     except ValueError:
@@ -428,7 +446,7 @@ def first_error(e: ValidationError) -> str:
 
 class _NoAliasLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that refuses aliases (``*name``): a few hundred bytes of nested aliases expand to
-    gigabytes (the "billion laughs"), and a config never needs them."""
+    gigabytes (the "billion laughs"), and a config never needs them. Duplicate keys are refused too."""
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
@@ -436,6 +454,20 @@ class _NoAliasLoader(yaml.SafeLoader):
             raise yaml.composer.ComposerError(
                 None, None, f"YAML aliases (*{event.anchor}) are not allowed in a config", event.start_mark)
         return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        """A key given twice is an error, not a silent override of the first."""
+        seen: set[Any] = set()
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key {str(key)[:80]!r} is given twice", key_node.start_mark)
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class says so
+                break
+        return super().construct_mapping(node, deep)
 
 
 def read_yaml(p: Path) -> Any:

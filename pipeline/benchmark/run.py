@@ -291,6 +291,11 @@ class BenchRequest:
     families: bool = False
 
 
+def _given(value: str | None, default: str) -> str:
+    """A flag's text, or ``default`` when the flag was not given (an empty value is the user's, and is checked)."""
+    return default if value is None else value
+
+
 def bench(r: BenchRequest) -> Path:
     """Plan, prepare the inputs, run every measurement and write the JSON (rewritten after each step, so an
     interrupted run leaves its partial results); returns the JSON's path."""
@@ -303,22 +308,22 @@ def bench(r: BenchRequest) -> Path:
     if r.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda: torch sees no CUDA GPU here (use --device cpu)")
     dev = "cuda" if r.device == "cuda" or (r.device == "auto" and torch.cuda.is_available()) else "cpu"
-    vtext = r.variants or ("fp32" if dev == "cpu" else
-                         "fp32,fp16,fp16-graphs" + (",tensorrt,tensorrt-fp16softmax" if tensorrt_available() else ""))
+    vtext = _given(r.variants, "fp32" if dev == "cpu" else
+                   "fp32,fp16,fp16-graphs" + (",tensorrt,tensorrt-fp16softmax" if tensorrt_available() else ""))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    thread_list = int_list(r.threads, "--threads") if r.threads else ([1, cores] if cores > 1 else [1])
+    thread_list = int_list(r.threads, "--threads") if r.threads is not None else ([1, cores] if cores > 1 else [1])
     vlist = parse_variants(vtext, dev, thread_list if dev == "cpu" else None)
     mode_list = [m.strip() for m in r.modes.split(",") if m.strip()]
     if not mode_list or any(m not in ("engine", "e2e", "naive") for m in mode_list):
         raise ConfigError(f"--modes {r.modes!r}: use engine, e2e and/or naive")
     names = [v.name for v in vlist]
-    e2e_vs: list[str] = [v.strip() for v in r.e2e_variants.split(",")] if r.e2e_variants else \
+    e2e_vs: list[str] = [v.strip() for v in r.e2e_variants.split(",")] if r.e2e_variants is not None else \
         [next(n for n in ("tensorrt", "fp16-graphs", "bf16-graphs", "fp16", "fp32", "bf16") if n in names)]
     if "tensorrt" in e2e_vs and not tensorrt_available():
         e2e_vs = [v for v in e2e_vs if v != "tensorrt"] or ["fp16-graphs" if "fp16-graphs" in names else names[0]]
     if r.streams is not None and r.streams < 1:
         raise ConfigError("--streams must be >= 1")
-    naive_list = [p.strip() for p in (r.naive_precisions or ("fp32,fp16" if dev == "cuda" else "fp32")).split(",")
+    naive_list = [p.strip() for p in _given(r.naive_precisions, "fp32,fp16" if dev == "cuda" else "fp32").split(",")
                   if p.strip()]
     if not naive_list or any(p not in ("fp32", "fp16", "bf16") for p in naive_list) or \
             (dev == "cpu" and naive_list != ["fp32"]):
@@ -327,7 +332,7 @@ def bench(r: BenchRequest) -> Path:
     redis_url = r.redis or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
     plan = Plan(
         tasks=r.tasks, device=dev, variants=vlist,
-        batches=int_list(r.batch_sizes or (GPU_BATCHES if dev == "cuda" else CPU_BATCHES), "--batch-sizes"),
+        batches=int_list(_given(r.batch_sizes, GPU_BATCHES if dev == "cuda" else CPU_BATCHES), "--batch-sizes"),
         e2e_batches=int_list(r.e2e_batch, "--e2e-batch"), e2e_variants=e2e_vs,
         streams=r.streams or (8 if dev == "cuda" else 2), modes=mode_list, redis_url=redis_url,
         min_seconds=r.seconds, min_calls=max(1, r.min_calls), warmup=max(0, r.warmup), naive_frames=r.naive_frames,
@@ -337,7 +342,7 @@ def bench(r: BenchRequest) -> Path:
         families=r.families, random_large=r.random_large,
         naive_precisions=naive_list, variant_batches=parse_variant_batches(r.variant_batches, names),
     )
-    size = parse_size(r.clip_size or ("1920x1080" if dev == "cuda" else "1280x720"))
+    size = parse_size(_given(r.clip_size, "1920x1080" if dev == "cuda" else "1280x720"))
     if "e2e" in mode_list:  # a dead Redis fails now, not after minutes of engine-only measurements
         check_redis(redis_url)
     inp = prepare_inputs(Path(os.path.expanduser(str(r.work_dir))), r.tasks, r.models, r.random_large, r.clip, size,

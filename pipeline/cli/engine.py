@@ -56,12 +56,17 @@ def register(app: typer.Typer) -> None:
         cfg = load_config(config, o)
         if precision not in ("fp16", "fp32"):
             raise ConfigError(f"--precision {precision!r}: use fp16 or fp32")
-        max_b = max_batch or cfg.engine.batch_size
-        opt_b = opt_batch or max_b
+        max_b = cfg.engine.batch_size if max_batch is None else max_batch
+        opt_b = max_b if opt_batch is None else opt_batch
         if not 1 <= min_batch <= opt_b <= max_b:
             raise ConfigError(f"batch sizes must satisfy 1 <= --min-batch <= --opt-batch <= --max-batch, got "
                               f"{min_batch} <= {opt_b} <= {max_b}")
         cache = cache_dir or cfg.engine.cache_dir
+        if out_dir is not None:
+            try:
+                out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ConfigError(f"--out-dir {str(out_dir)[:200]!r}: cannot create it ({e.strerror or e})") from e
         src_size = None
         if source_size is not None:
             sw, sep, sh = source_size.lower().partition("x")

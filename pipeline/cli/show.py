@@ -35,7 +35,7 @@ def zone_summary(zones: dict[str, Any], labels: dict[str, str], depth_kind: str 
 
 def show(
     stream: Annotated[str | None, typer.Argument(help="Stream id (default: every stream).")] = None,
-    count: Annotated[int, typer.Option("--count", "-n", min=1, help="Latest entries per stream (1 or more).")] = 1,
+    count: Annotated[int, typer.Option("--count", "-n", min=1, max=10_000, help="Latest entries per stream (1..10000).")] = 1,
     redis_url: Annotated[str | None, typer.Option("--redis", help="Redis URL (default $REDIS_URL or redis://127.0.0.1:6379/0).")] = None,
     redis_prefix: Annotated[str, typer.Option("--redis-prefix")] = "dpt",
     debug: DebugOpt = False,

@@ -130,6 +130,8 @@ def start_runtime(cfg: PipelineConfig, serve_metrics: bool = True, health: Any =
             rt.port = metrics.serve(cfg.metrics.port, cfg.metrics.host, health)
         except OSError as e:
             rt.close()
-            raise ConfigError(f"cannot serve metrics on port {cfg.metrics.port} ({e.strerror}); "
-                              "pick another with --metrics-port") from e
+            host = cfg.metrics.host[:100]
+            shown = f"[{host}]" if ":" in host else host
+            raise ConfigError(f"cannot serve metrics on {shown}:{cfg.metrics.port} ({e.strerror or e}); "
+                              "pick another port with --metrics-port or another metrics.host") from e
     return rt

@@ -28,10 +28,16 @@ def is_loopback(host: str) -> bool:
     return bool(addrs) and all(ipaddress.ip_address(str(a).split("%", 1)[0]).is_loopback for a in addrs)
 
 
+MIN_TOKEN = 12  # characters; a guessable token is no protection beyond this machine
+
+
 def check_bind(host: str, token: str | None) -> None:
     """Refuse to serve beyond this machine without a token (one line, a usage error)."""
     if token is not None and not token.strip():
         raise ConfigError(f"the view token is empty: pass --token TOKEN or set {TOKEN_ENV} to a non-empty value")
+    if token is not None and len(token) < MIN_TOKEN:
+        raise ConfigError(f"the view token is too short ({len(token)} characters): use {MIN_TOKEN} or more, e.g. "
+                          "`openssl rand -hex 16`")
     if token is None and not is_loopback(host):
         raise ConfigError(f"--host {host or '(all interfaces)'} serves the view beyond this machine: pass "
                           f"--token TOKEN or set {TOKEN_ENV} (or bind 127.0.0.1)")

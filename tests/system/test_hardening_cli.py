@@ -179,6 +179,28 @@ def test_bad_flags_fail_before_any_model_loads(assets: dict[str, Path], tmp_path
     assert expect in one_error_line(p.stderr)
 
 
+# the later sweep: flags of the other commands, given as 0 or "" or out of range, are usage errors up front
+@pytest.mark.parametrize("args, expect", [
+    (["bench", "--device", "cpu", "--batch-sizes", ""], "--batch-sizes: '' needs one or more integers >= 1"),
+    (["bench", "--device", "cpu", "--threads", ""], "--threads: '' needs one or more integers >= 1"),
+    (["sample", "{tmp}/s", "--width", "63"], "Invalid value for '--width'"),
+    (["sample", "{tmp}/s", "--width", "66", "--height", "65"], "use even sides"),
+    (["sample", "{tmp}/s", "--frames", "0"], "Invalid value for '--frames'"),
+    (["show", "-n", "99999999999999999999"], "Invalid value for '--count' / '-n'"),
+    (["build-engine", "-m", "segmentation={seg}", "--tasks", "segmentation", "--max-batch", "0"],
+     "1 <= --min-batch <= --opt-batch <= --max-batch, got 1 <= 0 <= 0"),
+    (["build-engine", "-m", "segmentation={seg}", "--tasks", "segmentation", "--onnx-only", "--out-dir",
+      "/dev/null/x"], "--out-dir '/dev/null/x': cannot create it"),
+])
+def test_zero_empty_and_huge_flags_of_other_commands_are_usage_errors(assets: dict[str, Path], tmp_path: Path,
+                                                                      args: list[str], expect: str) -> None:
+    args = [a.format(tmp=tmp_path, seg=assets["segmentation"]) for a in args]
+    p = cli(*args, timeout=60)
+    assert p.returncode == 2, p.stderr
+    assert expect in p.stderr and "unexpected" not in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "s").exists()
+
+
 def test_a_video_as_config_and_a_5000_character_path_are_one_short_line(assets: dict[str, Path]) -> None:
     p = cli("run", str(assets["clip360"]))
     assert p.returncode == 2 and "not a text YAML file" in one_error_line(p.stderr)

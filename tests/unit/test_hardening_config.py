@@ -133,6 +133,44 @@ def test_values_out_of_bounds_are_config_errors(over: dict[str, object], match: 
         load_config(None, over)
 
 
+# -- a later sweep: values that validated, then failed after the models loaded (exit 1, raw errors) ----------
+@pytest.mark.parametrize("over, match", [
+    ({"engine": {"max_wait_ms": float("inf")}}, "engine.max_wait_ms: Input should be a finite number"),
+    ({"engine": {"max_wait_ms": 1e300}}, "engine.max_wait_ms: Input should be less than or equal to 60000"),
+    ({"engine": {"threads": 2**40}}, "engine.threads: Input should be less than or equal to 1024"),
+    ({"redis": {"maxlen": 10**20}}, "redis.maxlen: Input should be less than or equal to 1000000000"),
+    ({"redis": {"retry_max_s": float("nan")}}, "redis.retry_max_s: Input should be a finite number"),
+    ({"live": {"stall_timeout_s": float("inf")}}, "live.stall_timeout_s: Input should be a finite number"),
+    ({"sinks": ["redis://"]}, "name the host"),
+    ({"sinks": ["redis:///0"]}, "name the host"),
+    ({"sinks": ["redis://:pw@[::1/0"]}, "is not a valid URL"),
+])
+def test_values_that_used_to_fail_after_the_models_loaded_are_config_errors(over: dict[str, object],
+                                                                             match: str) -> None:
+    with pytest.raises(ConfigError, match=match.replace("(", r"\(").replace(")", r"\)")) as e:
+        load_config(None, over)
+    assert "pw" not in str(e.value)
+
+
+def test_an_upper_case_redis_scheme_is_accepted_as_lower_case() -> None:
+    assert load_config(None, {"sinks": ["REDIS://127.0.0.1:6379/0"]}).sinks == ["redis://127.0.0.1:6379/0"]
+
+
+def test_a_key_given_twice_in_yaml_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "dup.yaml"
+    p.write_text("engine:\n  batch_size: 4\n  batch_size: 2\n")
+    with pytest.raises(ConfigError, match=r"the key 'batch_size' is given twice \(line 3\)"):
+        load_config(p)
+    p.write_text("sources: [{id: a, uri: a.mp4}, {id: b, uri: b.mp4}]\nengine: {batch_size: 2}\n")
+    assert [s.id for s in load_config(p).sources] == ["a", "b"]  # the same key in sibling mappings is fine
+
+
+def test_a_rule_class_must_be_a_name_or_an_id_not_a_boolean() -> None:
+    zones = [{"name": "door", "polygon": [[0, 0], [1, 0], [1, 1]]}]
+    with pytest.raises(ConfigError, match="rules"):
+        load_config(None, {"zones": zones, "rules": [{"name": "r", "zone": "door", "classes": [True]}]})
+
+
 def test_mask_size_bounds_accept_the_edges() -> None:
     assert load_config(None, {"mask_size": "1x8192"}).mask_size == "1x8192"
 

@@ -20,12 +20,19 @@ def test_other_hosts_need_a_token(host: str) -> None:
     with pytest.raises(ConfigError, match="serves the view beyond this machine: pass --token TOKEN or set "
                                           "DPTSTREAM_VIEW_TOKEN"):
         check_bind(host, None)
-    check_bind(host, "a-token")
+    check_bind(host, "a-long-token")
 
 
 def test_empty_token_is_refused() -> None:
     with pytest.raises(ConfigError, match="the view token is empty"):
         check_bind("127.0.0.1", "  ")
+
+
+@pytest.mark.parametrize("token", ["x", "hunter2", "a" * 11])
+def test_short_token_is_refused(token: str) -> None:
+    with pytest.raises(ConfigError, match=r"the view token is too short \(\d+ characters\): use 12 or more"):
+        check_bind("0.0.0.0", token)
+    check_bind("0.0.0.0", token + "b" * 12)
 
 
 def test_request_token_from_header_or_query() -> None:
