@@ -3,6 +3,7 @@ frames; ``--follow`` keeps printing them as they come."""
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 import typer
@@ -10,10 +11,12 @@ import typer
 from pipeline.cli.common import DebugOpt, reader_redis, setup_logging
 from pipeline.config import ConfigError, redact
 
+log = logging.getLogger("dptstream")
+
 
 def alerts(
     stream: Annotated[str | None, typer.Option("--stream", "-s", help="Only this stream's alerts.")] = None,
-    count: Annotated[int, typer.Option("--count", "-n", help="Latest alerts to print first.")] = 10,
+    count: Annotated[int, typer.Option("--count", "-n", min=0, max=10_000, help="Latest alerts to print first (0..10000).")] = 10,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new alerts until interrupted.")] = False,
     active: Annotated[bool, typer.Option("--active", help="Print the rules active now (then follow, with -f).")] = False,
     redis_url: Annotated[str | None, typer.Option("--redis", help="Redis URL (default $REDIS_URL or redis://127.0.0.1:6379/0).")] = None,
@@ -23,15 +26,16 @@ def alerts(
     """Print zone rule alerts (stream, rule, state, frame, coverage / distance) from Redis."""
     setup_logging(debug, quiet=True)
     import json
+    import time
+
+    import redis
 
     from pipeline.frames import valid_stream_id
-    from pipeline.sinks import RedisKeys, redis_client
+    from pipeline.sinks import RedisKeys, SinkError, redis_client
     from pipeline.zones import describe_alert
 
     if stream is not None and not valid_stream_id(stream):
         raise ConfigError(f"invalid stream id {stream!r}: use 1-64 of A-Z a-z 0-9 . _ -")
-    if count < 0:
-        raise ConfigError("--count must be 0 or more")
     url = reader_redis(redis_url, redis_prefix)
     keys = RedisKeys(redis_prefix)
     r = redis_client(url, timeout=10.0)
@@ -62,8 +66,20 @@ def alerts(
                 print(f"no alerts under {redis_prefix}: in {redact(url)}")
             for i, ev in shown:
                 print(line(i, ev))
+        away = False
         while follow:
-            got = r.xread({keys.alerts: last}, block=2000, count=100)
+            try:
+                got = r.xread({keys.alerts: last}, block=2000, count=100)
+            except (redis.ConnectionError, redis.TimeoutError) as e:  # following outlives an outage, as tail -F
+                if not away:
+                    log.warning("Redis at %s is unreachable (%s); still following, retrying every second",
+                                redact(url), str(e).splitlines()[0] if str(e) else type(e).__name__)
+                    away = True
+                time.sleep(1.0)
+                continue
+            if away:
+                log.warning("Redis at %s is reachable again", redact(url))
+                away = False
             for _key, items in got or []:
                 for i, f in items:
                     last = i
@@ -72,12 +88,8 @@ def alerts(
                         print(line(i, ev), flush=True)
     except KeyboardInterrupt:
         return
-    except Exception as e:
-        import redis
-
-        if isinstance(e, redis.RedisError | OSError):
-            raise ConfigError(f"cannot read Redis at {redact(url)} ({str(e).splitlines()[0]})") from e
-        raise
+    except (redis.RedisError, OSError) as e:
+        raise SinkError(f"cannot read Redis at {redact(url)} ({str(e).splitlines()[0] if str(e) else e!r})") from e
 
 
 def register(app: typer.Typer) -> None:

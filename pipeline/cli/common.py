@@ -222,8 +222,11 @@ def connect(url: str, cfg: PipelineConfig, timeout: float = 5.0) -> Any:
     except redis.AuthenticationError as e:
         raise ConfigError(f"Redis at {redact(url)} refused the credentials ({e})") from e
     except redis.RedisError as e:
+        from pipeline.sinks import SinkError
+
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"cannot reach Redis at {redact(url)} ({msg}); is redis-server running?") from e
+        # a runtime failure (exit 1, as `run` gives), not a usage error: the same command works once Redis is up
+        raise SinkError(f"cannot reach Redis at {redact(url)} ({msg}); is redis-server running?") from e
     return client
 
 

@@ -54,7 +54,9 @@ def show(
         meta = r.hgetall(keys.meta)
         ids = [stream] if stream else sorted(x.decode() for x in r.smembers(keys.streams))
     except Exception as e:
-        raise ConfigError(f"cannot read Redis at {redact(url)} ({str(e).splitlines()[0]})") from e
+        from pipeline.sinks import SinkError
+
+        raise SinkError(f"cannot read Redis at {redact(url)} ({str(e).splitlines()[0]})") from e  # exit 1
     labels = json.loads(meta.get(b"labels", b"{}"))
     if not ids:
         print(f"no streams under {redis_prefix}: in {redact(url)}")

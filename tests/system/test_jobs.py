@@ -162,7 +162,7 @@ def test_submit_queues_once_and_refuses_a_second_file_under_one_id(redis_server:
     assert [j["id"] for j in doc["jobs"]] == ["clip0", "clip1", "clip2", "clip3"]
 
     down = cli("submit", str(clips["clip0"]), "--redis", "redis://127.0.0.1:1/0")
-    assert down.returncode == 2 and "cannot reach Redis at redis://127.0.0.1:1/0" in down.stderr
+    assert down.returncode == 1 and "cannot reach Redis at redis://127.0.0.1:1/0" in down.stderr  # runtime, not usage
     assert "Traceback" not in down.stderr
     missing = cli("submit", str(tmp_path / "missing.mp4"), "--redis", redis_server.url)
     assert missing.returncode == 2 and "file not found" in missing.stderr
