@@ -19,7 +19,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 _RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 _RESAMPLE_NAMES = {1: "lanczos", 4: "box", 5: "hamming"}
 DPT_BACKBONES = {"beit": "BEiT", "swinv2": "SwinV2", "dinov2": "DINOv2"}
+MAX_LABELS = 65536  # class ids 0..65535: what a published 16-bit mask holds (pipeline.frames.MAX_CLASSES)
 SUPPORTED: dict[Task, str] = {
     "segmentation": "dpt (ViT, hybrid, BEiT/SwinV2/DINOv2 backbones)",
     "depth": "dpt (ViT, hybrid, BEiT/SwinV2/DINOv2 backbones) and depth_anything (V1/V2, relative or metric)",
@@ -149,6 +152,14 @@ def inspect_config(task: Task, model_id: str, cfg: dict[str, Any]) -> Checkpoint
             f"{task} model {model_id!r} names a timm/hub backbone {cfg.get('backbone')!r} instead of a "
             f"backbone_config; supported backbones are ViT, hybrid BiT+ViT, BEiT, SwinV2 and DINOv2"
         )
+    if task == "segmentation":
+        id2label = cfg.get("id2label")
+        labels = max(len(id2label) if isinstance(id2label, dict) else 0, _int_or_zero(cfg.get("num_labels")))
+        if labels > MAX_LABELS:
+            raise ModelLoadError(
+                f"segmentation model {model_id!r} has {labels} labels; at most {MAX_LABELS:,} are supported "
+                "(class ids are published as 16-bit masks)"
+            )
     depth_kind: DepthKind | None = None
     max_depth: float | None = None
     if model_type == "dpt":
@@ -184,6 +195,21 @@ def inspect_config(task: Task, model_id: str, cfg: dict[str, Any]) -> Checkpoint
                 f"depth model {model_id!r} has depth_estimation_type {kind!r}; supported are relative and metric"
             )
     return CheckpointInfo(model_type, architecture, _MODEL_CLASSES[(task, model_type)], depth_kind, max_depth)
+
+
+def _int_or_zero(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def clean_label(label: Any, class_id: int) -> str:
+    """A class name fit for one line: control characters (newline, tab, ...) become spaces, ends stripped; an
+    empty name becomes ``class_{id}``. Labels come from the checkpoint's ``id2label`` and end up in overlays,
+    snapshots, ``show`` lines and ``{prefix}:meta``."""
+    text = "".join(" " if unicodedata.category(c) == "Cc" else c for c in str(label)).strip()
+    return text or f"class_{class_id}"
 
 
 def _first_line(e: BaseException, limit: int = 200) -> str:
@@ -329,6 +355,7 @@ def preprocess_spec(proc: Any, input_size: int | None = None, where: str = "prep
         scale = 1.0
     if not getattr(proc, "do_normalize", True):
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    _check_normalization(mean, std, scale, where)
     pad = None
     if getattr(proc, "do_pad", False) and getattr(proc, "size_divisor", None):
         pad = int(proc.size_divisor)
@@ -344,6 +371,16 @@ def preprocess_spec(proc: Any, input_size: int | None = None, where: str = "prep
         do_resize=bool(getattr(proc, "do_resize", True)),
         pad_multiple=pad,
     )
+
+
+def _check_normalization(mean: tuple[float, ...], std: tuple[float, ...], scale: float, where: str) -> None:
+    """Refuse normalisation that would make every pixel NaN or Inf (a zero std divides by zero)."""
+    if len(mean) != 3 or not all(math.isfinite(v) for v in mean):
+        raise ModelLoadError(f"{where}: image_mean {list(mean)} must be 1 or 3 finite numbers")
+    if len(std) != 3 or not all(math.isfinite(v) and v > 0 for v in std):
+        raise ModelLoadError(f"{where}: image_std {list(std)} must be 1 or 3 finite numbers above 0")
+    if not (math.isfinite(scale) and scale > 0):
+        raise ModelLoadError(f"{where}: rescale_factor {scale} must be a finite number above 0")
 
 
 def _processor_file(task: Task, model_id: str, src: str, local: Path | None) -> Path | None:
@@ -437,7 +474,8 @@ def load_model(task: Task, model_id: str, input_size: int | None = None) -> Load
     model = _from_pretrained(task, model_id, src, info)
     model.eval()
     if task == "segmentation":
-        id2label = {int(k): str(v) for k, v in (getattr(model.config, "id2label", None) or {}).items()}
+        id2label = {int(k): clean_label(v, int(k))
+                    for k, v in (getattr(model.config, "id2label", None) or {}).items()}
         head: nn.Module = SegmentationHead(model)
     else:
         id2label = {}

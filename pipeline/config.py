@@ -529,15 +529,22 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def expand_env(uri: str, where: str = "source") -> str:
-    """Replace ``${NAME}`` in a URI with the environment variable (camera credentials stay out of configs)."""
+    """Replace ``${NAME}`` in a URI with the environment variable (camera credentials stay out of configs).
+
+    In a URL the value is percent-encoded whole (a password holding ``@``, ``:`` or ``/`` stays in the userinfo);
+    in a ``file://`` URI every character but ``/`` is (the path is percent-decoded again when opened); in a plain
+    path, or a URI that is all one variable, it is put as it is."""
+    from urllib.parse import quote
+
+    scheme = uri_scheme(uri)
 
     def sub(m: re.Match[str]) -> str:
         value = os.environ.get(m.group(1))
         if value is None:
             raise ConfigError(f"{where}: environment variable {m.group(1)} is not set (the URI refers to it)")
-        from urllib.parse import quote
-
-        return quote(value, safe="")
+        if scheme is None:
+            return value
+        return quote(value, safe="/" if scheme == "file" else "")
 
     return _ENV_REF.sub(sub, uri)
 

@@ -46,6 +46,9 @@ class Metrics:
                                   ["stream", "reason"], registry=r)
         self.sink_errors = Counter("dptstream_sink_errors", "Failed sink writes (retried or dropped)",
                                    ["sink"], registry=r)
+        self.nonfinite = Counter("dptstream_nonfinite_outputs", "Frames whose model output held NaN or Inf "
+                                 "(published with null statistics), by stream and task", ["stream", "task"],
+                                 registry=r)
         self.build_info = Info("dptstream_build", "Version and engines in use", registry=r)
         self.degraded = Gauge("dptstream_degraded", "1 for the degradation level a stream is at",
                               ["stream", "level"], registry=r)

@@ -52,7 +52,7 @@ class DirSink:
                 name = f"{sid}/{r.id.index:06d}.depth.png"
                 (self.root / name).write_bytes(encode_depth_png(r.depth_map, r.depth))
                 rec["depth_map"] = name
-            self._files[sid].write(json.dumps(rec) + "\n")
+            self._files[sid].write(json.dumps(rec, allow_nan=False) + "\n")
             self.published += 1
             self.published_by[sid] += 1
             self.metrics.frames.labels(stream=sid, stage="published").inc()

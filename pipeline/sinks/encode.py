@@ -44,7 +44,7 @@ def depth_png_values(depth: np.ndarray, kind: str, lo: float, hi: float) -> np.n
     """Depth -> uint16 pixel values: metric depth (metres) in millimetres, clipped to 0..65535 (as RGB-D
     cameras and ROS ``16UC1`` images store it); relative depth scaled from ``lo..hi`` (the entry's
     ``depth.min``..``depth.max``) to 0..65535."""
-    d = np.asarray(depth, dtype=np.float64)
+    d = np.nan_to_num(np.asarray(depth, dtype=np.float64), nan=0.0)  # non-finite output: 0, or clipped
     if kind == "metric":
         v = np.rint(d * 1000.0)
     else:
@@ -56,8 +56,9 @@ def depth_png_values(depth: np.ndarray, kind: str, lo: float, hi: float) -> np.n
 def encode_depth_png(depth: np.ndarray, depth_summary: dict[str, Any]) -> bytes:
     """A 16-bit greyscale PNG of a mask-sized depth map, scaled by :func:`depth_png_values` from the entry's
     depth ``summary`` (its ``kind``, ``min``, ``max``)."""
-    values = depth_png_values(depth, str(depth_summary.get("kind", "relative_inverse")), float(depth_summary["min"]),
-                              float(depth_summary["max"]))
+    lo, hi = depth_summary.get("min"), depth_summary.get("max")  # None (null): the output was not finite
+    values = depth_png_values(depth, str(depth_summary.get("kind", "relative_inverse")),
+                              float(lo) if lo is not None else 0.0, float(hi) if hi is not None else 0.0)
     buf = io.BytesIO()
     Image.fromarray(values).save(buf, format="PNG", compress_level=1)  # uint16 -> mode "I;16"
     return buf.getvalue()

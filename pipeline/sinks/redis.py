@@ -256,13 +256,13 @@ class RedisSink:
         f: list[Any] = ["frame", r.id.index, "pts", repr(round(r.id.pts, 6)), "ts", repr(round(r.id.wall_time, 6))]
         if r.mask is not None:
             f += ["mask", encode_png(r.mask), "mask_w", r.mask.shape[1], "mask_h", r.mask.shape[0],
-                  "classes", json.dumps({str(k): v for k, v in r.classes.items()})]
+                  "classes", json.dumps({str(k): v for k, v in r.classes.items()}, allow_nan=False)]
         if r.depth is not None:
-            f += ["depth", json.dumps(r.depth)]
+            f += ["depth", json.dumps(r.depth, allow_nan=False)]
             if self.cfg.redis.depth_map and r.depth_map is not None:
                 f += ["depth_map", encode_depth_png(r.depth_map, r.depth)]
         if r.zones is not None:
-            f += ["zones", json.dumps(r.zones)]
+            f += ["zones", json.dumps(r.zones, allow_nan=False)]
         if r.image is not None and self.cfg.redis.thumbnail:
             f += ["thumb", encode_thumbnail(r.image, self.cfg.redis.thumbnail)]
         f += ["latency_ms", f"{latency_ms:.3f}"]
@@ -334,7 +334,7 @@ class RedisSink:
                 lat = (now - r.id.wall_time) * 1000.0
                 sid = r.id.stream_id
                 channel = self.keys.events(sid) if self.cfg.redis.events else ""
-                event = json.dumps(summary(r, lat)) if channel else ""
+                event = json.dumps(summary(r, lat), allow_nan=False) if channel else ""
                 self._script(
                     keys=[self.keys.frames(sid), self.keys.progress(sid), self.keys.streams, self.keys.alerts,
                           self.keys.alerts_active],

@@ -9,6 +9,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -61,6 +62,18 @@ def probe_file(cfg: SourceConfig) -> dict[str, Any]:
                     "duration": video_end(c, v), "rotation": orient.rotation, "mirrored": orient.mirrored}
     except av.FFmpegError as e:
         raise SourceError(f"source {cfg.id!r}: cannot read {shown} as video ({av_reason(e)})") from e
+
+
+def frame_seconds(frame: Any, stream_time_base: Fraction | None) -> float | None:
+    """A decoded frame's time in seconds: ``frame.time``, else its ``pts`` in the frame's or the stream's time
+    base (frames drained by the null packet at the end carry pts but ``time`` NaN), else None (no timestamp)."""
+    t = frame.time
+    if t is not None and math.isfinite(float(t)):
+        return float(t)
+    base = frame.time_base or stream_time_base
+    if frame.pts is None or not base:
+        return None
+    return float(frame.pts * base)
 
 
 def video_end(container: Any, stream: Any) -> float | None:
@@ -237,6 +250,7 @@ class FileSource(Source):
         self._t0: float | None = None
         self._pts0: float | None = None
         self._rotation_seen = False
+        self._time_base: Fraction | None = None
 
     @property
     def rotation(self) -> int:
@@ -271,6 +285,7 @@ class FileSource(Source):
                 if stream.average_rate:
                     interval = 1.0 / float(stream.average_rate)
                 self._interval = interval
+                self._time_base = stream.time_base
                 expected_end = video_end(container, stream)
                 codec = stream.codec_context
                 packets = container.demux(stream)
@@ -345,10 +360,10 @@ class FileSource(Source):
                 if self.orientation:
                     log.info("source %r: display matrix %s: frames are turned to display orientation",
                              self.id, self.orientation)
-            t = frame.time
-            if t is not None and math.isfinite(float(t)):
-                pts = float(t)
-            else:  # no timestamp (or NaN: frames flushed out of a cut-off file): one interval after the last
+            t = frame_seconds(frame, self._time_base)
+            if t is not None:
+                pts = t
+            else:  # no timestamp at all: one interval after the last
                 pts = self._last_pts + self._interval if self._last_pts >= 0 else \
                     (self._index - self._first) * self._interval
             self._last_pts = max(self._last_pts, pts)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.frames import MAX_UINT8_CLASSES, EndOfStream, Inferred, Result
+from pipeline.frames import MAX_CLASSES, MAX_UINT8_CLASSES, EndOfStream, Inferred, Result
 from pipeline.metrics import Metrics
 from pipeline.queues import NamedQueue
 from pipeline.stages.base import Stage
@@ -77,9 +77,15 @@ def segment(logits: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
 
 
 def mask_array(mask: torch.Tensor) -> np.ndarray:
-    """A host mask tensor -> the published array: uint8 as is, wider ids as uint16 (at most 65536 classes)."""
+    """A host mask tensor -> the published array: uint8 as is, wider ids as uint16 (at most 65536 classes).
+
+    A class id past 65535 raises ``ValueError`` rather than wrap (such checkpoints are refused at load)."""
     a = mask.cpu().numpy()
-    return a if a.dtype == np.uint8 else a.astype(np.uint16)
+    if a.dtype == np.uint8:
+        return a
+    if a.size and (int(a.max()) >= MAX_CLASSES or int(a.min()) < 0):
+        raise ValueError(f"class id {int(a.max())} does not fit a 16-bit mask (at most {MAX_CLASSES} classes)")
+    return a.astype(np.uint16)
 
 
 def histogram(keys: torch.Tensor, length: int) -> torch.Tensor:
@@ -242,25 +248,42 @@ def depth_stats(depth: torch.Tensor, mask: torch.Tensor | None, grid: int = 4, k
     return DepthStats(values, med, counts, nearest)
 
 
+def finite(v: float) -> float | None:
+    """``v`` rounded for publishing, or None (JSON ``null``) when it is NaN or infinite."""
+    return round(v, 6) if math.isfinite(v) else None
+
+
 def depth_dict(stats: DepthStats, grid: int, kind: str) -> dict[str, Any]:
-    """Host :class:`DepthStats` -> the published JSON summary (see :func:`depth_summary`)."""
+    """Host :class:`DepthStats` -> the published JSON summary (see :func:`depth_summary`).
+
+    A statistic the model's output made NaN or infinite (FP16 overflow, broken weights) is ``None`` (JSON
+    ``null``), never NaN: see :func:`has_nonfinite`."""
     vals = stats.values.tolist()
     out: dict[str, Any] = {
         "kind": kind,
-        "min": round(vals[0], 6), "max": round(vals[1], 6), "mean": round(vals[2], 6),
-        "p05": round(vals[3], 6), "p50": round(vals[4], 6), "p95": round(vals[5], 6),
-        "grid": [[round(v, 6) for v in vals[6 + i * grid : 6 + (i + 1) * grid]] for i in range(grid)],
+        "min": finite(vals[0]), "max": finite(vals[1]), "mean": finite(vals[2]),
+        "p05": finite(vals[3]), "p50": finite(vals[4]), "p95": finite(vals[5]),
+        "grid": [[finite(v) for v in vals[6 + i * grid : 6 + (i + 1) * grid]] for i in range(grid)],
     }
     if stats.class_median is not None and stats.class_count is not None:
         present = torch.nonzero(stats.class_count).reshape(-1)
         ids, meds = present.tolist(), stats.class_median[present].tolist()
         if stats.class_nearest is not None:  # metric: {"median": m, "nearest": n} in metres per class
             near = stats.class_nearest[present].tolist()
-            out["per_class"] = {str(c): {"median": round(v, 6), "nearest": round(nv, 6)}
+            out["per_class"] = {str(c): {"median": finite(v), "nearest": finite(nv)}
                                 for c, v, nv in zip(ids, meds, near, strict=True)}
         else:
-            out["per_class"] = {str(c): round(v, 6) for c, v in zip(ids, meds, strict=True)}
+            out["per_class"] = {str(c): finite(v) for c, v in zip(ids, meds, strict=True)}
     return out
+
+
+def has_nonfinite(summary: Any) -> bool:
+    """Whether a published summary holds a ``None`` statistic (one the model's output made NaN or Inf)."""
+    if isinstance(summary, dict):
+        return any(has_nonfinite(v) for k, v in summary.items() if k != "kind")
+    if isinstance(summary, list):
+        return any(has_nonfinite(v) for v in summary)
+    return summary is None
 
 
 def depth_summary(depth: torch.Tensor, mask: torch.Tensor | None, grid: int = 4,
@@ -401,8 +424,9 @@ def zone_results(layout: ZoneLayout, zt: ZoneTensors) -> dict[str, ZoneStats]:
             if near is not None:
                 cn = {int(k): float(near[i, k]) for k in present}
         med = nearest = None
-        if depth is not None and area > 0:
-            med, nearest = float(depth[i][0]), float(depth[i][1])
+        if depth is not None and area > 0 and math.isfinite(depth[i][0]) and math.isfinite(depth[i][1]):
+            med, nearest = float(depth[i][0]), float(depth[i][1])  # NaN output: the zone's depth is unknown
+        cn = {k: v for k, v in cn.items() if math.isfinite(v)}
         out[name] = ZoneStats(area, c, med, nearest, cn)
     return out
 
@@ -552,6 +576,8 @@ class PostprocessStage(Stage):
             mask = mask_array(job.mask)
         depth = depth_dict(job.depth.replace([t.cpu() for t in job.depth.tensors()]), self.grid, self.kind) \
             if job.depth is not None else None
+        if depth is not None and has_nonfinite(depth):  # published with null statistics, counted
+            self.metrics.nonfinite.labels(stream=item.id.stream_id, task="depth").inc()
         depth_map = job.depth_map.cpu().numpy() if job.depth_map is not None else None
         if job.zones is None or job.layout is None:
             return Result(item.id, mask, classes or {}, depth, depth_map, item.image)

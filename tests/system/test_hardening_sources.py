@@ -106,6 +106,37 @@ def test_audio_outlasting_video_is_not_truncation(tmp_path: Path, suffix: str) -
     assert not eos.truncated and eos.error is None
 
 
+def vfr_clip(path: Path, pts_ms: list[int]) -> Path:
+    """An H.264 clip whose frames lie at ``pts_ms`` (milliseconds, irregular: a variable frame rate)."""
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        s.codec_context.time_base = Fraction(1, 1000)
+        for i, p in enumerate(pts_ms):
+            f = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 30, np.uint8), format="rgb24")
+            f.pts, f.time_base = p, Fraction(1, 1000)
+            for pk in s.encode(f):
+                out.mux(pk)
+        for pk in s.encode():
+            out.mux(pk)
+    return path
+
+
+def test_variable_frame_rate_pts_come_from_the_container(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Frames drained from the decoder at the end (``decode(None)``) carry pts but no ``frame.time``: their
+    times are the container's, not extrapolated, and the intact file is not called truncated."""
+    pts_ms = [0, 10, 500, 510, 5000, 5001, 5002, 20000]
+    clip = vfr_clip(tmp_path / "vfr.mkv", pts_ms)
+    with av.open(str(clip)) as c:
+        oracle = sorted(float(f.pts * f.time_base) for f in c.decode(video=0))
+    assert oracle == pytest.approx([p / 1000 for p in pts_ms], abs=1e-3)
+    with caplog.at_level("INFO"):
+        frames, eos, _ = decode_all(clip)
+    assert [f.id.pts for f in frames] == pytest.approx(oracle, abs=1e-3)
+    assert not eos.truncated and eos.error is None
+    assert "truncated" not in caplog.text
+
+
 def rotated_clip(path: Path, degrees: int, width: int = 160, height: int = 96) -> tuple[Path, np.ndarray]:
     """A clip whose display matrix says: turn the picture ``degrees`` counter-clockwise (what a phone writes).
     The picture has a white block at the top-left of the coded frame."""

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, load_config, parse_source, redact
+from pipeline.config import ConfigError, expand_env, load_config, parse_source, redact
 from tests.support.servers import ROOT
 
 
@@ -57,6 +57,23 @@ def test_camera_credentials_come_from_the_environment(tmp_path: Path, monkeypatc
     monkeypatch.delenv("DOOR_PW")
     with pytest.raises(ConfigError, match="DOOR_PW is not set"):
         load_config(cfg_file)
+
+
+def test_environment_variables_in_paths_are_not_percent_encoded(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    d = tmp_path / "a dir#1"
+    d.mkdir()
+    (d / "clip.mp4").write_bytes(b"")
+    monkeypatch.setenv("SWDIR", str(d))
+    monkeypatch.setenv("PW", "p@ss/word")
+    cfg = load_config(None, {"sources": [{"id": "c", "uri": "${SWDIR}/clip.mp4"},
+                                         {"id": "f", "uri": "file://${SWDIR}/clip.mp4"},
+                                         {"id": "r", "uri": "rtsp://admin:${PW}@127.0.0.1:554/live"}]})
+    plain, uri, cam = cfg.sources
+    assert plain.uri == f"{d}/clip.mp4" and plain.path == f"{d}/clip.mp4"
+    assert uri.path == f"{d}/clip.mp4"
+    assert cam.uri == "rtsp://admin:p%40ss%2Fword@127.0.0.1:554/live"
+    assert expand_env("redis://:${PW}@127.0.0.1:6379/0") == "redis://:p%40ss%2Fword@127.0.0.1:6379/0"
 
 
 @pytest.mark.parametrize("name", ["latency", "throughput"])

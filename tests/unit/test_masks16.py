@@ -60,3 +60,24 @@ def test_16_bit_masks_get_colours_in_pictures() -> None:
     out = blend_mask(None, mask)
     assert out.shape == (1, 2, 3) and np.array_equal(out[0, 0], PALETTE[260 % len(PALETTE)])
     assert np.array_equal(blend_mask(None, np.array([[255]], dtype=np.uint8))[0, 0], PALETTE[255])
+
+
+def test_class_ids_past_65535_raise_rather_than_wrap() -> None:
+    from pipeline.stages.postprocess import mask_array
+
+    assert mask_array(torch.tensor([[3, 65535]], dtype=torch.int32)).dtype == np.uint16
+    with pytest.raises(ValueError, match="16-bit"):
+        mask_array(torch.tensor([[3, 69474]], dtype=torch.int32))
+
+
+def test_a_nan_depth_output_is_published_as_null_never_nan() -> None:
+    import json
+
+    from pipeline.stages.postprocess import has_nonfinite
+
+    depth = torch.arange(12 * 16, dtype=torch.float32).reshape(12, 16)
+    depth[0, 0] = float("nan")
+    d = depth_summary(depth, segment(winning(260, 300), (12, 16)), num_classes=300)
+    text = json.dumps(d, allow_nan=False)  # raises on NaN
+    assert d["max"] is None and has_nonfinite(d) and "NaN" not in text
+    assert not has_nonfinite(depth_summary(torch.ones(12, 16), None))
