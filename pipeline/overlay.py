@@ -227,7 +227,11 @@ def render_entry(fields: dict[str, bytes], labels: dict[int, str], min_side: int
         halves.append(caption(left, "classes over frame thumbnail" if thumb is not None else "classes (mask)"))
     elif thumb is not None:
         halves.append(thumb)
-    if depth is not None:
+    if depth is not None and (depth.get("min") is None or depth.get("max") is None):
+        # the model's depth was not finite on this frame (published as null): say so, draw no made-up picture
+        blank = np.full((size[1], size[0], 3), 64, np.uint8)
+        halves.append(caption(blank, "depth: not finite on this frame"))
+    elif depth is not None:
         kind = str(depth.get("kind", "relative_inverse"))
         near_large = kind == "relative_inverse"
         lo, hi = float(depth["min"]), float(depth["max"])

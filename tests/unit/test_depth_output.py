@@ -134,6 +134,17 @@ def test_snapshot_renders_metric_entries_with_units() -> None:
     assert depth_units("metric") == "metres" and "relative" in depth_units("relative_inverse")
 
 
+def test_snapshot_of_a_frame_whose_depth_was_not_finite_says_so() -> None:
+    from pipeline.overlay import render_entry
+
+    depth = {"kind": "relative_inverse", "min": None, "max": None, "mean": None, "p05": None, "p50": None,
+             "p95": None, "grid": [[None] * 4] * 4}
+    fields = split_mask_entry(27, 48, 3, depth)
+    pic = render_entry(fields, {0: "wall", 3: "floor"})
+    right = pic[:, pic.shape[1] // 2:]
+    assert np.median(right) == 64  # a plain grey panel with its caption, no made-up depth picture
+
+
 def test_pipeline_prepares_each_file_sources_network_shape(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from types import SimpleNamespace
 
