@@ -74,6 +74,9 @@ class SourceConfig(_Strict):
         if scheme is not None and scheme not in SOURCE_SCHEMES:
             raise ValueError(f"unsupported scheme {scheme + '://'!r} in source {shorten(redact(v))!r}: use a "
                              f"file path or one of {', '.join(s + '://' for s in SOURCE_SCHEMES)}")
+        problem = url_error(v)
+        if problem:
+            raise ValueError(f"source URI {shorten(redact(v))!r} is not a valid URL ({problem})")
         return v
 
     @model_validator(mode="after")
@@ -342,46 +345,90 @@ def uri_scheme(uri: str) -> str | None:
     return m.group(1).lower() if m else None
 
 
-def redact(uri: str) -> str:
-    """Hide the password of a URI of any scheme: ``scheme://user:***@host/...``.
+# query (or fragment) parameters whose value is a secret: redis-py reads ?password=, cameras take ?token= etc.
+SECRET_PARAMS = frozenset({"password", "passwd", "pwd", "pass", "token", "access_token", "auth", "key", "api_key",
+                           "apikey", "secret", "signature", "sig", "credential", "credentials"})
+_SECRET_SUFFIXES = ("password", "passwd", "token", "secret", "apikey", "signature", "credential", "credentials")
+_QUERY_PARAM = re.compile(r"(?<=[?&#])([^=&#?\s]+)=([^&#\s\"']*)")
 
-    The userinfo ends at the *last* ``@`` of the authority, so a password holding ``@``, ``:``, ``/``, ``%40`` or
-    any other character is hidden whole (a raw ``/`` in a password would end the authority for a URL parser:
-    then everything up to the last ``@`` before the query counts as userinfo, erring on the side of hiding).
-    A user name without a password (``rediss://writer@host``) is kept.
-    """
+
+def secret_param(name: str) -> bool:
+    """Whether a query parameter's name looks secret: ``password``, ``Token``, ``X-Amz-Signature``, ``apiKey``..."""
+    n = unquote(name).lower()
+    return n in SECRET_PARAMS or n.endswith(_SECRET_SUFFIXES) or any(
+        part in SECRET_PARAMS for part in re.split(r"[-_.]", n))
+
+
+def _secret_spans(uri: str) -> list[tuple[int, int]]:
+    """Where the secrets of ``uri`` lie: the userinfo's password (the whole userinfo when the URL cannot be
+    parsed) and the values of secret-looking query parameters. Empty for anything without ``scheme://``."""
     m = _SCHEME_RE.match(uri)
     if not m:
-        return uri
-    head, rest = uri[: m.end()], uri[m.end():]
+        return []
+    start = m.end()
+    rest = uri[start:]
     try:
-        netloc = urlsplit(uri).netloc
-    except ValueError:  # e.g. an unbalanced "[": fall back to the generic syntax
-        netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
+        urlsplit(uri)
+        parsed = True
+    except ValueError:  # e.g. an unbalanced "[": the generic syntax only
+        parsed = False
+    spans: list[tuple[int, int]] = []
+    after = start  # the query is looked for after the userinfo
+    netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
     if "@" in netloc:
         authority_end = len(netloc)
     else:
         # no "@" before the first "/": a raw "/" in the password may have ended the parser's authority early
-        cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
-        at = rest.rfind("@", 0, cut)
-        if at < 0 or ":" not in rest[:at]:
-            return uri
-        authority_end = cut
+        authority_end = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
     at = rest.rfind("@", 0, authority_end)
-    if at < 0:
-        return uri
-    userinfo = rest[:at]
-    user, sep, _password = userinfo.partition(":")
-    if not sep:
-        return uri
-    return f"{head}{user}:***{rest[at:]}"
+    if at >= 0 and ("@" in netloc or ":" in rest[:at]):
+        colon = rest.find(":", 0, at)
+        if not parsed:
+            spans.append((start, start + at))
+        elif colon >= 0:
+            spans.append((start + colon + 1, start + at))
+        after = start + at
+    for q in _QUERY_PARAM.finditer(uri, after):
+        if secret_param(q.group(1)) and q.group(2):
+            spans.append(q.span(2))
+    return spans
+
+
+def redact(uri: str) -> str:
+    """Hide the secrets of a URI of any scheme: ``scheme://user:***@host/...?password=***``. Never raises.
+
+    The userinfo ends at the *last* ``@`` of the authority, so a password holding ``@``, ``:``, ``/``, ``%40`` or
+    any other character is hidden whole (a raw ``/`` in a password would end the authority for a URL parser:
+    then everything up to the last ``@`` before the query counts as userinfo, erring on the side of hiding).
+    A user name without a password (``rediss://writer@host``) is kept; when the URL cannot be parsed (an
+    unbalanced ``[``) the whole userinfo is hidden. The values of query parameters named like a secret
+    (:data:`SECRET_PARAMS`, ``...token``, ``X-Amz-Signature``) are hidden too.
+    """
+    try:
+        out = uri
+        for a, b in sorted(_secret_spans(uri), reverse=True):
+            out = f"{out[:a]}***{out[b:]}"
+        return out
+    except Exception:  # never: but a redaction that raises would print what it was hiding
+        m = _SCHEME_RE.match(uri) if isinstance(uri, str) else None
+        return f"{uri[: m.end()]}***" if m else "***"
+
+
+def uri_secrets(uri: str) -> set[str]:
+    """The secrets of ``uri`` as they are written and percent-decoded (to hide wherever a message echoes them)."""
+    try:
+        found = {uri[a:b] for a, b in _secret_spans(uri)}
+        found |= {raw.partition(":")[2] for raw in found}  # the password of a whole hidden userinfo
+        return {s for raw in found for s in (raw, unquote(raw)) if s}
+    except Exception:
+        return set()
 
 
 def redact_text(text: str) -> str:
-    """``text`` with every URI in it redacted (for log lines and error messages of any origin)."""
+    """``text`` with every URI in it redacted (for log lines and error messages of any origin). Never raises."""
     if "://" not in text:
         return text
-    return _URI_IN_TEXT.sub(lambda m: redact(m.group(0)), text)
+    return _URI_IN_TEXT.sub(lambda m: redact(m.group(0)), text)  # redact() never raises
 
 
 def shorten(text: str, limit: int = 120) -> str:
@@ -392,13 +439,34 @@ def shorten(text: str, limit: int = 120) -> str:
     return f"{text[:keep]}…{text[-keep:]}"
 
 
+def _url_problem(uri: str) -> str:
+    """Why ``urlsplit`` refuses ``uri``, in our words (its own message may quote the host and userinfo)."""
+    netloc = re.split(r"[/?#]", uri.partition("://")[2], maxsplit=1)[0]
+    if netloc.count("[") != netloc.count("]"):
+        return "an unbalanced '[' or ']' in the host"
+    if "[" in netloc:
+        return "the host in '[...]' is not an IPv6 address"
+    return "its host cannot be parsed"
+
+
+def url_error(uri: str) -> str | None:
+    """Why a ``scheme://`` URI cannot be parsed as a URL, or None when it can (a plain path: None)."""
+    if uri_scheme(uri) is None:
+        return None
+    try:
+        urlsplit(uri)
+    except ValueError:
+        return _url_problem(uri)
+    return None
+
+
 def check_redis_url(url: str) -> None:
     """A ``redis://`` / ``rediss://`` URL a client can use: host, port 1..65535, integer database."""
     safe = shorten(redact(url))
     try:
         parts = urlsplit(url)
     except ValueError:
-        raise ValueError(f"sink {safe!r} is not a valid URL (redis://host:port/db)") from None
+        raise ValueError(f"sink {safe!r} is not a valid URL ({_url_problem(url)})") from None
     if not parts.hostname:
         raise ValueError(f"sink {safe!r}: name the host (redis://host:6379/0)")
     try:
@@ -421,6 +489,8 @@ def parse_source(arg: str) -> SourceConfig:
         sid, uri = head, tail
     if not uri:
         raise ConfigError(f"empty source in {arg!r}")
+    if sid is None and url_error(uri):
+        sid = "camera"  # the URI's own check below refuses it, in one line
     if sid is None:
         parts = urlsplit(uri)
         if parts.scheme.lower() in LIVE_SCHEMES:

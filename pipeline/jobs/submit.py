@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import redis
 
-from pipeline.config import ConfigError, redact
+from pipeline.config import ConfigError, redact, shorten, url_error
 from pipeline.frames import valid_stream_id
 from pipeline.jobs.keys import JobKeys
 
@@ -80,6 +80,9 @@ def expand_inputs(args: Iterable[str], id_from: str = "stem", check: bool = True
             sid, target = head, tail
         if not target:
             raise ConfigError(f"empty job argument {arg!r}")
+        problem = url_error(target)
+        if problem:
+            raise ConfigError(f"job URI {shorten(redact(target))!r} is not a valid URL ({problem})")
         scheme = urlsplit(target).scheme.lower()
         if scheme in ("rtsp", "rtsps"):
             raise ConfigError(f"{redact(target)} is a live stream; batch jobs take files (use dptstream run)")

@@ -4,9 +4,11 @@ orientation, truncation detection, resume from a frame index."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import math
+import stat
 import time
 from dataclasses import dataclass
 from fractions import Fraction
@@ -24,15 +26,31 @@ log = logging.getLogger(__name__)
 HEAD_BYTES = 1 << 20  # the identity hashes the first MiB of the file
 
 
+_NOT_REGULAR = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                (stat.S_ISFIFO, "a pipe (FIFO)"), (stat.S_ISSOCK, "a socket"))
+
+
 def _check_path(cfg: SourceConfig) -> Path:
+    """The path of a file source, if it is a non-empty regular file (symlinks followed); else one clear line."""
     path = Path(cfg.path)
     shown = shorten(str(path))
     try:
-        if not path.exists():
-            raise SourceError(f"source {cfg.id!r}: file not found: {shown}")
-        if path.is_dir():
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            if path.is_symlink():
+                raise SourceError(f"source {cfg.id!r}: {shown} is a symlink to a missing file") from None
+            raise SourceError(f"source {cfg.id!r}: file not found: {shown}") from None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise SourceError(f"source {cfg.id!r}: {shown} is a symlink loop; pass a video file") from None
+            raise
+        if stat.S_ISDIR(st.st_mode):
             raise SourceError(f"source {cfg.id!r}: {shown} is a directory, not a video file")
-        if path.stat().st_size == 0:
+        if not stat.S_ISREG(st.st_mode):
+            kind = next((name for test, name in _NOT_REGULAR if test(st.st_mode)), "not a file")
+            raise SourceError(f"source {cfg.id!r}: {shown} is not a regular file ({kind}); pass a video file")
+        if st.st_size == 0:
             raise SourceError(f"source {cfg.id!r}: {shown} is empty (0 bytes)")
     except OSError as e:  # e.g. a name longer than the file system allows
         raise SourceError(f"source {cfg.id!r}: cannot open {shown} ({e.strerror or type(e).__name__})") from e

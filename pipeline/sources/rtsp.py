@@ -28,12 +28,11 @@ import logging
 import random
 import time
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import av
 import numpy as np
 
-from pipeline.config import LiveSection, SourceConfig, redact
+from pipeline.config import LiveSection, SourceConfig, redact, redact_text, uri_secrets
 from pipeline.frames import EndOfStream
 from pipeline.metrics import Metrics
 from pipeline.queues import NamedQueue
@@ -101,13 +100,12 @@ class FrozenDetector:
 
 
 def scrub(text: str, uri: str) -> str:
-    """``text`` with the URI's credentials hidden (also when FFmpeg echoes the URI or the bare password)."""
-    out = text.replace(uri, redact(uri))
-    parts = urlsplit(uri)
-    for secret in {parts.password, unquote(parts.password or "")}:
-        if secret and len(secret) >= 1:
-            out = out.replace(secret, "***")
-    return out
+    """``text`` with the URI's credentials hidden (also when FFmpeg echoes the URI or the bare password, and
+    whatever other URI the text holds). Never raises, whatever the URI."""
+    out = text.replace(uri, redact(uri)) if uri else text
+    for secret in sorted(uri_secrets(uri), key=len, reverse=True):
+        out = out.replace(secret, "***")
+    return redact_text(out)
 
 
 class RtspSource(Source):

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from pipeline.frames import valid_stream_id
 from pipeline.view.hub import UNREACHABLE, Hub, ViewSettings
+from pipeline.view.logs import quiet_server_logs
 from pipeline.view.security import check_bind, request_token, token_matches
 
 log = logging.getLogger(__name__)
@@ -153,25 +154,26 @@ def build_app(hub: Hub, token: str | None) -> web.Application:
 async def serve(settings: ViewSettings, stop: asyncio.Event, on_ready: Callable[[int], Any] | None = None) -> None:
     """Serve the view until ``stop`` is set. Refuses a non-loopback bind without a token (ConfigError)."""
     check_bind(settings.host, settings.token)
-    hub = Hub(settings)
-    hub.start()
-    runner = web.AppRunner(build_app(hub, settings.token), access_log=None, shutdown_timeout=2.0,
-                           handle_signals=False)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, settings.host, settings.port)
+    with quiet_server_logs(settings.token):  # a bad request: one line, never the token
+        hub = Hub(settings)
+        hub.start()
+        runner = web.AppRunner(build_app(hub, settings.token), access_log=None, shutdown_timeout=2.0,
+                               handle_signals=False)
+        await runner.setup()
         try:
-            await site.start()
-        except OSError as e:
-            raise ViewError(f"cannot listen on {settings.host}:{settings.port} ({e.strerror or e})") from e
-        port = settings.port
-        server = getattr(site, "_server", None)
-        if server is not None and server.sockets:
-            port = int(server.sockets[0].getsockname()[1])
-        if on_ready is not None:
-            on_ready(port)
-        await stop.wait()
-    finally:
-        await hub.close()
-        with contextlib.suppress(Exception):
-            await runner.cleanup()
+            site = web.TCPSite(runner, settings.host, settings.port)
+            try:
+                await site.start()
+            except OSError as e:
+                raise ViewError(f"cannot listen on {settings.host}:{settings.port} ({e.strerror or e})") from e
+            port = settings.port
+            server = getattr(site, "_server", None)
+            if server is not None and server.sockets:
+                port = int(server.sockets[0].getsockname()[1])
+            if on_ready is not None:
+                on_ready(port)
+            await stop.wait()
+        finally:
+            await hub.close()
+            with contextlib.suppress(Exception):
+                await runner.cleanup()

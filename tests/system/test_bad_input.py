@@ -127,3 +127,34 @@ def test_one_bad_file_among_good_ones_still_publishes_the_good(assets: dict[str,
     p = cli("run", "-s", str(assets["clip360"]), "-s", str(bad_files["random"]), *model_args(assets),
             "--sink", f"dir:{tmp_path}", "--metrics-port", "-1")
     assert p.returncode == 1 and "random.mp4" in one_error_line(p.stderr)
+
+
+@pytest.mark.parametrize("kind, expect", [
+    ("chardev", "is not a regular file (a character device); pass a video file"),
+    ("fifo", "is not a regular file (a pipe (FIFO)); pass a video file"),
+    ("loop", "is a symlink loop; pass a video file"),
+    ("dangling", "is a symlink to a missing file"),
+])
+def test_non_regular_files_are_named_for_what_they_are(assets: dict[str, Path], tmp_path: Path, kind: str,
+                                                       expect: str) -> None:
+    import os
+
+    if kind == "chardev":
+        path = Path("/dev/zero")
+    elif kind == "fifo":
+        path = tmp_path / "pipe.mp4"
+        os.mkfifo(path)
+    elif kind == "loop":
+        path = tmp_path / "loop.mp4"
+        (tmp_path / "other.mp4").symlink_to(path)
+        path.symlink_to(tmp_path / "other.mp4")
+    else:
+        path = tmp_path / "dangling.mp4"
+        path.symlink_to(tmp_path / "gone.mp4")
+    run = [*model_args(assets), "--sink", "dir:/tmp/never", "--metrics-port", "-1"]
+    p = cli("run", "-s", f"x={path}", *run)
+    line = one_error_line(p.stderr)
+    assert line == f"dptstream: error: source 'x': {path} {expect}"
+    missing = cli("run", "-s", f"x={tmp_path / 'nope.mp4'}", *run)
+    assert "file not found" in one_error_line(missing.stderr)
+    assert p.returncode == missing.returncode != 0

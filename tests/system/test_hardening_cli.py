@@ -298,6 +298,54 @@ def test_unsupported_schemes_are_named_with_the_list(assets: dict[str, Path]) ->
     assert "pw123" not in p.stderr
 
 
+
+# -- hostile-input review: unparsable URIs and secrets in query strings ------------------------------------
+@pytest.mark.parametrize("with_id", [True, False])
+def test_an_unparsable_camera_uri_is_refused_in_one_line_with_the_password_hidden(
+        assets: dict[str, Path], tmp_path: Path, with_id: bool) -> None:
+    cfg = tmp_path / "live1.yaml"
+    cfg.write_text("live: {max_attempts: 1, fail_if_down_at_start: true}\n")
+    uri = "http://admin:TOPSECRET5@[::1:1/s"
+    p = cli("run", str(cfg), "-s", f"cam={uri}" if with_id else uri, *model_args(assets),
+            "--sink", f"dir:{tmp_path / 'out'}", "--metrics-port", "-1", timeout=120)
+    assert p.returncode == 2, p.stderr
+    line = one_error_line(p.stderr)
+    assert "'http://***@[::1:1/s' is not a valid URL (an unbalanced '[' or ']' in the host)" in line
+    assert "TOPSECRET5" not in p.stdout + p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("query", ["user=admin&password=TOPSECRET1", "token=TOPSECRET1", "access_token=TOPSECRET1"])
+def test_a_camera_secret_in_the_query_string_is_hidden(assets: dict[str, Path], tmp_path: Path,
+                                                       query: str) -> None:
+    cfg = tmp_path / "live1.yaml"
+    cfg.write_text("live: {max_attempts: 1, fail_if_down_at_start: true}\n")
+    p = cli("run", str(cfg), "-s", f"cam=http://127.0.0.1:{free_port()}/video.mjpg?{query}", *model_args(assets),
+            "--sink", f"dir:{tmp_path / 'out'}", "--metrics-port", "-1", timeout=120)
+    assert p.returncode == 1, p.stderr
+    line = one_error_line(p.stderr)
+    assert "/video.mjpg?" in line and "=***" in line
+    assert "TOPSECRET1" not in p.stdout + p.stderr
+
+
+def test_a_redis_password_in_the_query_string_is_hidden_in_logs_and_errors(assets: dict[str, Path],
+                                                                            tmp_path: Path) -> None:
+    secret = "S3cr3t-pw"
+    srv = RedisServer(tmp_path / "redis", extra=["--requirepass", secret])
+    srv.start()
+    try:
+        url = f"redis://127.0.0.1:{srv.port}/0?password={secret}"
+        p = cli("run", "-s", f"a={assets['clip360']}", "--sink", url, *model_args(assets), "--metrics-port", "-1")
+        assert p.returncode == 0, p.stderr
+        assert secret not in p.stdout + p.stderr
+        assert f"redis://127.0.0.1:{srv.port}/0?password=***" in p.stderr  # the INFO line "sinks: ..."
+    finally:
+        srv.stop()
+    for args in (["show", "--redis", url], ["show", "--redis", f"redis://127.0.0.1:1/0?password={secret}"]):
+        s = cli(*args, timeout=60)
+        assert s.returncode != 0
+        assert secret not in s.stdout + s.stderr and "password=***" in one_error_line(s.stderr)
+
+
 @pytest.fixture
 def http_server(assets: dict[str, Path], tmp_path: Path) -> Iterator[int]:
     root = tmp_path / "www"

@@ -134,3 +134,22 @@ def test_readiness_before_start_and_after_a_file_job(live: LiveAssets, redis_ser
         alive, ready, detail = lp.pipeline.health()
         assert alive and detail["sources"] == {"clip": "stopped"}
     assert lp.report is not None and lp.report.published == 45
+
+
+def test_health_bodies_never_show_a_redis_password_given_in_the_query(tmp_path_factory: pytest.TempPathFactory,
+                                                                      tmp_path: Path) -> None:
+    live = session_live_assets(tmp_path_factory)
+    secret = "S3cr3t-pw"
+    srv = RedisServer(tmp_path / "redis", extra=["--requirepass", secret])
+    srv.start()
+    try:
+        sink = f"redis://127.0.0.1:{srv.port}/0?password={secret}"  # redis-py reads the password from the query
+        cfg = make_config(live, [{"id": "clip", "uri": str(live.clip), "loop": True, "realtime": True}], [sink])
+        with LivePipeline(cfg, engines_for(live)) as lp:
+            wait_for(lambda: lp.get("/readyz")[0] == 200, 60, "the run to become ready")
+            for path in ("/readyz", "/healthz"):
+                code, body = lp.get(path)
+                assert code == 200 and secret not in body, body
+                assert json.loads(body)["sinks"] == {f"redis://127.0.0.1:{srv.port}/0?password=***": True}
+    finally:
+        srv.stop()

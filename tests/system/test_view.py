@@ -4,6 +4,7 @@ a subprocess, and headless Chromium (Debian's chromium + chromium-driver, driven
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -522,6 +523,41 @@ def test_redis_passwords_never_reach_a_page_a_log_or_an_error(tmp_path: Path, as
         assert secret not in wrong.stderr
     finally:
         srv.stop()
+
+
+
+def raw_request(port: int, request: bytes) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        chunks = []
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_bad_http_request_is_one_log_line_without_the_token(redis_server: RedisServer, debug: bool) -> None:
+    token = "tok-SECRET-9"
+    view = View(redis_server.url, "--token", token, *(["--debug"] if debug else []))
+    try:
+        bad = [f"GET /api/streams?token={token}&{'a' * 9000} HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
+               f"GET /api/streams?token={token}&x=\x01 HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
+               f"GET /api/streams?token={token} HTTP/1.1\r\nHost: x\r\nBad\x01Header: {token}\r\n\r\n".encode()]
+        for request in bad:
+            assert raw_request(view.port, request).split(b"\r\n", 1)[0].endswith(b" 400 Bad Request")
+        assert view.api(f"?token={token}")["streams"] == []  # and it serves on
+        wait_for(lambda: view.output.count("bad HTTP request from 127.0.0.1") == len(bad), 10, "the log lines")
+    finally:
+        assert view.stop() == 0, view.output
+    assert token not in view.output, view.output
+    assert "Error handling request" not in view.output
+    if not debug:
+        assert "Traceback" not in view.output
+        warnings = [ln for ln in view.lines if "WARNING" in ln or "ERROR" in ln]
+        assert len(warnings) == len(bad) and all("bad HTTP request from 127.0.0.1: " in w for w in warnings)
 
 
 # -- a viewer that never reads is dropped; the others keep getting updates; the server's memory stays bounded ----

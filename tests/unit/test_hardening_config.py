@@ -209,3 +209,68 @@ def test_unsupported_schemes_say_so_with_the_list(uri: str) -> None:
     with pytest.raises(ConfigError, match="unsupported scheme") as e:
         parse_source(uri)
     assert "rtsp://" in str(e.value) and "http://" in str(e.value) and "pw" not in str(e.value)
+
+
+# -- hostile-input review: redaction never raises, hides query secrets, and unparsable URLs are refused --------
+UNPARSABLE = ["http://admin:TOPSECRET5@[::1:1/s", "rtsp://admin:TOPSECRET5@[::1/stream", "rtsp://u:TOPSECRET5@]x/s",
+              "redis://:TOPSECRET5@[zz]:6379/0", "rtsp://u:TOPSECRET5@[notipv6]/s"]
+
+
+@pytest.mark.parametrize("uri", UNPARSABLE)
+def test_redaction_never_raises_and_hides_the_whole_userinfo_of_an_unparsable_url(uri: str) -> None:
+    from pipeline.config import redact_text
+    from pipeline.sources.rtsp import scrub
+
+    out = redact(uri)
+    assert "TOPSECRET5" not in out and out.startswith(uri.split("://")[0] + "://***@")
+    msg = f"Invalid argument: '{uri}' (TOPSECRET5)"
+    assert "TOPSECRET5" not in redact_text(f"Invalid argument: '{uri}'")
+    assert "TOPSECRET5" not in scrub(msg, uri)
+
+
+def test_redaction_is_total_on_any_string() -> None:
+    import random
+
+    from pipeline.config import redact_text
+    from pipeline.sources.rtsp import scrub
+
+    rng = random.Random(7)
+    alphabet = "ab:/@[]?#&=%\\\"' \t\n\x00é☃" + "password=token=".upper()
+    for _ in range(3000):
+        s = rng.choice(["", "http://", "redis://", "rtsp://u:p@", "x://"]) + "".join(
+            rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        assert isinstance(redact(s), str) and isinstance(redact_text(s), str) and isinstance(scrub(s, s), str)
+
+
+@pytest.mark.parametrize("uri, shown", [
+    ("redis://127.0.0.1:6379/0?password=S3cr3t-pw", "redis://127.0.0.1:6379/0?password=***"),
+    ("http://127.0.0.1:1/video.mjpg?user=admin&password=S3cr3t-pw",
+     "http://127.0.0.1:1/video.mjpg?user=admin&password=***"),
+    ("http://cam/v?token=S3cr3t-pw&fps=5", "http://cam/v?token=***&fps=5"),
+    ("https://cam/live.m3u8?ACCESS_TOKEN=S3cr3t-pw#t", "https://cam/live.m3u8?ACCESS_TOKEN=***#t"),
+    ("rtsp://u:S3cr3t-pw@cam/s?Pwd=S3cr3t-pw", "rtsp://u:***@cam/s?Pwd=***"),
+    ("https://b.s3/x.mp4?X-Amz-Signature=S3cr3t-pw&X-Amz-Credential=S3cr3t-pw",
+     "https://b.s3/x.mp4?X-Amz-Signature=***&X-Amz-Credential=***"),
+    ("http://h/x?apiKey=S3cr3t-pw", "http://h/x?apiKey=***"),
+])
+def test_redact_hides_secret_query_parameters(uri: str, shown: str) -> None:
+    from pipeline.config import redact_text
+    from pipeline.sources.rtsp import scrub
+
+    assert redact(uri) == shown
+    assert "S3cr3t" not in redact_text(f"cannot open '{uri}': refused")
+    assert "S3cr3t" not in scrub(f"open failed for {uri} (S3cr3t-pw)", uri)
+
+
+@pytest.mark.parametrize("uri", ["http://cam/v?fps=5&size=640x360", "redis://h:6379/0?socket_timeout=5",
+                                 "http://cam/v?keyframes=1&passthrough=1"])
+def test_redact_keeps_harmless_query_parameters(uri: str) -> None:
+    assert redact(uri) == uri
+
+
+@pytest.mark.parametrize("arg", [f"cam={u}" for u in UNPARSABLE if not u.startswith("redis")]
+                         + [u for u in UNPARSABLE if not u.startswith("redis")])
+def test_an_unparsable_source_url_is_a_config_error_with_the_password_hidden(arg: str) -> None:
+    with pytest.raises(ConfigError, match="is not a valid URL") as e:
+        parse_source(arg)
+    assert "TOPSECRET5" not in str(e.value)
