@@ -217,3 +217,44 @@ def test_a_corrupt_resume_point_names_the_key(small: dict[str, Path], redis_serv
     ok = cli("run", "-s", f"f={small['clip']}", *model_args(small), "--tasks", "segmentation",
              "--sink", redis_server.url, "--metrics-port", "-1", "--no-resume")
     assert ok.returncode == 0, ok.stderr
+
+
+@pytest.fixture
+def corrupt_streams(small: dict[str, Path], redis_server: RedisServer) -> RedisServer:
+    """A real run's stream ``good``, and copies of its newest entry made unreadable: ``nopts`` (no pts),
+    ``badpng`` (a mask that is not a PNG)."""
+    p = cli("run", "-s", f"good={small['clip']}", *model_args(small), "--sink", redis_server.url,
+            "--metrics-port", "-1")
+    assert p.returncode == 0, p.stderr
+    r = redis_server.client()
+    _, newest = r.xrevrange("dpt:stream:good:frames", count=1)[0]
+    r.xadd("dpt:stream:nopts:frames", {k: v for k, v in newest.items() if k != b"pts"})
+    r.xadd("dpt:stream:badpng:frames", {**newest, b"mask": b"not a png"})
+    r.sadd("dpt:streams", "nopts", "badpng")
+    return redis_server
+
+
+def test_show_prints_the_good_streams_and_one_line_per_unreadable_one(corrupt_streams: RedisServer) -> None:
+    r = corrupt_streams.client()
+    p = cli("show", "--redis", corrupt_streams.url)
+    assert p.returncode == 1, p.stderr
+    assert "Traceback" not in p.stderr
+    assert "good frame 11 pts" in p.stdout, p.stdout
+    nopts = r.xrevrange("dpt:stream:nopts:frames", count=1)[0][0].decode()
+    assert f"stream 'nopts': entry {nopts} is unreadable (missing pts)" in p.stdout + p.stderr, p.stdout + p.stderr
+    r.hset("dpt:meta", "labels", "{not json")
+    p = cli("show", "good", "--redis", corrupt_streams.url)
+    assert p.returncode == 1, p.stderr
+    assert "good frame 11 pts" in p.stdout, p.stdout  # classes by id
+    assert "dpt:meta" in p.stdout + p.stderr and "labels" in p.stdout + p.stderr, p.stdout + p.stderr
+
+
+@pytest.mark.parametrize(("sid", "field"), [("nopts", "missing pts"), ("badpng", "mask is not a PNG")])
+def test_snapshot_of_an_unreadable_entry_names_the_stream_and_the_field(
+        corrupt_streams: RedisServer, tmp_path: Path, sid: str, field: str) -> None:
+    p = cli("snapshot", sid, "--redis", corrupt_streams.url, "-o", str(tmp_path / "x.png"))
+    assert p.returncode == 1, p.stderr
+    line = one_error_line(p.stderr)
+    assert f"stream {sid!r}: entry " in line and f"is unreadable ({field})" in line, line
+    ok = cli("snapshot", "good", "--redis", corrupt_streams.url, "-o", str(tmp_path / "good.png"))
+    assert ok.returncode == 0, ok.stderr
