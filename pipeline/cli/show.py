@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline.cli.common import DebugOpt, reader_redis, setup_logging
+from pipeline.cli.common import DebugOpt, err, reader_redis, setup_logging
 from pipeline.config import ConfigError, redact, shorten
 
 
@@ -40,10 +40,14 @@ def show(
     redis_prefix: Annotated[str, typer.Option("--redis-prefix")] = "dpt",
     debug: DebugOpt = False,
 ) -> None:
-    """Print the latest published results from Redis (classes by name, depth summary)."""
+    """Print the latest published results from Redis (classes by name, depth summary). An unreadable entry or
+    stream gets one line of its own (the others are printed) and the exit status 1."""
     setup_logging(debug, quiet=True)
+    import redis
+
     from pipeline.frames import valid_stream_id
-    from pipeline.sinks import RedisKeys, redis_client
+    from pipeline.sinks import RedisKeys, key_problem, redis_client
+    from pipeline.sinks.entries import EntryError, check_entry, meta_labels
 
     if stream is not None and not valid_stream_id(stream):
         raise ConfigError(f"invalid stream id {shorten(stream)!r}: use 1-64 of A-Z a-z 0-9 . _ -")
@@ -57,14 +61,30 @@ def show(
         from pipeline.sinks import SinkError
 
         raise SinkError(f"cannot read Redis at {redact(url)} ({str(e).splitlines()[0]})") from e  # exit 1
-    labels = json.loads(meta.get(b"labels", b"{}"))
+    bad = False
+    try:
+        labels = meta_labels(meta.get(b"labels"))
+    except ValueError as e:
+        err(f"{keys.meta}: {e}; classes are shown by id")
+        labels, bad = {}, True
     if not ids:
         print(f"no streams under {redis_prefix}: in {redact(url)}")
     for sid in ids:
-        entries = r.xrevrange(keys.frames(sid), count=count)
+        try:
+            entries = r.xrevrange(keys.frames(sid), count=count)
+        except redis.ResponseError as e:
+            err(f"stream {sid!r}: " + key_problem(r, e, {keys.frames(sid): "stream"}, "reading it"))
+            bad = True
+            continue
         if not entries:
             print(f"{sid}: no entries")
-        for _id, f in reversed(entries):
+        for eid, f in reversed(entries):
+            try:
+                check_entry(sid, eid.decode(), f)
+            except EntryError as e:
+                err(str(e))
+                bad = True
+                continue
             fields = {k.decode(): v for k, v in f.items()}
             line = [f"{sid} frame {int(fields['frame'])} pts {float(fields['pts']):.3f}s"]
             if b"classes" in f:
@@ -84,7 +104,9 @@ def show(
                 kind = json.loads(fields["depth"]).get("kind", "relative_inverse") if b"depth" in f else None
                 line.append(zone_summary(json.loads(fields["zones"]), labels, kind))
             line.append(f"latency {float(fields['latency_ms']):.0f} ms")
-            print("  ".join(line))
+            print("  ".join(line), flush=True)
+    if bad:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

@@ -21,12 +21,14 @@ def snapshot_cmd(
     """Write a PNG of what the pipeline sees in STREAM's latest frame: class colours (over the frame's
     thumbnail when redis.thumbnail is on) beside a depth picture built from the depth summary; the configured
     zones outlined, red where a rule is active."""
+    import redis
     from PIL import Image
 
-    from pipeline.cli.common import connect, queue_url, setup_logging, small_config
+    from pipeline.cli.common import connect, err, queue_url, setup_logging, small_config
     from pipeline.frames import valid_stream_id
     from pipeline.overlay import render_entry
-    from pipeline.sinks import RedisKeys
+    from pipeline.sinks import RedisKeys, key_problem
+    from pipeline.sinks.entries import EntryError, check_entry
     from pipeline.view.render import zone_drawings
     from pipeline.view.stats import active_zones, parse_active_alerts, parse_labels, parse_zones
 
@@ -37,12 +39,21 @@ def snapshot_cmd(
     url = queue_url(cfg, redis_url)
     client = connect(url, cfg)
     keys = RedisKeys(cfg.redis.prefix)
-    entries = client.xrevrange(keys.frames(stream), count=1)
+    try:
+        entries = client.xrevrange(keys.frames(stream), count=1)
+    except redis.ResponseError as e:
+        err(f"stream {stream!r}: " + key_problem(client, e, {keys.frames(stream): "stream"}, "reading it"))
+        raise typer.Exit(1) from None
     if not entries:
         known = sorted(x.decode() for x in client.smembers(keys.streams))
         hint = f"; known streams: {', '.join(known[:10])}" if known else ""
         raise ConfigError(f"no entries for stream {stream!r} under {cfg.redis.prefix}: at {redact(url)}{hint}")
-    _id, raw = entries[0]
+    eid, raw = entries[0]
+    try:
+        check_entry(stream, eid.decode(), raw, images=True)
+    except EntryError as e:
+        err(str(e))
+        raise typer.Exit(1) from None
     fields = {k.decode(): v for k, v in raw.items()}
     labels = parse_labels(client.hget(keys.meta, "labels"))
     # zones and active alerts read as the view reads them (one parser, one drawing: the pictures agree)

@@ -14,7 +14,7 @@ from pipeline.config import ConfigError, PipelineConfig, SourceConfig, shorten
 from pipeline.frames import EndOfStream, Frame
 from pipeline.metrics import Metrics
 from pipeline.queues import FanIn, NamedQueue
-from pipeline.sinks import RedisSink, Sink
+from pipeline.sinks import RedisSink, Sink, parse_resume_point
 from pipeline.sources import Source, SourceIdentity, create_source, source_identity
 from pipeline.stages import InferStage, PostprocessStage, PreprocessStage, PublishStage, Stage, is_control
 from pipeline.zones import RuleError, ZonePlan, resolve
@@ -83,7 +83,7 @@ def resume_point(sink: RedisSink, s: SourceConfig, resume: bool, record: bool) -
             sink.record_source(s.id, ident.fields())
         return 0
     progress = sink.progress_fields(s.id)
-    last = int(progress["frame"]) if progress.get("frame", "").lstrip("-").isdigit() else -1
+    last = parse_resume_point(sink.keys.progress(s.id), progress["frame"]) if "frame" in progress else -1
     before = SourceIdentity.from_fields(progress)
     if last >= 0 and before is not None and not before.same_file(ident):
         raise ConfigError(

@@ -11,10 +11,18 @@ from pipeline.config import ConfigError, PipelineConfig
 from pipeline.metrics import Metrics
 from pipeline.sinks.base import Sink, SinkError
 from pipeline.sinks.directory import DirSink
-from pipeline.sinks.redis import SCHEMA_VERSION, RedisKeys, RedisSink, redis_client
+from pipeline.sinks.redis import (
+    SCHEMA_VERSION,
+    WAY_OUT,
+    RedisKeys,
+    RedisSink,
+    key_problem,
+    parse_resume_point,
+    redis_client,
+)
 
-__all__ = ["SCHEMA_VERSION", "DirSink", "RedisKeys", "RedisSink", "Sink", "SinkError", "create_sink",
-           "redis_client"]
+__all__ = ["SCHEMA_VERSION", "WAY_OUT", "DirSink", "RedisKeys", "RedisSink", "Sink", "SinkError", "create_sink",
+           "key_problem", "parse_resume_point", "redis_client"]
 
 
 def create_sink(uri: str, cfg: PipelineConfig, metrics: Metrics, labels: dict[int, str] | None = None,

@@ -11,7 +11,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from pipeline.config import PipelineConfig, redact
+from pipeline.config import ConfigError, PipelineConfig, redact
 from pipeline.frames import EndOfStream, Result, mask_dtype_for
 from pipeline.metrics import Metrics
 from pipeline.sinks.base import SinkError, error_reason
@@ -21,6 +21,7 @@ from pipeline.zones import RuleError, alert_fields, resolve
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "1"
+WAY_OUT = "DEL the key or use another --redis-prefix"
 
 
 
@@ -43,6 +44,7 @@ SCHEMA_VERSION = "1"
 _PUBLISH_LUA = """
 local frame = tonumber(ARGV[2])
 local last = tonumber(redis.call('HGET', KEYS[2], 'frame') or '-1')
+if last == nil then return redis.error_reply('CORRUPT progress frame is not a frame index') end
 if frame <= last then return 0 end
 local fields = {}
 for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
@@ -119,6 +121,43 @@ class RedisKeys:
     def progress(self, sid: str) -> str:
         return f"{self.prefix}:stream:{sid}:progress"
 
+    def expected_types(self, sid: str | None = None) -> dict[str, str]:
+        """The Redis type of each key the pipeline writes (of stream ``sid`` and the shared ones)."""
+        kinds = {self.meta: "hash", self.streams: "set", self.alerts: "stream", self.alerts_active: "hash"}
+        if sid is not None:
+            kinds = {self.frames(sid): "stream", self.progress(sid): "hash", **kinds}
+        return kinds
+
+
+def wrong_type(client: Any, kinds: dict[str, str]) -> str | None:
+    """Which of ``kinds`` (key -> the type it must have) holds another type, as ``KEY holds a T, not a U``;
+    None when all are right (or absent) or Redis cannot tell. A WRONGTYPE reply does not name the key."""
+    try:
+        for key, kind in kinds.items():
+            t = client.type(key)
+            t = t.decode() if isinstance(t, bytes) else str(t)
+            if t not in ("none", kind):
+                return f"{key} holds a {t}, not a {kind}"
+    except Exception:  # the caller says what it can without the key
+        return None
+    return None
+
+
+def key_problem(client: Any, e: Exception, kinds: dict[str, str], what: str) -> str:
+    """One line for a Redis error reply ``e`` to ``what`` (e.g. "writing stream 'cam'"), naming the wrong-typed
+    key and the way out when that is the cause."""
+    reason = error_reason(e)
+    if "CORRUPT progress" in reason:
+        key = next((k for k in kinds if k.endswith(":progress")), "the progress hash")
+        return (f"Redis key {key} has a corrupt resume point ({what}; its frame is not a frame index): "
+                "publish from frame 0 with --no-resume, or DEL the key")
+    if "WRONGTYPE" in reason:
+        found = wrong_type(client, kinds)
+        if found is not None:
+            return f"Redis key {found} ({what}): {WAY_OUT}"
+        return f"a Redis key {what} uses has the wrong type ({', '.join(kinds)}): {WAY_OUT}"
+    return f"Redis refused {what} ({reason.split(' script: ')[0]})"
+
 
 def redis_client(url: str, ca_file: str | None = None, timeout: float = 5.0, cert_file: str | None = None,
                  key_file: str | None = None) -> Any:
@@ -140,6 +179,14 @@ def redis_client(url: str, ca_file: str | None = None, timeout: float = 5.0, cer
     if password and not parts.password:
         kwargs["password"] = password
     return redis.Redis.from_url(url, **kwargs)
+
+
+def parse_resume_point(key: str, value: str) -> int:
+    """The ``frame`` of progress hash ``key``: an integer, else a corrupt resume point (ConfigError)."""
+    if value.lstrip("-").isdigit():
+        return int(value)
+    raise ConfigError(f"Redis key {key} has a corrupt resume point (frame {value[:40]!r} is not a frame index): "
+                      "publish from frame 0 with --no-resume, or DEL the key")
 
 
 class RedisSink:
@@ -173,6 +220,7 @@ class RedisSink:
         self._probe_at = -1e9
         self._probe_ok = False
         self._live = {s.id for s in cfg.sources if s.is_live}
+        self._refused_streams: set[str] = set()  # live streams whose writes Redis refused (warned once)
         self.published = 0
         self.published_by: collections.Counter[str] = collections.Counter()  # per stream id
         self.duplicates = 0
@@ -200,7 +248,7 @@ class RedisSink:
             zones = resolve(self.cfg.zones, self.cfg.rules, labels).meta()
         except RuleError as e:
             raise SinkError(str(e)) from e
-        self._client.hset(self.keys.meta, mapping={
+        self._call("writing the labels", {self.keys.meta: "hash"}, self._client.hset, self.keys.meta, mapping={
             "schema": SCHEMA_VERSION,
             "labels": json.dumps({str(k): v for k, v in sorted(self.labels.items())}),
             "models": json.dumps(self.models),
@@ -208,23 +256,43 @@ class RedisSink:
             "mask_dtype": mask_dtype_for(max(self.labels, default=-1) + 1),  # uint8, or uint16 past 256 classes
         })
 
+    def _call(self, what: str, kinds: dict[str, str], fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)``; a Redis error reply (a wrong-typed key) is a :class:`SinkError` naming it."""
+        import redis
+
+        try:
+            return fn(*args, **kwargs)
+        except redis.ResponseError as e:
+            raise SinkError(key_problem(self._client, e, kinds, what)) from e
+
+    def _progress_types(self, sid: str) -> dict[str, str]:
+        return {self.keys.progress(sid): "hash"}
+
     def last_published(self, sid: str) -> int:
-        """Index of the last frame of ``sid`` already in Redis, or -1."""
-        v = self._client.hget(self.keys.progress(sid), "frame")
-        return int(v) if v is not None else -1
+        """Index of the last frame of ``sid`` already in Redis, or -1. A ``frame`` that is not an integer is a
+        corrupt resume point: :class:`~pipeline.config.ConfigError` naming the key and the way out."""
+        v = self._call(f"reading the resume point of stream {sid!r}", self._progress_types(sid), self._client.hget,
+                       self.keys.progress(sid), "frame")
+        if v is None:
+            return -1
+        return parse_resume_point(self.keys.progress(sid), v.decode(errors="replace") if isinstance(v, bytes) else v)
 
     def rule_state(self, sid: str) -> str | None:
         """The stream's rule debounce state stored with its last published frame (JSON), or None."""
-        v = self._client.hget(self.keys.progress(sid), "rules")
+        v = self._call(f"reading the rule state of stream {sid!r}", self._progress_types(sid), self._client.hget,
+                       self.keys.progress(sid), "rules")
         return v.decode() if isinstance(v, bytes) else v
 
     def reset_progress(self, sid: str, fields: tuple[str, ...] = ()) -> None:
         """Start ``sid`` afresh: no resume point, no rule state; rules a previous run left active end. ``fields``
         (the source identity recorded with the resume point) are removed too."""
-        n = self._reset_script(keys=[self.keys.progress(sid), self.keys.alerts, self.keys.alerts_active],
-                               args=[sid, self.keys.alerts, self.cfg.redis.alerts_maxlen])
+        kinds = {self.keys.progress(sid): "hash", self.keys.alerts: "stream", self.keys.alerts_active: "hash"}
+        what = f"resetting the resume point of stream {sid!r}"
+        n = self._call(what, kinds, self._reset_script,
+                       keys=[self.keys.progress(sid), self.keys.alerts, self.keys.alerts_active],
+                       args=[sid, self.keys.alerts, self.cfg.redis.alerts_maxlen])
         if fields:
-            self._client.hdel(self.keys.progress(sid), *fields)
+            self._call(what, kinds, self._client.hdel, self.keys.progress(sid), *fields)
         if n:
             log.info("%s: ended %d rule(s) a previous run left active", sid, n)
 
@@ -236,12 +304,14 @@ class RedisSink:
 
     def progress_fields(self, sid: str) -> dict[str, str]:
         """Everything in ``{prefix}:stream:{sid}:progress``: the resume point and the source identity."""
-        raw = self._client.hgetall(self.keys.progress(sid))
+        raw = self._call(f"reading the resume point of stream {sid!r}", self._progress_types(sid), self._client.hgetall,
+                         self.keys.progress(sid))
         return {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
 
     def record_source(self, sid: str, fields: dict[str, str]) -> None:
         """Record which source the resume point of ``sid`` belongs to (next to ``frame`` / ``id``)."""
-        self._client.hset(self.keys.progress(sid), mapping=fields)
+        self._call(f"recording the source of stream {sid!r}", self._progress_types(sid), self._client.hset,
+                   self.keys.progress(sid), mapping=fields)
 
     def request_stop(self) -> None:
         """The run is stopping: a write that fails keeps retrying for at most ``redis.retry_max_s`` more."""
@@ -343,14 +413,18 @@ class RedisSink:
                           *self._fields(r, lat)],
                     client=pipe,
                 )
-            replies = pipe.execute()
+            replies = pipe.execute(raise_on_error=False)
         except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, redis.ReadOnlyError,
                 OSError) as e:
             self._errors.inc()
             self._went_down(e)
             return False
         self._came_back()
+        refused: str | None = None
         for r, ok in zip(batch, replies, strict=True):
+            if isinstance(ok, redis.ResponseError):
+                refused = refused or self._refused(r, ok)
+                continue
             # after a failed round trip, a frame already applied by it is ours, written once
             if ok or retried:
                 self.published += 1
@@ -359,7 +433,24 @@ class RedisSink:
                 self.metrics.latency.labels(stream=r.id.stream_id).observe(now - r.id.wall_time)
             else:
                 self.duplicates += 1
+        if refused is not None:
+            raise SinkError(refused)
         return True
+
+    def _refused(self, r: Result, e: Exception) -> str | None:
+        """A frame Redis answered with an error (a wrong-typed key, a corrupt progress hash): counted; a live
+        stream's frame is dropped (one warning per stream), a file stream's is the run's end (its line)."""
+        sid = r.id.stream_id
+        self._errors.inc()
+        kinds = self.keys.expected_types(sid)
+        if sid not in self._live:
+            return key_problem(self._client, e, kinds, f"writing stream {sid!r}")
+        self.metrics.dropped.labels(stream=sid, reason="sink_error").inc()
+        if sid not in self._refused_streams:
+            self._refused_streams.add(sid)
+            log.warning("%s; dropping the stream's frames meanwhile",
+                        key_problem(self._client, e, kinds, f"writing stream {sid!r}"))
+        return None
 
     def _went_down(self, e: Exception) -> None:
         self._delay = min(max(self._delay * 2, 0.05), self.cfg.redis.retry_max_s)
@@ -425,6 +516,14 @@ class RedisSink:
         while True:
             try:
                 self._end_script(keys=keys, args=args)
+                return
+            except redis.ResponseError as e:
+                self._errors.inc()
+                msg = key_problem(self._client, e, self.keys.expected_types(eos.stream_id),
+                                  f"ending the rules of stream {eos.stream_id!r}")
+                if eos.stream_id not in self._live:
+                    raise SinkError(msg) from e
+                log.warning("%s", msg)
                 return
             except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError) as e:
                 self._errors.inc()

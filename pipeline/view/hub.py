@@ -7,7 +7,8 @@ A poll is two pipelined round trips: ``TIME``, ``SMEMBERS {prefix}:streams``, ``
 ``HGETALL {prefix}:alerts:active``; then, per stream, the entries newer than the last one seen
 (``XREVRANGE ... + (LAST COUNT n``). The newest entry is rendered (in a worker thread, one render in flight
 per stream; entries that arrive meanwhile are skipped, never queued); the older ones only feed the
-fps/latency window. When Redis is away, every tile says so and the hub keeps trying; it never exits.
+fps/latency window. When Redis is away, every tile says so and the hub keeps trying; it never exits. A read
+that Redis refuses for one stream (its frames key holds another type) marks only that tile (state ``error``).
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ class Tile:
     render_key: tuple[Any, ...] | None = None  # what the held picture (or the one being made) was made from
     rendering: bool = False
     render_error: str | None = None
+    read_error: str | None = None  # Redis refused to read this stream (e.g. its frames key is not a stream)
     entry: dict[str, bytes] | None = None  # the newest entry's fields (re-rendered when zones or alerts change)
     missing_since: float | None = None  # monotonic time it left {prefix}:streams
 
@@ -106,6 +108,7 @@ class PollResult:
     meta: dict[str, bytes]
     active: dict[bytes, bytes]
     entries: dict[str, list[tuple[str, dict[str, bytes]]]]  # newest first
+    errors: dict[str, str] = field(default_factory=dict)  # stream -> why its entries could not be read
 
 
 class Hub:
@@ -137,6 +140,7 @@ class Hub:
         self._labels_version = 0  # bumped when {prefix}:meta labels change (pictures name classes)
         self.payload_json = json.dumps(self._payload())
         self._closed = False
+        self._shared_errors: set[str] = set()  # shared keys (meta, active alerts) Redis refused to read (I/O thread)
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -224,9 +228,14 @@ class Hub:
         pipe.smembers(self.keys.streams)
         pipe.hgetall(self.keys.meta)
         pipe.hgetall(self.keys.alerts_active)
-        (secs, micros), members, meta, active = pipe.execute()
+        (secs, micros), members, meta, active = pipe.execute(raise_on_error=False)
+        if isinstance(members, Exception):
+            raise members
+        meta = self._or_empty(meta, self.keys.meta, "hash")
+        active = self._or_empty(active, self.keys.alerts_active, "hash")
         streams = sorted(s for s in (m.decode(errors="replace") for m in members) if valid_stream_id(s))
         entries: dict[str, list[tuple[str, dict[str, bytes]]]] = {}
+        errors: dict[str, str] = {}
         if streams:
             pipe = client.pipeline(transaction=False)
             for sid in streams:
@@ -235,10 +244,40 @@ class Hub:
                     pipe.xrevrange(self.keys.frames(sid), "+", "-", count=FIRST_ENTRIES)
                 else:
                     pipe.xrevrange(self.keys.frames(sid), "+", f"({last}", count=MAX_NEW_ENTRIES)
-            for sid, got in zip(streams, pipe.execute(), strict=True):
+            for sid, got in zip(streams, pipe.execute(raise_on_error=False), strict=True):
+                if isinstance(got, Exception):
+                    errors[sid] = self._read_problem(client, got, self.keys.frames(sid), "stream")
+                    continue
                 entries[sid] = [(i.decode(), {k.decode(): v for k, v in f.items()}) for i, f in got]
         return PollResult(int(secs) * 1000 + int(micros) // 1000, streams,
-                          {k.decode(): v for k, v in meta.items()}, active, entries)
+                          {k.decode(): v for k, v in meta.items()}, active, entries, errors)
+
+    @staticmethod
+    def _read_problem(client: Any, e: Exception, key: str, kind: str) -> str:
+        """Why ``key`` (of type ``kind``) could not be read: ``KEY is not a KIND (it holds a T)`` for a wrong type."""
+        import redis
+
+        if not isinstance(e, redis.ResponseError):
+            raise e  # a connection error: Redis is away for every tile
+        reason = redact(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        if "WRONGTYPE" in reason:
+            try:
+                t = client.type(key)
+            except redis.RedisError:
+                return f"{key} is not a {kind}"
+            return f"{key} is not a {kind} (it holds a {t.decode() if isinstance(t, bytes) else t})"
+        return f"cannot read {key} ({reason})"
+
+    def _or_empty(self, got: Any, key: str, kind: str) -> Any:
+        """A shared key's reply, or nothing (warned once) when Redis refused to read it."""
+        if not isinstance(got, Exception):
+            self._shared_errors.discard(key)
+            return got
+        why = self._read_problem(self._connect(), got, key, kind)
+        if key not in self._shared_errors:
+            self._shared_errors.add(key)
+            log.warning("%s: read as empty; DEL the key or use another --redis-prefix", why)
+        return {}
 
     def _went_down(self, e: Exception) -> None:
         reason = redact(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
@@ -270,6 +309,10 @@ class Hub:
             if tile is None:
                 tile = self.tiles[sid] = Tile(sid)
             tile.missing_since = None
+            why = r.errors.get(sid)
+            if why is not None and why != tile.read_error:
+                log.warning("%s: %s; its tile says so (DEL the key or use another --redis-prefix)", sid, why)
+            tile.read_error = why
             self._take_entries(tile, r.entries.get(sid, []))
         for sid, tile in list(self.tiles.items()):
             if sid in r.streams:
@@ -368,7 +411,8 @@ class Hub:
         pic = tile.picture
         return {
             "id": tile.id,
-            "state": tile_state(age, self.settings.stale_after_s, self.redis_ok),
+            "state": "error" if tile.read_error and self.redis_ok else tile_state(age, self.settings.stale_after_s,
+                                                                                 self.redis_ok),
             "frame": tile.frame,
             "age_s": None if age is None else round(age, 1),
             "fps": None if fps is None else round(fps, 2),
@@ -379,7 +423,7 @@ class Hub:
             "zones": [z.name for z in self.zones if z.applies_to(tile.id)],
             "image": None if pic is None else {"version": pic.version, "frame": pic.frame, "width": pic.size[0],
                                                "height": pic.size[1]},
-            "render_error": tile.render_error,
+            "render_error": tile.read_error or tile.render_error,
         }
 
     def _payload(self) -> dict[str, Any]:

@@ -92,6 +92,8 @@ async def latest_jpg(request: web.Request) -> web.Response:
         known = sorted(hub.tiles)
         hint = f"; known streams: {', '.join(known[:10])}" + (" ..." if len(known) > 10 else "") if known else ""
         return text(404, f"unknown stream {sid!r} under prefix {hub.settings.prefix}{hint}")
+    if tile.read_error and hub.redis_ok:
+        return text(503, f"stream {sid!r}: {tile.read_error}")
     pic = tile.picture or await hub.wait_picture(sid, 5.0)
     if pic is None:
         why = tile.render_error or ("no entries yet" if tile.last_id is None else "not rendered yet")

@@ -158,3 +158,134 @@ def test_non_regular_files_are_named_for_what_they_are(assets: dict[str, Path], 
     missing = cli("run", "-s", f"x={tmp_path / 'nope.mp4'}", *run)
     assert "file not found" in one_error_line(missing.stderr)
     assert p.returncode == missing.returncode != 0
+
+
+# -- wrong-typed and corrupt Redis keys ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from pipeline.sample import make_checkpoint, make_clip
+
+    d = tmp_path_factory.mktemp("small")
+    return {"clip": make_clip(d / "clip.mp4", frames=12, width=320, height=180, seed=3),
+            "segmentation": make_checkpoint(d / "seg", "segmentation", image_size=96),
+            "depth": make_checkpoint(d / "depth", "depth", image_size=96)}
+
+
+def test_a_wrong_typed_frames_key_of_one_camera_leaves_the_others_publishing(
+        small: dict[str, Path], tmp_path: Path, redis_server: RedisServer) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tests.support.servers import ROOT
+
+    r = redis_server.client()
+    r.set("dpt:stream:bad:frames", "x")
+    port = free_port()
+    cfg = tmp_path / "c.yaml"
+    src = "loop: true, realtime: true, live: true"
+    cfg.write_text(f"sources: [{{id: good, uri: '{small['clip']}', {src}}}, {{id: bad, uri: '{small['clip']}', "
+                   f"{src}}}]\nsinks: ['{redis_server.url}']\nmetrics: {{port: {port}}}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(cfg), *model_args(small),
+                             "--tasks", "segmentation"], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and r.xlen("dpt:stream:good:frames") < 15:
+            time.sleep(0.2)
+        good = r.xlen("dpt:stream:good:frames")
+        alive = proc.poll() is None
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            metrics = resp.read().decode()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert alive and good >= 15, err
+    assert "Traceback" not in err and "dptstream: error" not in err, err
+    assert proc.returncode == 0, err
+    warned = [line for line in err.splitlines() if "dpt:stream:bad:frames" in line]
+    assert len(warned) == 1, err  # once per stream, not once per frame
+    assert "not a stream" in warned[0] and "DEL the key or use another --redis-prefix" in warned[0], err
+    assert r.get("dpt:stream:bad:frames") == b"x"  # never overwritten
+    dropped = [line for line in metrics.splitlines()
+               if line.startswith("dptstream_frames_dropped_total{") and 'reason="sink_error"' in line]
+    assert dropped and 'stream="bad"' in dropped[0] and float(dropped[0].rsplit(" ", 1)[1]) >= 1, metrics
+    assert not any('stream="good"' in line for line in dropped), metrics
+    errors = [line for line in metrics.splitlines() if line.startswith("dptstream_sink_errors_total{")]
+    assert errors and float(errors[0].rsplit(" ", 1)[1]) >= 1, metrics
+
+
+@pytest.mark.parametrize(("key", "kind"), [("dpt:stream:f:frames", "stream"), ("dpt:stream:f:progress", "hash"),
+                                           ("dpt:streams", "set"), ("dpt:meta", "hash")])
+def test_a_wrong_typed_key_of_a_file_stream_is_fatal_naming_the_key(
+        small: dict[str, Path], redis_server: RedisServer, key: str, kind: str) -> None:
+    r = redis_server.client()
+    r.set(key, "x")
+    p = cli("run", "-s", f"f={small['clip']}", *model_args(small), "--tasks", "segmentation",
+            "--sink", redis_server.url, "--metrics-port", "-1")
+    assert p.returncode == 1, p.stderr
+    line = one_error_line(p.stderr)
+    assert f"{key} holds a string, not a {kind}" in line, line
+    assert "DEL the key or use another --redis-prefix" in line, line
+    if key in ("dpt:stream:f:frames", "dpt:streams"):  # meta and the resume point are used before any frame
+        assert "12 results not written" in line, line
+    assert r.get(key) == b"x"
+
+
+def test_a_corrupt_resume_point_names_the_key(small: dict[str, Path], redis_server: RedisServer) -> None:
+    redis_server.client().hset("dpt:stream:f:progress", "frame", "notanumber")
+    p = cli("run", "-s", f"f={small['clip']}", *model_args(small), "--tasks", "segmentation",
+            "--sink", redis_server.url, "--metrics-port", "-1")
+    assert p.returncode == 2, p.stderr
+    line = one_error_line(p.stderr)
+    assert "dpt:stream:f:progress" in line and "--no-resume" in line, line
+    ok = cli("run", "-s", f"f={small['clip']}", *model_args(small), "--tasks", "segmentation",
+             "--sink", redis_server.url, "--metrics-port", "-1", "--no-resume")
+    assert ok.returncode == 0, ok.stderr
+
+
+@pytest.fixture
+def corrupt_streams(small: dict[str, Path], redis_server: RedisServer) -> RedisServer:
+    """A real run's stream ``good``, and copies of its newest entry made unreadable: ``nopts`` (no pts),
+    ``badpng`` (a mask that is not a PNG)."""
+    p = cli("run", "-s", f"good={small['clip']}", *model_args(small), "--sink", redis_server.url,
+            "--metrics-port", "-1")
+    assert p.returncode == 0, p.stderr
+    r = redis_server.client()
+    _, newest = r.xrevrange("dpt:stream:good:frames", count=1)[0]
+    r.xadd("dpt:stream:nopts:frames", {k: v for k, v in newest.items() if k != b"pts"})
+    r.xadd("dpt:stream:badpng:frames", {**newest, b"mask": b"not a png"})
+    r.sadd("dpt:streams", "nopts", "badpng")
+    return redis_server
+
+
+def test_show_prints_the_good_streams_and_one_line_per_unreadable_one(corrupt_streams: RedisServer) -> None:
+    r = corrupt_streams.client()
+    p = cli("show", "--redis", corrupt_streams.url)
+    assert p.returncode == 1, p.stderr
+    assert "Traceback" not in p.stderr
+    assert "good frame 11 pts" in p.stdout, p.stdout
+    nopts = r.xrevrange("dpt:stream:nopts:frames", count=1)[0][0].decode()
+    assert f"stream 'nopts': entry {nopts} is unreadable (missing pts)" in p.stdout + p.stderr, p.stdout + p.stderr
+    r.hset("dpt:meta", "labels", "{not json")
+    p = cli("show", "good", "--redis", corrupt_streams.url)
+    assert p.returncode == 1, p.stderr
+    assert "good frame 11 pts" in p.stdout, p.stdout  # classes by id
+    assert "dpt:meta" in p.stdout + p.stderr and "labels" in p.stdout + p.stderr, p.stdout + p.stderr
+
+
+@pytest.mark.parametrize(("sid", "field"), [("nopts", "missing pts"), ("badpng", "mask is not a PNG")])
+def test_snapshot_of_an_unreadable_entry_names_the_stream_and_the_field(
+        corrupt_streams: RedisServer, tmp_path: Path, sid: str, field: str) -> None:
+    p = cli("snapshot", sid, "--redis", corrupt_streams.url, "-o", str(tmp_path / "x.png"))
+    assert p.returncode == 1, p.stderr
+    line = one_error_line(p.stderr)
+    assert f"stream {sid!r}: entry " in line and f"is unreadable ({field})" in line, line
+    ok = cli("snapshot", "good", "--redis", corrupt_streams.url, "-o", str(tmp_path / "good.png"))
+    assert ok.returncode == 0, ok.stderr

@@ -640,3 +640,41 @@ def test_a_viewer_that_does_not_read_is_dropped_and_the_others_keep_their_update
         slow.close()
         ticker.join(5)
         assert view.stop() == 0, view.output
+
+
+# -- one wrong-typed stream key marks only its own tile ---------------------------------------------------
+
+def test_a_wrong_typed_frames_key_marks_only_its_tile(assets: dict[str, Path], redis_server: RedisServer,
+                                                      tmp_path: Path) -> None:
+    publish_files(redis_server, assets, tmp_path)
+    rd = redis_server.client()
+    rd.set("dpt:stream:bad:frames", "x")
+    rd.sadd("dpt:streams", "bad")
+    view = View(redis_server.url)
+    try:
+        def settled() -> dict[str, Any] | None:
+            data = view.api()
+            tiles = {s["id"]: s for s in data["streams"]}
+            return data if {"a", "b", "bad"} <= set(tiles) and tiles["a"]["image"] and tiles["b"]["image"] else None
+
+        data = wait_for(settled, 30, "the good tiles to render")
+        assert data["redis"] == "ok" and data["error"] is None, data
+        tiles = {s["id"]: s for s in data["streams"]}
+        assert tiles["bad"]["state"] == "error", tiles["bad"]
+        assert "dpt:stream:bad:frames is not a stream" in tiles["bad"]["render_error"], tiles["bad"]
+        for sid in ("a", "b"):
+            assert tiles[sid]["state"] in ("fresh", "stale") and tiles[sid]["render_error"] is None, tiles[sid]
+            code, headers, body = get(f"{view.base}/streams/{sid}/latest.jpg")
+            assert code == 200 and headers["X-Dptstream-State"] == "ok", body[:200]
+            jpeg_array(body)
+        code, _, body = get(f"{view.base}/streams/bad/latest.jpg")
+        assert code == 503 and b"dpt:stream:bad:frames is not a stream" in body, body
+        # the key mended: the tile recovers
+        rd.delete("dpt:stream:bad:frames")
+        rd.xadd("dpt:stream:bad:frames", rd.xrange("dpt:stream:a:frames", count=1)[0][1])
+        wait_for(lambda: {s["id"]: s for s in view.api()["streams"]}["bad"]["image"], 30, "the mended tile")
+        assert {s["id"]: s for s in view.api()["streams"]}["bad"]["render_error"] is None
+    finally:
+        view.stop()
+    assert "Traceback" not in view.output, view.output
+    assert view.output.count("dpt:stream:bad:frames") == 1, view.output  # one warning, not one per poll
