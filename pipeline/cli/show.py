@@ -94,7 +94,9 @@ def show(
                             + ", ".join(f"{labels.get(c, c)} {v:.0%}" for c, v in top))
             if b"depth" in f:
                 d = json.loads(fields["depth"])
-                if d.get("kind") == "metric":
+                if any(d.get(k) is None for k in ("p05", "p50", "p95")):
+                    line.append("depth not finite on this frame")
+                elif d.get("kind") == "metric":
                     line.append(f"depth (m) nearest {d['p05']:.2f} m, median {d['p50']:.2f} m, "
                                 f"p95 {d['p95']:.2f} m (metric)")
                 else:

@@ -69,8 +69,8 @@ def check_entry(sid: str, entry_id: str, raw: dict[Any, bytes], images: bool = F
                 _png(fields, "mask")
         if "depth" in fields:
             depth = _json(fields, "depth", dict)
-            for k in ("p05", "p50", "p95"):
-                if not isinstance(depth.get(k), int | float):
+            for k in ("p05", "p50", "p95"):  # null: the model's depth was not finite on this frame (published so)
+                if k not in depth or not (depth[k] is None or isinstance(depth[k], int | float)):
                     raise ValueError(f"depth has no number {k}")
             if images and "depth_map" in fields:
                 _png(fields, "depth_map")

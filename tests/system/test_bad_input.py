@@ -289,3 +289,20 @@ def test_snapshot_of_an_unreadable_entry_names_the_stream_and_the_field(
     assert f"stream {sid!r}: entry " in line and f"is unreadable ({field})" in line, line
     ok = cli("snapshot", "good", "--redis", corrupt_streams.url, "-o", str(tmp_path / "good.png"))
     assert ok.returncode == 0, ok.stderr
+
+
+def test_show_and_snapshot_of_a_frame_whose_depth_was_not_finite(corrupt_streams: RedisServer,
+                                                                  tmp_path: Path) -> None:
+    """The pipeline publishes non-finite depth statistics as null (never NaN): readers say so, never crash."""
+    import json
+
+    r = corrupt_streams.client()
+    _, newest = r.xrevrange("dpt:stream:good:frames", count=1)[0]
+    depth = json.loads(newest[b"depth"])
+    nulls = {k: (None if isinstance(v, float | int) else v) for k, v in depth.items()}
+    r.xadd("dpt:stream:nandepth:frames", {**newest, b"depth": json.dumps(nulls)})
+    r.sadd("dpt:streams", "nandepth")
+    p = cli("show", "nandepth", "--redis", corrupt_streams.url)
+    assert p.returncode == 0 and "depth not finite on this frame" in p.stdout, p.stdout + p.stderr
+    s = cli("snapshot", "nandepth", "--redis", corrupt_streams.url, "-o", str(tmp_path / "n.png"))
+    assert s.returncode == 0 and (tmp_path / "n.png").stat().st_size > 0, s.stderr
