@@ -454,9 +454,19 @@ def url_error(uri: str) -> str | None:
     if uri_scheme(uri) is None:
         return None
     try:
-        urlsplit(uri)
+        parts = urlsplit(uri)
     except ValueError:
         return _url_problem(uri)
+    if parts.scheme.lower() == "file":
+        return None
+    if not parts.hostname:
+        return "it names no host"
+    try:
+        port = parts.port
+    except ValueError:
+        return "its port is not a number in 1..65535"
+    if port == 0:
+        return "its port is not a number in 1..65535"
     return None
 
 

@@ -4,6 +4,7 @@ YAML alias bombs and oversized or binary configs (7, 13), flag and value bounds 
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -274,3 +275,15 @@ def test_an_unparsable_source_url_is_a_config_error_with_the_password_hidden(arg
     with pytest.raises(ConfigError, match="is not a valid URL") as e:
         parse_source(arg)
     assert "TOPSECRET5" not in str(e.value)
+
+
+@pytest.mark.parametrize("uri, why", [("rtsp://admin:TOPSECRET5@cam:abc/s", "its port is not a number in 1..65535"),
+                                      ("rtsp://cam:99999/s", "its port is not a number in 1..65535"),
+                                      ("http://cam:0/v.mjpg", "its port is not a number in 1..65535"),
+                                      ("rtsp:///s", "it names no host")])
+def test_a_camera_uri_with_a_bad_port_or_no_host_is_refused_up_front(uri: str, why: str) -> None:
+    for arg in (uri, f"cam={uri}"):
+        with pytest.raises(ConfigError, match=re.escape(f"is not a valid URL ({why})")) as e:
+            parse_source(arg)
+        assert "TOPSECRET5" not in str(e.value)
+    assert parse_source("file:///tmp/a.mp4").uri == "file:///tmp/a.mp4"
