@@ -490,6 +490,21 @@ def check_redis_url(url: str) -> None:
         raise ValueError(f"sink {safe!r}: the database must be a number (redis://host:port/0)")
 
 
+def id_from_name(raw: str) -> str:
+    """A stream id made from a file name (its stem) or a path: characters outside A-Z a-z 0-9 . _ - become ``_``;
+    a name that keeps no letter or digit that way (``日本.mp4``), or is longer than 64, gets a hash of the
+    original so that different names stay different ids. ``run`` and ``submit`` both name streams with it."""
+    import hashlib
+
+    sid = re.sub(r"[^A-Za-z0-9._-]", "_", raw)
+    digest = hashlib.sha1(raw.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    if not re.search(r"[A-Za-z0-9]", sid):
+        return f"id-{digest}"
+    if len(sid) > 64:
+        sid = sid[-55:].lstrip("._-") + "-" + digest
+    return sid
+
+
 def parse_source(arg: str) -> SourceConfig:
     """``[ID=]URI`` -> a source; the id defaults to the file stem or the RTSP path."""
     sid: str | None = None
@@ -506,8 +521,7 @@ def parse_source(arg: str) -> SourceConfig:
         if parts.scheme.lower() in LIVE_SCHEMES:
             sid = re.sub(r"[^A-Za-z0-9._-]", "_", parts.path.strip("/")) or parts.hostname or "camera"
         else:
-            sid = Path(unquote(parts.path) if parts.scheme.lower() == "file" else uri).stem or "source"
-            sid = re.sub(r"[^A-Za-z0-9._-]", "_", sid)
+            sid = id_from_name(Path(unquote(parts.path) if parts.scheme.lower() == "file" else uri).stem or "source")
         sid = sid[:64]
     try:
         return SourceConfig(id=sid, uri=uri)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 import re
 import time
@@ -15,7 +14,7 @@ from urllib.parse import urlsplit
 
 import redis
 
-from pipeline.config import ConfigError, redact, shorten, url_error
+from pipeline.config import ConfigError, id_from_name, redact, shorten, url_error
 from pipeline.frames import valid_stream_id
 from pipeline.jobs.keys import JobKeys
 
@@ -44,10 +43,6 @@ class JobSpec:
     uri: str  # absolute path of the file
 
 
-def _sanitize(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", s).strip("._") or "job"
-
-
 def job_id_for(path: str, id_from: str = "stem") -> str:
     """The job's (= stream's) id for a file: its stem, or (``path``) its path relative to the working
     directory with separators as ``_``. Ids longer than 64 characters keep their tail and a hash."""
@@ -60,11 +55,7 @@ def job_id_for(path: str, id_from: str = "stem") -> str:
         raw = str(rel.with_suffix("")).strip("/")
     else:
         raw = p.stem
-    sid = _sanitize(raw)
-    if len(sid) > 64:
-        digest = hashlib.sha1(raw.encode()).hexdigest()[:8]
-        sid = sid[-55:].lstrip("._-") + "-" + digest
-    return sid
+    return id_from_name(raw)
 
 
 def expand_inputs(args: Iterable[str], id_from: str = "stem", check: bool = True) -> list[JobSpec]:

@@ -287,3 +287,13 @@ def test_a_camera_uri_with_a_bad_port_or_no_host_is_refused_up_front(uri: str, w
             parse_source(arg)
         assert "TOPSECRET5" not in str(e.value)
     assert parse_source("file:///tmp/a.mp4").uri == "file:///tmp/a.mp4"
+
+
+def test_run_and_submit_name_a_file_with_the_same_id_and_unicode_names_stay_distinct() -> None:
+    from pipeline.jobs.submit import job_id_for
+
+    names = ["/d/日本.mp4", "/d/カメラ.mp4", "/d/cam 1.mp4", "/d/_cam.mp4", "/d/" + "x" * 80 + ".mp4"]
+    ids = [parse_source(n).id for n in names]
+    assert ids == [job_id_for(n) for n in names]
+    assert len(set(ids)) == len(ids)  # the two unicode names used to be "__" both (and "job" from submit)
+    assert ids[2:4] == ["cam_1", "_cam"] and all(len(i) <= 64 for i in ids)
