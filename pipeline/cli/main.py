@@ -3,8 +3,11 @@ codes. Config is read once, in the command modules (YAML + flags + environment),
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from types import ModuleType
+from typing import Any
 
 import typer
 
@@ -27,8 +30,12 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     app = build_app()
+    interrupted = _note_interrupts()
     try:
         rc = app(args=argv, prog_name="dptstream", standalone_mode=False)
+        if rc == EXIT_INTERRUPTED and interrupted.is_set():
+            # typer turns a Ctrl-C (KeyboardInterrupt) into a silent exit 130: say it, as for any other stop
+            err("interrupted")
         sys.exit(rc if isinstance(rc, int) else 0)  # click returns typer.Exit's code here instead of raising
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
@@ -50,6 +57,19 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         sys.exit(report_error(e))
+
+
+def _note_interrupts() -> threading.Event:
+    """Keep Ctrl-C's KeyboardInterrupt (outside a command's own signal handling), and remember that it came."""
+    came = threading.Event()
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        came.set()
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, on_sigint)
+    return came
 
 
 def click_kind(e: BaseException) -> str | None:

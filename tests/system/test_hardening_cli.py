@@ -445,3 +445,22 @@ def test_rotated_phone_video_gives_portrait_masks_and_records_the_rotation(asset
     _, f = r.xrange("dpt:stream:phone:frames", count=1)[0]
     assert (int(f[b"mask_w"]), int(f[b"mask_h"])) == (108, 192)  # portrait, long side = the 192 network side
     assert r.hget("dpt:stream:phone:progress", "rotation") == b"90"
+
+
+def test_ctrl_c_outside_a_run_is_one_line_and_exit_130(tmp_path: Path) -> None:
+    """typer turns a KeyboardInterrupt into a silent exit 130; the user gets the same line as elsewhere."""
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "sample", str(tmp_path / "s"), "--frames", "3000"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        time.sleep(4)  # well inside the clip's generation (3000 frames take minutes)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    assert one_error_line(err) == "dptstream: error: interrupted", err
+    assert "Traceback" not in err
