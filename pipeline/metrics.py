@@ -20,7 +20,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 METRIC_NAMES = (
     "frames_total", "frames_dropped_total", "stage_seconds", "latency_seconds", "queue_depth",
     "batch_size", "stream_up", "stream_reconnects_total", "sink_errors_total", "build_info",
-    "degraded", "sink_buffer_depth", "jobs_total", "rule_events_total", "rule_active",
+    "degraded", "sink_buffer_depth", "jobs_total", "rule_events_total", "rule_active", "nonfinite_outputs_total",
 )
 
 
