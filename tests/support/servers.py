@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -67,6 +69,22 @@ class RedisServer:
         import redis
 
         return redis.Redis(host="127.0.0.1", port=self.port)
+
+
+@contextlib.contextmanager
+def cli_process(*args: str, stdout: int | None = None, env: dict[str, str] | None = None
+                ) -> Iterator[subprocess.Popen[str]]:
+    """``dptstream`` running as a subprocess, as a user starts it (stderr piped, text); killed on the way out
+    if the test left it running."""
+    e = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=str(ROOT), stdout=stdout,
+                            stderr=subprocess.PIPE, text=True, env=e)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300,

@@ -173,14 +173,11 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def test_a_wrong_typed_frames_key_of_one_camera_leaves_the_others_publishing(
         small: dict[str, Path], tmp_path: Path, redis_server: RedisServer) -> None:
-    import os
     import signal
-    import subprocess
-    import sys
     import time
     import urllib.request
 
-    from tests.support.servers import ROOT
+    from tests.support.servers import cli_process
 
     r = redis_server.client()
     r.set("dpt:stream:bad:frames", "x")
@@ -189,10 +186,7 @@ def test_a_wrong_typed_frames_key_of_one_camera_leaves_the_others_publishing(
     src = "loop: true, realtime: true, live: true"
     cfg.write_text(f"sources: [{{id: good, uri: '{small['clip']}', {src}}}, {{id: bad, uri: '{small['clip']}', "
                    f"{src}}}]\nsinks: ['{redis_server.url}']\nmetrics: {{port: {port}}}\n")
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(cfg), *model_args(small),
-                             "--tasks", "segmentation"], cwd=ROOT, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
+    with cli_process("run", str(cfg), *model_args(small), "--tasks", "segmentation") as proc:
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None and r.xlen("dpt:stream:good:frames") < 15:
             time.sleep(0.2)
@@ -202,10 +196,6 @@ def test_a_wrong_typed_frames_key_of_one_camera_leaves_the_others_publishing(
             metrics = resp.read().decode()
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert alive and good >= 15, err
     assert "Traceback" not in err and "dptstream: error" not in err, err
     assert proc.returncode == 0, err

@@ -7,11 +7,9 @@ from __future__ import annotations
 import http.server
 import io
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support.servers import ROOT, RedisServer, cli, free_port, model_args, one_error_line
+from tests.support.servers import RedisServer, cli, cli_process, free_port, model_args, one_error_line
 
 pytestmark = pytest.mark.slow
 
@@ -187,10 +185,7 @@ def test_sigterm_while_redis_is_down_exits_and_counts_what_was_not_written(
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"sources: [{{id: slow, uri: '{clip}', realtime: true}}]\n"
                    f"sinks: ['{redis_server.url}']\nredis: {{retry_max_s: 1.0}}\nmetrics: {{port: null}}\n")
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", str(cfg), *model_args(assets)],
-                            cwd=ROOT, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
+    with cli_process("run", str(cfg), *model_args(assets)) as proc:
         r = redis_server.client()
         deadline = time.time() + 120
         while time.time() < deadline and r.xlen("dpt:stream:slow:frames") < 5:
@@ -204,10 +199,6 @@ def test_sigterm_while_redis_is_down_exits_and_counts_what_was_not_written(
             proc.send_signal(signal.SIGTERM)
         # exits within retry_max_s (1 s) plus a few seconds of joins: the bound is generous, a hang is not
         _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert "Traceback" not in err
     line = one_error_line(err)
     assert "results not written" in line and "rerun resumes" in line, err
@@ -368,21 +359,14 @@ def test_http_source_is_live_reconnects_at_its_end_and_never_shows_the_password(
         assets: dict[str, Path], tmp_path: Path, http_server: int) -> None:
     out = tmp_path / "out"
     url = f"http://viewer:pw123@127.0.0.1:{http_server}/clip.mp4"
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", "-s", f"web={url}", *model_args(assets),
-                             "--sink", f"dir:{out}", "--metrics-port", "-1"],
-                            cwd=ROOT, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        lines = out / "web.jsonl"
+    lines = out / "web.jsonl"
+    with cli_process("run", "-s", f"web={url}", *model_args(assets), "--sink", f"dir:{out}", "--metrics-port",
+                     "-1") as proc:
         deadline = time.time() + 120
         while time.time() < deadline and (not lines.exists() or len(lines.read_text().splitlines()) < 30):
             time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     frames = [json.loads(x)["frame"] for x in lines.read_text().splitlines()]
     assert len(frames) >= 30, err  # the 20-frame file ended, was reopened (live reconnect) and read again
     assert frames == sorted(frames) and len(set(frames)) == len(frames)
@@ -449,18 +433,11 @@ def test_rotated_phone_video_gives_portrait_masks_and_records_the_rotation(asset
 
 def test_ctrl_c_outside_a_run_is_one_line_and_exit_130(tmp_path: Path) -> None:
     """typer turns a KeyboardInterrupt into a silent exit 130; the user gets the same line as elsewhere."""
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "sample", str(tmp_path / "s"), "--frames", "3000"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
+    with cli_process("sample", str(tmp_path / "s"), "--frames", "3000", stdout=subprocess.PIPE) as proc:
         time.sleep(4)  # well inside the clip's generation (3000 frames take minutes)
         assert proc.poll() is None
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 130
     assert one_error_line(err) == "dptstream: error: interrupted", err
     assert "Traceback" not in err

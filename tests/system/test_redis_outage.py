@@ -229,32 +229,28 @@ def test_reachable_probe_is_fast_when_redis_is_gone(live: LiveAssets, durable_re
 # -- readers: `alerts --follow` outlives an outage; a Redis that is not there is a runtime failure (exit 1) ------
 
 def test_alerts_follow_outlives_a_redis_restart_and_unreachable_redis_exits_1(redis_server: RedisServer) -> None:
-    import os
     import signal
     import subprocess
-    import sys
 
-    from tests.support.servers import ROOT, cli
+    from tests.support.servers import cli, cli_process
 
     alert = {"rule": "busy-door", "zone": "door", "stream": "cam", "state": "start", "frame": "7", "ts": "1.0",
              "coverage": "0.5"}
-    follow = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "alerts", "--follow", "-n", "0", "--redis",
-                               redis_server.url], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        time.sleep(4)  # blocking on the stream
-        redis_server.stop()
-        time.sleep(3)
-        assert follow.poll() is None, follow.communicate()[1]  # still following
-        redis_server.start()  # empty, same port
-        time.sleep(2.5)
-        redis_server.client().xadd("dpt:alerts", alert)
-        assert follow.stdout is not None
-        got = follow.stdout.readline()
-        assert "cam busy-door START" in got and "frame 7" in got
-    finally:
-        follow.send_signal(signal.SIGINT)
-        _, err = follow.communicate(timeout=30)
+    with cli_process("alerts", "--follow", "-n", "0", "--redis", redis_server.url, stdout=subprocess.PIPE) as follow:
+        try:
+            time.sleep(4)  # blocking on the stream
+            redis_server.stop()
+            time.sleep(3)
+            assert follow.poll() is None, follow.communicate()[1]  # still following
+            redis_server.start()  # empty, same port
+            time.sleep(2.5)
+            redis_server.client().xadd("dpt:alerts", alert)
+            assert follow.stdout is not None
+            got = follow.stdout.readline()
+            assert "cam busy-door START" in got and "frame 7" in got
+        finally:
+            follow.send_signal(signal.SIGINT)
+            _, err = follow.communicate(timeout=30)
     assert "is unreachable" in err and "reachable again" in err and "Traceback" not in err
     gone = f"redis://127.0.0.1:{free_port()}/0"
     for args in (["alerts"], ["show"], ["status"]):
