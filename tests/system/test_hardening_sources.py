@@ -3,6 +3,7 @@ file, truncation judged from the video stream alone. The source runs in-process 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -142,17 +143,22 @@ def rotated_clip(path: Path, degrees: int, width: int = 160, height: int = 96) -
     The picture has a white block at the top-left of the coded frame."""
     img = np.zeros((height, width, 3), np.uint8)
     img[: height // 4, : width // 4] = 255
+    still_clip(path, img, 6, lambda s: s.set_display_rotation(degrees))
+    return path, img
+
+
+def still_clip(path: Path, img: np.ndarray, frames: int, display: Callable[[Any], None]) -> None:
+    """``frames`` copies of ``img`` as near-lossless H.264; ``display`` sets the stream's display matrix."""
     with av.open(str(path), "w") as out:
         s = out.add_stream("libx264", rate=24)
-        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+        s.width, s.height, s.pix_fmt = img.shape[1], img.shape[0], "yuv420p"
         s.options = {"crf": "10"}
-        s.set_display_rotation(degrees)
-        for _ in range(6):
+        display(s)
+        for _ in range(frames):
             for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                 out.mux(p)
         for p in s.encode():
             out.mux(p)
-    return path, img
 
 
 def display_matrix(turn_ccw: int, hflip: bool, vflip: bool) -> list[int]:
@@ -186,16 +192,7 @@ def matrix_clip(path: Path, matrix: list[int]) -> np.ndarray:
     img = np.zeros((96, 160, 3), np.uint8)
     img[:24, :40] = 255
     img[24:48, :40] = (255, 0, 0)
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("libx264", rate=24)
-        s.width, s.height, s.pix_fmt = 160, 96, "yuv420p"
-        s.options = {"crf": "10"}
-        s.set_display_matrix(matrix)
-        for _ in range(3):
-            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(p)
-        for p in s.encode():
-            out.mux(p)
+    still_clip(path, img, 3, lambda s: s.set_display_matrix(matrix))
     return img
 
 
