@@ -17,12 +17,13 @@ from pipeline.sinks.redis import (
     RedisKeys,
     RedisSink,
     key_problem,
+    key_type,
     parse_resume_point,
     redis_client,
 )
 
 __all__ = ["SCHEMA_VERSION", "WAY_OUT", "DirSink", "RedisKeys", "RedisSink", "Sink", "SinkError", "create_sink",
-           "key_problem", "parse_resume_point", "redis_client"]
+           "key_problem", "key_type", "parse_resume_point", "redis_client"]
 
 
 def create_sink(uri: str, cfg: PipelineConfig, metrics: Metrics, labels: dict[int, str] | None = None,

@@ -129,13 +129,23 @@ class RedisKeys:
         return kinds
 
 
+def key_type(client: Any, key: str) -> str:
+    """Redis's ``TYPE`` of ``key`` as text (``none`` when absent); raises what the client raises."""
+    t = client.type(key)
+    return t.decode() if isinstance(t, bytes) else str(t)
+
+
+def corrupt_resume_point(key: str, detail: str) -> str:
+    """The one line for a progress hash whose ``frame`` is not a frame index, and the way out."""
+    return f"Redis key {key} has a corrupt resume point ({detail}): publish from frame 0 with --no-resume, or DEL the key"
+
+
 def wrong_type(client: Any, kinds: dict[str, str]) -> str | None:
     """Which of ``kinds`` (key -> the type it must have) holds another type, as ``KEY holds a T, not a U``;
     None when all are right (or absent) or Redis cannot tell. A WRONGTYPE reply does not name the key."""
     try:
         for key, kind in kinds.items():
-            t = client.type(key)
-            t = t.decode() if isinstance(t, bytes) else str(t)
+            t = key_type(client, key)
             if t not in ("none", kind):
                 return f"{key} holds a {t}, not a {kind}"
     except Exception:  # the caller says what it can without the key
@@ -149,8 +159,7 @@ def key_problem(client: Any, e: Exception, kinds: dict[str, str], what: str) -> 
     reason = error_reason(e)
     if "CORRUPT progress" in reason:
         key = next((k for k in kinds if k.endswith(":progress")), "the progress hash")
-        return (f"Redis key {key} has a corrupt resume point ({what}; its frame is not a frame index): "
-                "publish from frame 0 with --no-resume, or DEL the key")
+        return corrupt_resume_point(key, f"{what}; its frame is not a frame index")
     if "WRONGTYPE" in reason:
         found = wrong_type(client, kinds)
         if found is not None:
@@ -185,8 +194,7 @@ def parse_resume_point(key: str, value: str) -> int:
     """The ``frame`` of progress hash ``key``: an integer, else a corrupt resume point (ConfigError)."""
     if value.lstrip("-").isdigit():
         return int(value)
-    raise ConfigError(f"Redis key {key} has a corrupt resume point (frame {value[:40]!r} is not a frame index): "
-                      "publish from frame 0 with --no-resume, or DEL the key")
+    raise ConfigError(corrupt_resume_point(key, f"frame {value[:40]!r} is not a frame index"))
 
 
 class RedisSink:

@@ -25,7 +25,7 @@ from typing import Any
 from pipeline.config import redact
 from pipeline.frames import valid_stream_id
 from pipeline.overlay import PALETTE
-from pipeline.sinks import RedisKeys, redis_client
+from pipeline.sinks import WAY_OUT, RedisKeys, key_type, redis_client
 from pipeline.view.render import render_tile
 from pipeline.view.stats import (
     RateWindow,
@@ -262,10 +262,10 @@ class Hub:
         reason = redact(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
         if "WRONGTYPE" in reason:
             try:
-                t = client.type(key)
+                t = key_type(client, key)
             except redis.RedisError:
                 return f"{key} is not a {kind}"
-            return f"{key} is not a {kind} (it holds a {t.decode() if isinstance(t, bytes) else t})"
+            return f"{key} is not a {kind} (it holds a {t})"
         return f"cannot read {key} ({reason})"
 
     def _or_empty(self, got: Any, key: str, kind: str) -> Any:
@@ -276,7 +276,7 @@ class Hub:
         why = self._read_problem(self._connect(), got, key, kind)
         if key not in self._shared_errors:
             self._shared_errors.add(key)
-            log.warning("%s: read as empty; DEL the key or use another --redis-prefix", why)
+            log.warning("%s: read as empty; %s", why, WAY_OUT)
         return {}
 
     def _went_down(self, e: Exception) -> None:
@@ -311,7 +311,7 @@ class Hub:
             tile.missing_since = None
             why = r.errors.get(sid)
             if why is not None and why != tile.read_error:
-                log.warning("%s: %s; its tile says so (DEL the key or use another --redis-prefix)", sid, why)
+                log.warning("%s: %s; its tile says so (%s)", sid, why, WAY_OUT)
             tile.read_error = why
             self._take_entries(tile, r.entries.get(sid, []))
         for sid, tile in list(self.tiles.items()):
