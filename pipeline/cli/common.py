@@ -163,12 +163,12 @@ def err(msg: str) -> None:
 
 
 def report_error(e: Exception) -> int:
-    from engines import EngineError
+    from engines import EngineError, UnsupportedPrecision
     from pipeline.runtime import PipelineError
     from pipeline.sinks import SinkError
     from pipeline.sources import SourceError
 
-    if isinstance(e, ConfigError):
+    if isinstance(e, ConfigError | UnsupportedPrecision):
         err(str(e))
         return EXIT_USAGE
     if isinstance(e, SourceError | EngineError | SinkError | PipelineError):

@@ -31,7 +31,7 @@ def run(
     sink: Annotated[list[str] | None, typer.Option("--sink", help="redis://[user:pass@]host:port/db, rediss://, dir:PATH or video:PATH. Repeatable. Default: $REDIS_URL or redis://127.0.0.1:6379/0.")] = None,
     model: Annotated[list[str] | None, typer.Option("--model", "-m", help="TASK=ID|PATH, e.g. segmentation=Intel/dpt-large-ade or depth=./ckpt. Repeatable.")] = None,
     tasks: Annotated[str | None, typer.Option(help="segmentation,depth (default both).")] = None,
-    engine: Annotated[str | None, typer.Option(help="auto | tensorrt | torch.")] = None,
+    engine: Annotated[str | None, typer.Option(help="auto | tensorrt | openvino | torch.")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda.")] = None,
     precision: Annotated[str | None, typer.Option(help="auto | fp32 | fp16 | bf16.")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Max frames per inference batch.")] = None,
