@@ -5,11 +5,12 @@ Precision is decided per task by fidelity (:func:`resolve_precision`): BF16 for 
 BF16 natively (AMX / AVX-512 BF16: ``OPTIMIZATION_CAPABILITIES`` lists ``BF16``), FP32 for segmentation,
 whose BF16 masks did not hold the 98.5 % pixel-agreement gate against transformers' FP32 path.
 
-One compiled model per network shape (a checkpoint that keeps the source's aspect ratio has one shape per
-source resolution), compiled at batch 1: a batch of N frames runs as N requests of an ``AsyncInferQueue`` over
-the compiled model's streams (the ``THROUGHPUT`` hint), or, with ``max_batch`` 1 (the latency profile), as one
-request under the ``LATENCY`` hint. OpenVINO releases the GIL while it computes, so the pipeline's
-preprocessing and postprocessing threads run meanwhile.
+Compiled per network shape (a checkpoint that keeps the source's aspect ratio has one shape per source
+resolution) at batch 1: a batch of N frames runs as N requests of an ``AsyncInferQueue`` over the compiled
+model's streams (the ``THROUGHPUT`` hint: one stream per few cores); a lone frame runs as one request of a model
+compiled with the ``LATENCY`` hint (all cores on one frame), the only one compiled when ``max_batch`` is 1 (the
+latency profile). OpenVINO releases the GIL while it computes, so the pipeline's preprocessing and
+postprocessing threads run meanwhile.
 
 Compiled models are cached under ``<cache_dir>/openvino/<key>/`` (OpenVINO's ``CACHE_DIR``), one directory per
 :class:`OpenVINOKey` (weights, network shape, batch, precision, hint, threads, OpenVINO version, CPU): a second
@@ -163,24 +164,24 @@ class OpenVINOEngine:
         # the latency profile (batch 1) wants each frame as soon as possible; batches want frames per second
         self.hint: Hint = "LATENCY" if cfg.max_batch == 1 else "THROUGHPUT"
         self._cpu = _cpu_name(self._core)
-        self._compiled: dict[tuple[int, int], _Compiled] = {}
+        self._compiled: dict[tuple[tuple[int, int], Hint], _Compiled] = {}
         self._lock = threading.Lock()  # one compile at a time; infer is called from one thread
         self._closed = False
         fixed = loaded.preprocess.fixed_shape
         if fixed is not None:
-            self._compiled_for(fixed, quiet=True)
+            self._compiled_for(fixed, self.hint, quiet=True)
         self.spec = loaded.engine_spec(f"openvino-cpu-{self.precision}", "cpu", torch.float32, cfg.max_batch)
 
-    def key(self, shape: tuple[int, int]) -> OpenVINOKey:
+    def key(self, shape: tuple[int, int], hint: Hint) -> OpenVINOKey:
         return OpenVINOKey(task=self._loaded.task, weights_hash=self._loaded.weights_hash,
                            model_type=self._loaded.model_type, openvino_version=self._version, cpu=self._cpu,
-                           precision=self.precision, hint=self.hint, threads=int(self._cfg.threads or 0),
+                           precision=self.precision, hint=hint, threads=int(self._cfg.threads or 0),
                            batch=1, height=shape[0], width=shape[1])
 
-    def _config(self, cache_dir: Path) -> dict[str, Any]:
+    def _config(self, cache_dir: Path, hint: Hint) -> dict[str, Any]:
         conf: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": _OV_PRECISION[self.precision],
-            "PERFORMANCE_HINT": self.hint,
+            "PERFORMANCE_HINT": hint,
             "CACHE_DIR": str(cache_dir),
         }
         if self._cfg.threads:
@@ -212,40 +213,41 @@ class OpenVINOEngine:
         model.reshape([1, 3, shape[0], shape[1]])  # static shape: OpenVINO's CPU plugin is fastest on it
         return model
 
-    def _compile(self, shape: tuple[int, int], cache_dir: Path) -> Any:
+    def _compile(self, shape: tuple[int, int], cache_dir: Path, hint: Hint) -> Any:
         model = self._read(shape)
         try:
-            return self._core.compile_model(model, "CPU", self._config(cache_dir))
+            return self._core.compile_model(model, "CPU", self._config(cache_dir, hint))
         except Exception as e:
             raise EngineError(f"OpenVINO could not compile {self._loaded.architecture} "
                               f"({self._loaded.model_id!r}): {type(e).__name__}: {str(e).strip().splitlines()[0]}; "
                               "use --engine torch") from e
 
-    def _compiled_for(self, shape: tuple[int, int], quiet: bool = False) -> _Compiled:
-        found = self._compiled.get(shape)
+    def _compiled_for(self, shape: tuple[int, int], hint: Hint, quiet: bool = False) -> _Compiled:
+        found = self._compiled.get((shape, hint))
         if found is not None:
             return found
         with self._lock:
-            if shape in self._compiled:
-                return self._compiled[shape]
+            if (shape, hint) in self._compiled:
+                return self._compiled[(shape, hint)]
             if self._closed:
                 raise EngineError("the OpenVINO engine is closed")
-            if self._compiled and not quiet:
+            shapes = {s for s, _ in self._compiled}
+            if shapes and shape not in shapes and not quiet:
                 log.warning("OpenVINO model for a new %s network shape %dx%d needed mid-run; compiling it now "
                             "(warm the engine up for every stream's shape to avoid this)",
                             self._loaded.task, shape[1], shape[0])
-            key = self.key(shape)
+            key = self.key(shape, hint)
             cache_dir = key.cache_dir(self._root)
             t0 = time.monotonic()
             try:
-                compiled = self._compile(shape, cache_dir)
+                compiled = self._compile(shape, cache_dir, hint)
             except EngineError:
                 if not cache_dir.exists():
                     raise
                 # a cache entry that does not import (truncated, another build's): rebuild it, once
                 log.warning("OpenVINO model cache %s does not load; rebuilding it", cache_dir)
                 shutil.rmtree(cache_dir, ignore_errors=True)
-                compiled = self._compile(shape, cache_dir)
+                compiled = self._compile(shape, cache_dir, hint)
             from_cache = _loaded_from_cache(compiled)
             if not from_cache:
                 with atomic_path(cache_dir / "key.json") as tmp:
@@ -257,31 +259,35 @@ class OpenVINOEngine:
                               jobs, from_cache, cache_dir)
             log.info("OpenVINO %s %s model %dx%d %s in %.1f s (%s hint, %d parallel requests, %s)",
                      self._loaded.task, self.precision.upper(), shape[1], shape[0],
-                     "loaded from cache" if from_cache else "compiled", time.monotonic() - t0, self.hint, jobs,
+                     "loaded from cache" if from_cache else "compiled", time.monotonic() - t0, hint, jobs,
                      cache_dir)
-            self._compiled[shape] = entry
+            self._compiled[(shape, hint)] = entry
             return entry
 
     @property
-    def from_cache(self) -> dict[tuple[int, int], bool]:
-        """Per compiled network shape: whether its compiled model was imported from the cache."""
-        return {s: c.from_cache for s, c in self._compiled.items()}
+    def from_cache(self) -> dict[tuple[tuple[int, int], Hint], bool]:
+        """Per compiled (network shape, hint): whether its compiled model was imported from the cache."""
+        return {k: c.from_cache for k, c in self._compiled.items()}
 
     @property
-    def cache_dirs(self) -> dict[tuple[int, int], Path]:
-        return {s: c.cache_dir for s, c in self._compiled.items()}
+    def cache_dirs(self) -> dict[tuple[tuple[int, int], Hint], Path]:
+        return {k: c.cache_dir for k, c in self._compiled.items()}
 
     @property
     def parallel_requests(self) -> int:
-        first = next(iter(self._compiled.values()), None)
-        return first.jobs if first is not None else 0
+        """Requests a batch runs in parallel (the batch model's streams)."""
+        return max((c.jobs for (_, h), c in self._compiled.items() if h == self.hint), default=0)
+
+    def _hints(self) -> list[Hint]:
+        return ["LATENCY"] if self.hint == "LATENCY" else ["THROUGHPUT", "LATENCY"]
 
     def infer(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         if self._closed:
             raise EngineError("the OpenVINO engine is closed")
-        c = self._compiled_for((int(batch.shape[-2]), int(batch.shape[-1])))
+        n = int(batch.shape[0])
+        # a lone frame on the LATENCY model: under the THROUGHPUT hint one request gets one stream's cores only
+        c = self._compiled_for((int(batch.shape[-2]), int(batch.shape[-1])), "LATENCY" if n == 1 else self.hint)
         x = batch.detach().to("cpu", torch.float32).contiguous().numpy()
-        n = x.shape[0]
         if n == 1 or c.jobs == 1:
             outs = []
             for i in range(n):
@@ -307,8 +313,10 @@ class OpenVINOEngine:
         fixed = self.spec.preprocess.fixed_shape
         todo = list(shapes) if shapes is not None else ([fixed] if fixed else [])
         for shape in dict.fromkeys(todo):
-            c = self._compiled_for(shape, quiet=True)
-            self.infer(torch.zeros(min(c.jobs, self.spec.max_batch), 3, *shape))
+            for hint in self._hints():
+                c = self._compiled_for(shape, hint, quiet=True)
+                self.infer(torch.zeros(1 if hint == "LATENCY" else min(max(c.jobs, 2), self.spec.max_batch), 3,
+                                       *shape))
 
     def close(self) -> None:
         """Release the compiled models and their requests. Idempotent."""
