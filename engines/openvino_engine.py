@@ -140,6 +140,7 @@ class _Compiled:
     request: Any  # ov.InferRequest: batch-1 calls
     queue: Any  # ov.AsyncInferQueue: several frames across the compiled model's streams
     jobs: int
+    out_shape: tuple[int, ...]  # the output at batch 1 (N x H x W x C logits, N x H x W depth)
     from_cache: bool
     cache_dir: Path
 
@@ -209,8 +210,24 @@ class OpenVINOEngine:
             log.warning("cached ONNX graph %s does not load; exporting it again", path)
             path.unlink(missing_ok=True)
             path = self._onnx(shape)
-            model = self._core.read_model(str(path))
+            try:
+                model = self._core.read_model(str(path))
+            except Exception as e:
+                raise EngineError(f"OpenVINO cannot read the ONNX export of {self._loaded.architecture} "
+                                  f"({self._loaded.model_id!r}): {type(e).__name__}: {_first_line(e)}; "
+                                  "use --engine torch") from e
         model.reshape([1, 3, shape[0], shape[1]])  # static shape: OpenVINO's CPU plugin is fastest on it
+        if self._loaded.task == "segmentation":
+            # logits out channels-last (N x H x W x C): the mask's resize and per-pixel argmax run on that
+            # layout (pipeline.stages.postprocess.segment), and OpenVINO transposes in its graph for much less
+            # than a host copy of 150 x H x W floats per frame
+            from openvino import Layout
+            from openvino.preprocess import PrePostProcessor
+
+            ppp = PrePostProcessor(model)
+            ppp.output(0).model().set_layout(Layout("NCHW"))
+            ppp.output(0).tensor().set_layout(Layout("NHWC"))
+            model = ppp.build()
         return model
 
     def _compile(self, shape: tuple[int, int], cache_dir: Path, hint: Hint) -> Any:
@@ -219,7 +236,7 @@ class OpenVINOEngine:
             return self._core.compile_model(model, "CPU", self._config(cache_dir, hint))
         except Exception as e:
             raise EngineError(f"OpenVINO could not compile {self._loaded.architecture} "
-                              f"({self._loaded.model_id!r}): {type(e).__name__}: {str(e).strip().splitlines()[0]}; "
+                              f"({self._loaded.model_id!r}): {type(e).__name__}: {_first_line(e)}; "
                               "use --engine torch") from e
 
     def _compiled_for(self, shape: tuple[int, int], hint: Hint, quiet: bool = False) -> _Compiled:
@@ -256,7 +273,7 @@ class OpenVINOEngine:
 
             jobs = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
             entry = _Compiled(shape, compiled, compiled.create_infer_request(), ov.AsyncInferQueue(compiled, jobs),
-                              jobs, from_cache, cache_dir)
+                              jobs, tuple(int(d) for d in compiled.outputs[0].get_shape()), from_cache, cache_dir)
             log.info("OpenVINO %s %s model %dx%d %s in %.1f s (%s hint, %d parallel requests, %s)",
                      self._loaded.task, self.precision.upper(), shape[1], shape[0],
                      "loaded from cache" if from_cache else "compiled", time.monotonic() - t0, hint, jobs,
@@ -288,24 +305,32 @@ class OpenVINOEngine:
         # a lone frame on the LATENCY model: under the THROUGHPUT hint one request gets one stream's cores only
         c = self._compiled_for((int(batch.shape[-2]), int(batch.shape[-1])), "LATENCY" if n == 1 else self.hint)
         x = batch.detach().to("cpu", torch.float32).contiguous().numpy()
+        # each request's output buffer is reused by its next run: copied once, straight into the batch's array
+        out = np.empty((n, *c.out_shape[1:]), dtype=np.float32)
         if n == 1 or c.jobs == 1:
-            outs = []
             for i in range(n):
                 c.request.infer({0: x[i:i + 1]}, share_inputs=True)
-                outs.append(np.array(c.request.get_output_tensor(0).data, copy=True))
-            return {self._out: torch.from_numpy(np.concatenate(outs, axis=0))}
-        result: list[np.ndarray | None] = [None] * n
+                out[i] = c.request.get_output_tensor(0).data[0]
+            return {self._out: self._tensor(out)}
+        done_ids: list[int] = []
 
         def done(request: Any, i: int) -> None:
-            result[i] = np.array(request.get_output_tensor(0).data, copy=True)
+            out[i] = request.get_output_tensor(0).data[0]
+            done_ids.append(i)
 
         c.queue.set_callback(done)
         for i in range(n):
             c.queue.start_async({0: x[i:i + 1]}, i, share_inputs=True)
         c.queue.wait_all()
-        if any(r is None for r in result):
+        if len(done_ids) != n:
             raise EngineError("OpenVINO inference failed (a request returned no output)")
-        return {self._out: torch.from_numpy(np.concatenate(result, axis=0))}  # type: ignore[arg-type]
+        return {self._out: self._tensor(out)}
+
+    def _tensor(self, out: np.ndarray) -> torch.Tensor:
+        """Segmentation comes out N x H x W x C: returned as the N x C x H x W view of it (channels-last
+        strides, no copy); depth N x H x W as it is."""
+        t = torch.from_numpy(out)
+        return t.permute(0, 3, 1, 2) if self._loaded.task == "segmentation" else t
 
     def warmup(self, shapes: Iterable[tuple[int, int]] | None = None) -> None:
         """Compile (or load from the cache) the model of every network shape in ``shapes`` (default: the
@@ -323,6 +348,11 @@ class OpenVINOEngine:
         with self._lock:
             self._closed = True
             self._compiled.clear()
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else "no message"
 
 
 def _loaded_from_cache(compiled: Any) -> bool:

@@ -40,7 +40,7 @@ def _bf16_here() -> bool:
 
 def _engine(task: str, ckpt: Path, cache: Path, precision: str = "auto") -> OpenVINOEngine:
     e = create_engine(EngineConfig(task=task, model=str(ckpt), backend="openvino", device="cpu",  # type: ignore[arg-type]
-                                   precision=precision, max_batch=2, cache_dir=str(cache)))  # type: ignore[arg-type]
+                                   precision=precision, max_batch=1, cache_dir=str(cache)))  # type: ignore[arg-type]
     assert isinstance(e, OpenVINOEngine)
     return e
 
