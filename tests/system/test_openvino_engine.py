@@ -119,3 +119,13 @@ def test_second_start_loads_the_compiled_model_and_a_corrupt_entry_is_rebuilt(
     assert set(third.from_cache.values()) == {False}
     third.close()
     np.testing.assert_array_equal(out, ref)
+
+
+def test_a_precision_openvino_cannot_run_is_one_usage_line_exit_2(assets: dict[str, Path], tmp_path: Path) -> None:
+    from tests.support.servers import cli
+
+    p = cli("run", "-s", f"cam={assets['clip360']}", "--engine", "openvino", "--precision", "fp16", "--tasks", "depth",
+            "-m", f"depth={assets['depth']}", "--sink", f"dir:{tmp_path / 'out'}", "--metrics-port", "-1")
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("dptstream: error: ")]
+    assert p.returncode == 2 and len(lines) == 1 and "not fp16" in lines[0], p.stderr
+    assert "Traceback" not in p.stderr
