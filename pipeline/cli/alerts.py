@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 
 from pipeline.cli.common import DebugOpt, reader_redis, setup_logging
-from pipeline.config import ConfigError, redact
+from pipeline.config import ConfigError
+from pipeline.redact import redact
 
 log = logging.getLogger("dptstream")
 

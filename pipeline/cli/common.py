@@ -11,7 +11,9 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline.config import ConfigError, PipelineConfig, load_config, parse_source, redact, redact_text, shorten
+from pipeline.config import ConfigError, PipelineConfig, parse_source
+from pipeline.configfile import load_config
+from pipeline.redact import redact, redact_text, shorten
 
 log = logging.getLogger("dptstream")
 

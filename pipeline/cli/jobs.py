@@ -12,7 +12,9 @@ from typing import Annotated, Any
 import typer
 
 from pipeline.cli.common import connect, queue_url, small_config
-from pipeline.config import ConfigError, PipelineConfig, load_config, redact
+from pipeline.config import ConfigError, PipelineConfig
+from pipeline.configfile import load_config
+from pipeline.redact import redact
 
 log = logging.getLogger("dptstream")
 

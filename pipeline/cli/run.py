@@ -20,7 +20,8 @@ from pipeline.cli.common import (
     setup_logging,
     stop_on_signals,
 )
-from pipeline.config import ConfigError, PipelineConfig, load_config
+from pipeline.config import ConfigError, PipelineConfig
+from pipeline.configfile import load_config
 
 log = logging.getLogger("dptstream")
 

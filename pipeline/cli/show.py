@@ -8,7 +8,8 @@ from typing import Annotated, Any
 import typer
 
 from pipeline.cli.common import DebugOpt, err, reader_redis, setup_logging
-from pipeline.config import ConfigError, redact, shorten
+from pipeline.config import ConfigError
+from pipeline.redact import redact, shorten
 
 
 def zone_summary(zones: dict[str, Any], labels: dict[str, str], depth_kind: str | None) -> str:

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from pipeline.config import ConfigError, redact
+from pipeline.config import ConfigError
+from pipeline.redact import redact
 
 
 def snapshot_cmd(

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pipeline.config import ConfigError, redact
+from pipeline.config import ConfigError
+from pipeline.redact import redact
 
 if TYPE_CHECKING:
     from pipeline.view import ViewSettings

@@ -32,10 +32,11 @@ from typing import Any
 import av
 import numpy as np
 
-from pipeline.config import LiveSection, SourceConfig, redact, redact_text, uri_secrets
+from pipeline.config import LiveSection, SourceConfig
 from pipeline.frames import EndOfStream
 from pipeline.metrics import Metrics
 from pipeline.queues import NamedQueue
+from pipeline.redact import redact, scrub
 from pipeline.sources.base import Source
 from pipeline.sources.reconnect import (
     BACKING_OFF,
@@ -97,15 +98,6 @@ class FrozenDetector:
 
     def frozen_for(self, now: float) -> float:
         return 0.0 if self._ref is None else now - self._since
-
-
-def scrub(text: str, uri: str) -> str:
-    """``text`` with the URI's credentials hidden (also when FFmpeg echoes the URI or the bare password, and
-    whatever other URI the text holds). Never raises, whatever the URI."""
-    out = text.replace(uri, redact(uri)) if uri else text
-    for secret in sorted(uri_secrets(uri), key=len, reverse=True):
-        out = out.replace(secret, "***")
-    return redact_text(out)
 
 
 class RtspSource(Source):
