@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from pipeline.frames import valid_stream_id
-from pipeline.redact import redact, shorten, uri_scheme
+from pipeline.redact import redact, shorten, uri_scheme, userinfo_end
 from pipeline.zones import polygon_problem, valid_name
 
 Task = Literal["segmentation", "depth"]
@@ -345,8 +345,23 @@ def _url_problem(uri: str) -> str:
     return "its host cannot be parsed"
 
 
+RAW_IN_PASSWORD = "its password holds a raw '/', '?' or '#': percent-encode them (%2F, %3F, %23)"
+
+
+def _password_cut(uri: str) -> bool:
+    """Whether a URL parser would end the authority of ``uri`` before its userinfo does: a raw ``/``, ``?`` or
+    ``#`` in the password (a URL client then reads part of the password as the host, port or path)."""
+    rest = uri.partition("://")[2]
+    return userinfo_end(rest) > len(re.split(r"[/?#]", rest, maxsplit=1)[0])
+
+
 def url_error(uri: str) -> str | None:
     """Why a ``scheme://`` URI cannot be parsed as a URL, or None when it can (a plain path: None)."""
+    problem = _url_error(uri)
+    return RAW_IN_PASSWORD if problem and _password_cut(uri) else problem
+
+
+def _url_error(uri: str) -> str | None:
     if uri_scheme(uri) is None:
         return None
     try:
@@ -369,6 +384,8 @@ def url_error(uri: str) -> str | None:
 def check_redis_url(url: str) -> None:
     """A ``redis://`` / ``rediss://`` URL a client can use: host, port 1..65535, integer database."""
     safe = shorten(redact(url))
+    if _password_cut(url):  # the path of a Redis URL is a database number: an "@" after it ends a password
+        raise ValueError(f"sink {safe!r}: {RAW_IN_PASSWORD}")
     try:
         parts = urlsplit(url)
     except ValueError:

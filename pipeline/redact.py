@@ -5,10 +5,15 @@ Every message that can quote a URI (config errors, logs, metrics labels, web pag
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 _SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 _URI_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+# a URI in free text: its scheme is not the tail of a longer word ("xrtsp://" is "xrtsp://", not "rtsp://")
+_URI_START = re.compile(r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*://")
+_SPACE = re.compile(r"\s")
+MIN_BARE_SECRET = 4  # scrub() hides a bare password this long or longer wherever a message holds it
 
 
 def uri_scheme(uri: str) -> str | None:
@@ -31,29 +36,39 @@ def secret_param(name: str) -> bool:
         part in SECRET_PARAMS for part in re.split(r"[-_.]", n))
 
 
+def userinfo_end(rest: str) -> int:
+    """Where the userinfo of a URI ends: the index of its ``@`` in ``rest`` (the URI after ``scheme://``), or -1
+    when the URI has no credentials.
+
+    A password may hold any character (``/``, ``?``, ``#``, ``@``, whitespace), so no character before the last
+    ``@`` can be trusted to end the authority: the userinfo of a URI with credentials ends at its *last* ``@``.
+    A URI has credentials when the parser's authority (up to the first ``/``, ``?`` or ``#``) holds an ``@``, or
+    when a ``:`` comes before the last ``@`` (a raw ``/``, ``?`` or ``#`` in the password ended that authority
+    early). This errs on the side of hiding: ``http://cam:80/a@b`` shows as ``http://cam:***@b``."""
+    at = rest.rfind("@")
+    if at < 0:
+        return -1
+    netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    return at if "@" in netloc or ":" in rest[:at] else -1
+
+
 def _secret_spans(uri: str) -> list[tuple[int, int]]:
     """Where the secrets of ``uri`` lie: the userinfo's password (the whole userinfo when the URL cannot be
-    parsed) and the values of secret-looking query parameters. Empty for anything without ``scheme://``."""
+    parsed) and the values of secret-looking query parameters after it. Empty for anything without ``scheme://``."""
     m = _SCHEME_RE.match(uri)
     if not m:
         return []
     start = m.end()
     rest = uri[start:]
-    try:
-        urlsplit(uri)
-        parsed = True
-    except ValueError:  # e.g. an unbalanced "[": the generic syntax only
-        parsed = False
     spans: list[tuple[int, int]] = []
     after = start  # the query is looked for after the userinfo
-    netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
-    if "@" in netloc:
-        authority_end = len(netloc)
-    else:
-        # no "@" before the first "/": a raw "/" in the password may have ended the parser's authority early
-        authority_end = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
-    at = rest.rfind("@", 0, authority_end)
-    if at >= 0 and ("@" in netloc or ":" in rest[:at]):
+    at = userinfo_end(rest)
+    if at >= 0:
+        try:
+            urlsplit(uri)
+            parsed = True
+        except ValueError:  # e.g. an unbalanced "[": the generic syntax only
+            parsed = False
         colon = rest.find(":", 0, at)
         if not parsed:
             spans.append((start, start + at))
@@ -69,10 +84,8 @@ def _secret_spans(uri: str) -> list[tuple[int, int]]:
 def redact(uri: str) -> str:
     """Hide the secrets of a URI of any scheme: ``scheme://user:***@host/...?password=***``. Never raises.
 
-    The userinfo ends at the *last* ``@`` of the authority, so a password holding ``@``, ``:``, ``/``, ``%40`` or
-    any other character is hidden whole (a raw ``/`` in a password would end the authority for a URL parser:
-    then everything up to the last ``@`` before the query counts as userinfo, erring on the side of hiding).
-    A user name without a password (``rediss://writer@host``) is kept; when the URL cannot be parsed (an
+    The userinfo ends at the *last* ``@`` of the URI (:func:`userinfo_end`), so a password holding ``@``, ``:``,
+    ``/``, ``?``, ``#``, ``%40``, whitespace or any other character is hidden whole. A user name without a password (``rediss://writer@host``) is kept; when the URL cannot be parsed (an
     unbalanced ``[``) the whole userinfo is hidden. The values of query parameters named like a secret
     (:data:`SECRET_PARAMS`, ``...token``, ``X-Amz-Signature``) are hidden too.
     """
@@ -89,18 +102,61 @@ def redact(uri: str) -> str:
 def uri_secrets(uri: str) -> set[str]:
     """The secrets of ``uri`` as they are written and percent-decoded (to hide wherever a message echoes them)."""
     try:
-        found = {uri[a:b] for a, b in _secret_spans(uri)}
-        found |= {raw.partition(":")[2] for raw in found}  # the password of a whole hidden userinfo
+        spans = _secret_spans(uri)
+        found = {uri[a:b] for a, b in spans}
+        scheme_end = m.end() if (m := _SCHEME_RE.match(uri)) else -1
+        found |= {uri[a:b].partition(":")[2] for a, b in spans if a == scheme_end}  # of a whole hidden userinfo
         return {s for raw in found for s in (raw, unquote(raw)) if s}
     except Exception:
         return set()
 
 
+def _uri_end(text: str, i: int) -> int:
+    """Where the URI whose authority starts at ``text[i]`` ends: at the first whitespace, unless the userinfo runs
+    over whitespace (a password holding a space) to an ``@`` later on the same line, before the next URI."""
+    space = _SPACE.search(text, i)
+    token_end = space.start() if space else len(text)
+    line_end = min((j for j in (text.find("\n", i), text.find("\r", i)) if j >= 0), default=len(text))
+    nxt = _URI_START.search(text, token_end, line_end)
+    bound = nxt.start() if nxt else line_end
+    at = userinfo_end(text[i:bound]) + i
+    if at <= token_end:  # no credentials, or they end within the first word
+        return token_end
+    space = _SPACE.search(text, at)
+    return space.start() if space else len(text)
+
+
 def redact_text(text: str) -> str:
-    """``text`` with every URI in it redacted (for log lines and error messages of any origin). Never raises."""
+    """``text`` with every URI in it redacted (for log lines and error messages of any origin). Never raises.
+
+    A URI ends at whitespace, except that the userinfo of a URI with credentials runs to the last ``@`` on its line
+    before the next URI (a password may hold a space). A password that holds whitespace followed by
+    ``scheme://`` cannot be told from a second URI in free text; :func:`scrub`, which knows the URI, hides it."""
     if "://" not in text:
         return text
-    return _URI_IN_TEXT.sub(lambda m: redact(m.group(0)), text)  # redact() never raises
+    try:
+        out: list[str] = []
+        pos = 0
+        while m := _URI_START.search(text, pos):
+            end = _uri_end(text, m.end())
+            out += [text[pos:m.start()], redact(text[m.start():end])]  # redact() never raises
+            pos = end
+        out.append(text[pos:])
+        return "".join(out)
+    except Exception:  # never: but a redaction that raises would print what it was hiding
+        return _URI_IN_TEXT.sub(lambda m: redact(m.group(0)), text)
+
+
+def redact_data(value: Any) -> Any:
+    """``value`` (JSON-like: dicts, lists, strings) with every string in it redacted by :func:`redact_text`, keys
+    included: a body built from it stays valid JSON, whatever its strings hold."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {redact_data(k): redact_data(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_data(v) for v in value]
+    return value
 
 
 def shorten(text: str, limit: int = 120) -> str:
@@ -113,8 +169,12 @@ def shorten(text: str, limit: int = 120) -> str:
 
 def scrub(text: str, uri: str) -> str:
     """``text`` with the URI's credentials hidden (also when FFmpeg echoes the URI or the bare password, and
-    whatever other URI the text holds). Never raises, whatever the URI."""
+    whatever other URI the text holds). Never raises, whatever the URI.
+
+    A bare password is hidden wherever it appears when it has at least :data:`MIN_BARE_SECRET` characters; a
+    shorter one only inside the URI (replacing every ``1`` of a message would hide the host, not a secret)."""
     out = text.replace(uri, redact(uri)) if uri else text
     for secret in sorted(uri_secrets(uri), key=len, reverse=True):
-        out = out.replace(secret, "***")
+        if len(secret) >= MIN_BARE_SECRET:
+            out = out.replace(secret, "***")
     return redact_text(out)
