@@ -1,4 +1,5 @@
-"""Hiding secrets in URIs and text: a URI's password and secret-looking query values become ``***``.
+"""Hiding secrets in URIs and text (a URI's password and secret-looking query values become ``***``), and making
+text safe for a terminal (:func:`printable`).
 
 Every message that can quote a URI (config errors, logs, metrics labels, web pages) passes through here."""
 
@@ -157,6 +158,19 @@ def redact_data(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [redact_data(v) for v in value]
     return value
+
+
+# C0 and C1 controls, DEL, and the bidirectional overrides that reorder what a terminal shows
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROL_ALL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str, lines: bool = True) -> str:
+    """``text`` safe for a terminal: control characters (ESC, BEL, CR, ...) and bidirectional overrides become
+    ``\\x1b``-style escapes, so a name read from Redis cannot move the cursor, recolour or rewrite a line.
+    Newlines and tabs are kept unless ``lines`` is False (a table cell, a one-line field)."""
+    pattern = _CONTROL if lines else _CONTROL_ALL
+    return pattern.sub(lambda m: ascii(m.group(0))[1:-1], text)
 
 
 def shorten(text: str, limit: int = 120) -> str:

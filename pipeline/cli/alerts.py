@@ -10,7 +10,7 @@ import typer
 
 from pipeline.cli.common import DebugOpt, reader_redis, setup_logging
 from pipeline.config import ConfigError
-from pipeline.redact import redact
+from pipeline.redact import printable, redact
 
 log = logging.getLogger("dptstream")
 
@@ -46,7 +46,8 @@ def alerts(
 
     def line(entry_id: bytes, ev: dict[str, str]) -> str:
         ts = ev.get("ts", "")
-        return f"{float(ts):.3f}  {describe_alert(ev)}" if ts else describe_alert(ev)
+        text = f"{float(ts):.3f}  {describe_alert(ev)}" if ts else describe_alert(ev)
+        return printable(text, lines=False)  # fields written by another program cannot drive the terminal
 
     try:
         if active:
@@ -55,7 +56,7 @@ def alerts(
             rows = [e for e in rows if wanted(e)]
             print(f"{len(rows)} active" + (":" if rows else ""))
             for e in rows:
-                print(f"  {describe_alert(e)}")
+                print(f"  {printable(describe_alert(e), lines=False)}")
         last = b"$"
         entries = r.xrevrange(keys.alerts, count=count * 20 if stream else count) if count else []
         if entries:

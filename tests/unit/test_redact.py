@@ -124,3 +124,11 @@ def test_a_health_body_stays_valid_json_and_hides_every_password() -> None:
     body = json.dumps(redact_data(detail))
     assert json.loads(body)["fatal"] == detail["fatal"] and "SECRET" not in body
     assert json.loads(body)["streams"] == ["rtsp://u:***@b/s"]
+
+
+def test_printable_escapes_what_would_drive_a_terminal() -> None:
+    from pipeline.redact import printable
+
+    assert printable("w\x1b[31mRED\x07\r\u202eabc\x9b") == "w\\x1b[31mRED\\x07\\r\\u202eabc\\x9b"
+    assert printable("a\tb\nc") == "a\tb\nc" and printable("a\tb\nc", lines=False) == "a\\tb\\nc"
+    assert printable("ünïcode ☃ 日本") == "ünïcode ☃ 日本"
