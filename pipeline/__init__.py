@@ -7,7 +7,8 @@ Bottom to top::
     engines/                                    (outside pipeline: one interface, a factory, a file per backend)
     frames queues config metrics progress overlay sample          base: data, policy, config, pure drawing,
         checkpoints zones                                         tiny checkpoints, zone geometry + debounce
-    sources/ (base file rtsp reconnect)  stages/ (base preprocess infer postprocess publish gpu)
+    sources/ (base file rtsp reconnect)  stages/ (base preprocess infer postprocess masks depth zoning
+        publish gpu)
         sinks/ (base encode redis directory video)                the data flow, one file per stage/backend
     runtime/ (pipeline app degrade)                               wiring sources -> stages -> sinks
     jobs/ (keys submit status worker)  benchmark/ (plan timing engine e2e naive results run onnx_check)

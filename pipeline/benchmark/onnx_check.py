@@ -30,7 +30,7 @@ def check_frames(n: int = 4, width: int = 640, height: int = 360) -> list[Any]:
 
 def compare(task: str, ref: Any, out: Any, frame_hw: tuple[int, int]) -> dict[str, float]:
     """Segmentation: mask agreement (min over frames) at the frame's mask size. Depth: max |error| / range."""
-    from pipeline.stages.postprocess import mask_size, segment
+    from pipeline.stages.masks import mask_size, segment
 
     if task == "segmentation":
         w, h = mask_size("default", frame_hw[1], frame_hw[0], int(ref.shape[-1]))

@@ -239,7 +239,7 @@ def _reference_depth_summary(depth: torch.Tensor, mask: torch.Tensor, grid: int)
 
 @pytest.mark.parametrize("hw", [(108, 192), (270, 480), (37, 53)])
 def test_depth_summary_matches_its_definition(hw: tuple[int, int]) -> None:
-    from pipeline.stages.postprocess import depth_summary
+    from pipeline.stages.depth import depth_summary
 
     g = torch.Generator().manual_seed(1)
     depth = torch.rand(*hw, generator=g) * 4
@@ -291,7 +291,8 @@ def test_fp16_masks_agree_with_fp32_at_full_size() -> None:
     """DPT-Large-ADE @480 (random weights, real architecture): FP16 + CUDA graphs vs FP32 on real-content
     1080p frames, masks at the published size: >= 99 % of pixels on every frame. Depth @384: close."""
     from engines import EngineConfig, Preprocessor, create_engine
-    from pipeline.stages.postprocess import mask_size, resize_depth, segment
+    from pipeline.stages.depth import resize_depth
+    from pipeline.stages.masks import mask_size, segment
 
     ckpt = _large_checkpoints()
     frames = _frames()
@@ -425,7 +426,8 @@ def test_stages_queue_gpu_work_without_synchronising(assets: dict[str, Path]) ->
     from pipeline.queues import FanIn
     from pipeline.runtime.app import create_engines
     from pipeline.stages import InferStage, PreprocessStage
-    from pipeline.stages.postprocess import class_fractions, depth_summary, mask_size, resize_depth, segment
+    from pipeline.stages.depth import depth_summary, resize_depth
+    from pipeline.stages.masks import class_fractions, mask_size, segment
     from tests.support.oracle import decode_rgb
 
     cfg = load_config(None, {"models": {"segmentation": str(assets["segmentation"]), "depth": str(assets["depth"])},
@@ -468,7 +470,7 @@ def test_fp16_outputs_stay_fp16_and_each_frame_holds_only_its_slice(assets: dict
     those of the same logits upcast first on >= 99 % of pixels."""
     from pipeline.frames import Batch, FrameId, Prepared
     from pipeline.stages import InferStage
-    from pipeline.stages.postprocess import segment
+    from pipeline.stages.masks import segment
 
     cfg = EngineConfig(task="segmentation", model=str(assets["segmentation"]), backend="torch", device="cuda",
                        precision="fp16", max_batch=4)
@@ -493,7 +495,8 @@ def test_fp16_outputs_stay_fp16_and_each_frame_holds_only_its_slice(assets: dict
 @gpu
 @pytest.mark.gpu
 def test_postprocess_on_cuda_matches_cpu() -> None:
-    from pipeline.stages.postprocess import depth_summary, resize_depth, segment
+    from pipeline.stages.depth import depth_summary, resize_depth
+    from pipeline.stages.masks import segment
 
     for it in _inferred(3, seed=2):
         lg, dp = it.outputs["logits"], it.outputs["depth"]
@@ -529,7 +532,8 @@ def test_tensorrt_plan_agrees_with_torch_fp32(assets: dict[str, Path], tmp_path:
         assert layers.get("layers", 0) > 0 and getattr(plan, "device_memory_bytes", -1) >= 0
         spec = plan.spec.preprocess
         x = Preprocessor(spec, "cuda", torch.float32)(frames)
-        from pipeline.stages.postprocess import mask_size, resize_depth, segment
+        from pipeline.stages.depth import resize_depth
+        from pipeline.stages.masks import mask_size, segment
 
         w, h = mask_size("default", 640, 360, spec.height)
         for b in (1, 2):
