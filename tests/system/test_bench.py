@@ -71,8 +71,6 @@ def test_bench_bad_input_is_one_line(tmp_path: Path) -> None:
     assert p.returncode == 2 and "--batch-sizes" in p.stderr
 
 
-
-
 @pytest.mark.slow
 def test_bench_families_adds_an_engine_row_per_depth_family(assets: dict[str, Path], tmp_path: Path) -> None:
     from pipeline.checkpoints import DEPTH_FAMILIES

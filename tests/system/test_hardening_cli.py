@@ -289,7 +289,6 @@ def test_unsupported_schemes_are_named_with_the_list(assets: dict[str, Path]) ->
     assert "pw123" not in p.stderr
 
 
-
 # -- hostile-input review: unparsable URIs and secrets in query strings ------------------------------------
 @pytest.mark.parametrize("with_id", [True, False])
 def test_an_unparsable_camera_uri_is_refused_in_one_line_with_the_password_hidden(

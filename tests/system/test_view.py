@@ -525,7 +525,6 @@ def test_redis_passwords_never_reach_a_page_a_log_or_an_error(tmp_path: Path, as
         srv.stop()
 
 
-
 def raw_request(port: int, request: bytes) -> bytes:
     import socket
 
