@@ -8,7 +8,7 @@ from typing import Any
 
 from pipeline.config import ConfigError
 
-# what an export must reach on the check frames (issue 4: FP32 >= 99.9 %, FP16 >= 99 % of mask pixels)
+# what an export must reach on the check frames: FP32 >= 99.9 %, FP16 >= 99 % of mask pixels agree with torch
 FP32_MIN_AGREEMENT = 0.999
 
 

@@ -1,5 +1,5 @@
 """``dptstream bench`` as a user runs it: a tiny CPU run into a real redis-server, JSON checked against the
-DESIGN.md "Benchmark results" contract; plus the pure helpers."""
+contract in README.md "Benchmark"; plus the pure helpers."""
 
 from __future__ import annotations
 

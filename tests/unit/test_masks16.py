@@ -1,4 +1,4 @@
-"""Issue 10 item 2: more than 256 classes give 16-bit masks, never wrapped class ids."""
+"""More than 256 classes give 16-bit masks, never wrapped class ids."""
 
 from __future__ import annotations
 
