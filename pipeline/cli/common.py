@@ -117,7 +117,7 @@ def build_overrides(sources: list[str] | None, sinks: list[str] | None, models: 
     return o
 
 
-class stop_on_signals:
+class StopOnSignals:
     """First SIGINT/SIGTERM: call ``target.request_stop()`` (stop reading; what was decoded drains to the
     sinks, and a sink that cannot write gives up after ``redis.retry_max_s``) and log ``what``. A second
     signal exits at once, saying how many results were not written (``target.unwritten()``, when it has one):
@@ -150,7 +150,7 @@ class stop_on_signals:
             # with SystemExit while they compute would kill the process mid-computation
             abort()
 
-    def __enter__(self) -> stop_on_signals:
+    def __enter__(self) -> StopOnSignals:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._old[sig] = signal.signal(sig, self._handler)
         return self

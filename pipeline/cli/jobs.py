@@ -118,7 +118,7 @@ def worker_cmd(
 
 def run_worker(cfg: PipelineConfig, queue: str | None = None, name: str | None = None,
                max_jobs: int | None = None, until_empty: bool = False) -> int:
-    from pipeline.cli.common import stop_on_signals
+    from pipeline.cli.common import StopOnSignals
     from pipeline.jobs.worker import Worker
     from pipeline.overlay import VIDEO_SUFFIXES
     from pipeline.runtime.app import start_runtime
@@ -151,7 +151,7 @@ def run_worker(cfg: PipelineConfig, queue: str | None = None, name: str | None =
         log.info("sinks: %s; job queue at %s", ", ".join(s.name for s in rt.sinks), redact(url))
         if rt.port is not None:
             log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, rt.port)
-        with stop_on_signals(worker, "the current job's decoded frames go to the sinks, then it is handed back"):
+        with StopOnSignals(worker, "the current job's decoded frames go to the sinks, then it is handed back"):
             outcomes = worker.run()
         done = sum(1 for o in outcomes if o.state == "done")
         failed = sum(1 for o in outcomes if o.state == "failed")
