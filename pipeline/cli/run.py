@@ -125,6 +125,9 @@ def finish(report: Any, cfg: PipelineConfig) -> int:
         log.info("%s: %d frames decoded%s", s.stream_id, s.decoded, " (interrupted)" if report.interrupted else "")
         if s.truncated:
             log.warning("%s: file is truncated; published all %d decodable frames", s.stream_id, s.decoded)
+        if s.bad_packets:
+            log.warning("%s: %d packet(s) could not be decoded and were skipped (each may have held a frame)",
+                        s.stream_id, s.bad_packets)
         if s.error:
             err(s.error)
             code = EXIT_FAIL

@@ -9,6 +9,7 @@ import av
 import numpy as np
 import pytest
 
+from tests.support.clips import corrupt_flagged_packets, ffmpeg_frame_count, joined_transport_streams
 from tests.support.servers import RedisServer, cli, free_port, model_args, one_error_line
 
 pytestmark = pytest.mark.slow
@@ -119,6 +120,22 @@ def test_truncated_file_publishes_every_decodable_frame(assets: dict[str, Path],
     r = redis_server.client()
     frames = [int(f[b"frame"]) for _, f in r.xrange("dpt:stream:cut:frames")]
     assert frames == list(range(decodable))
+
+
+def test_two_joined_transport_streams_publish_every_frame_ffmpeg_decodes(assets: dict[str, Path], tmp_path: Path,
+                                                                        redis_server: RedisServer) -> None:
+    """``cat a.ts b.ts``: the junction packet carries FFmpeg's corrupt flag (a continuity-counter jump) but is
+    whole; it is decoded like any other, so the published count is FFmpeg's decoded count and nothing is called
+    skipped or truncated."""
+    joined = joined_transport_streams(tmp_path / "ts")
+    assert corrupt_flagged_packets(joined) >= 1
+    decodable = ffmpeg_frame_count(joined)
+    p = cli("run", "-s", f"cam={joined}", *model_args(assets), "--sink", redis_server.url, "--metrics-port", "-1")
+    assert p.returncode == 0, p.stderr
+    r = redis_server.client()
+    frames = [int(f[b"frame"]) for _, f in r.xrange("dpt:stream:cam:frames")]
+    assert frames == list(range(decodable))
+    assert "Traceback" not in p.stderr and "truncated" not in p.stderr and "skipp" not in p.stderr
 
 
 def test_one_bad_file_among_good_ones_still_publishes_the_good(assets: dict[str, Path], bad_files: dict[str, Path],

@@ -219,6 +219,23 @@ def test_missing_preprocessor_config_uses_dpt_defaults(tmp_path: Path, ckpts: di
     assert "no preprocessor_config.json" in caplog.text
 
 
+@pytest.mark.parametrize("key", ["image_processor_type", "feature_extractor_type"])
+def test_a_legacy_dpt_feature_extractor_name_loads_as_dpt_image_processor(key: str, tmp_path: Path,
+                                                                           ckpts: dict[str, Path]) -> None:
+    """A re-saved Intel/dpt-hybrid-midas names its processor "DPTFeatureExtractor", which transformers 5 no
+    longer resolves: it holds DPTImageProcessor's values and loads as one."""
+    import shutil
+
+    path = tmp_path / "legacy"
+    shutil.copytree(ckpts["dpt-hybrid"], path)
+    cfg = json.loads((path / "preprocessor_config.json").read_text())
+    cfg.pop("image_processor_type", None)
+    cfg[key] = "DPTFeatureExtractor"
+    (path / "preprocessor_config.json").write_text(json.dumps(cfg))
+    loaded = load_model("depth", str(path))
+    assert loaded.preprocess == load_model("depth", str(ckpts["dpt-hybrid"])).preprocess
+
+
 def test_invalid_config_json_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "badcfg").mkdir()
     (tmp_path / "badcfg" / "config.json").write_text("{nope")
