@@ -231,6 +231,14 @@ def connect(url: str, cfg: PipelineConfig, timeout: float = 5.0) -> Any:
     return client
 
 
+def check_stream_id(stream: str) -> None:
+    """A ``--stream`` / STREAM argument that cannot be a stream id is a usage error naming it."""
+    from pipeline.frames import STREAM_ID_RULE, valid_stream_id
+
+    if not valid_stream_id(stream):
+        raise ConfigError(f"invalid stream id {shorten(stream)!r}: {STREAM_ID_RULE}")
+
+
 def small_config(config: Path | None, redis_url: str | None, prefix: str | None) -> PipelineConfig:
     o: dict[str, Any] = {}
     if redis_url:

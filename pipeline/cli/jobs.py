@@ -29,7 +29,7 @@ from pipeline.cli.common import (
     queue_url,
     small_config,
 )
-from pipeline.config import ConfigError, PipelineConfig, load_config, redact
+from pipeline.config import ConfigError, PipelineConfig, load_config, redact, shorten
 
 log = logging.getLogger("dptstream")
 
@@ -187,7 +187,7 @@ def status_cmd(
 ) -> None:
     """Jobs queued / running / done / failed, with per-job progress (frames, fps, ETA) and failure reasons."""
     from pipeline.cli.common import setup_logging
-    from pipeline.frames import valid_stream_id
+    from pipeline.frames import STREAM_ID_RULE, valid_stream_id
     from pipeline.jobs.keys import STATES, JobKeys
     from pipeline.jobs.status import active_workers, job_status
 
@@ -195,7 +195,7 @@ def status_cmd(
     cfg = small_config(config, redis_url, redis_prefix)
     for j in jobs or []:
         if not valid_stream_id(j):
-            raise ConfigError(f"invalid job id {j!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+            raise ConfigError(f"invalid job id {shorten(j)!r}: {STREAM_ID_RULE}")
     url = queue_url(cfg, redis_url)
     client = connect(url, cfg)
     keys = JobKeys(cfg.redis.prefix)
