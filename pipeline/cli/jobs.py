@@ -136,8 +136,7 @@ def run_worker(cfg: PipelineConfig, queue: str | None = None, name: str | None =
                         until_empty=until_empty)
         holder["worker"] = worker
         for t, e in rt.engines.items():
-            log.info("%s: %s (%s) input %dx%d", t, e.spec.model_id, e.spec.backend,
-                     e.spec.preprocess.width, e.spec.preprocess.height)
+            log.info("%s: %s (%s) input %s", t, e.spec.model_id, e.spec.backend, e.spec.preprocess.describe())
         log.info("sinks: %s; job queue at %s", ", ".join(s.name for s in rt.sinks), redact(url))
         if rt.port is not None:
             log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, rt.port)

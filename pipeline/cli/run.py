@@ -40,6 +40,7 @@ def run(
     redis_prefix: Annotated[str | None, typer.Option("--redis-prefix", help="Key prefix (default dpt).")] = None,
     no_resume: Annotated[bool, typer.Option("--no-resume", help="Publish files again from frame 0 even if already published.")] = False,
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Progress bars (default: on a terminal).")] = None,
+    max_side: Annotated[int | None, typer.Option("--max-side", help="engine.max_side: for a checkpoint whose processor does not resize (facebook/dpt-dinov2-*), resize larger sources to this longest side first (not transformers' exact output).")] = None,
     debug: DebugOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -49,6 +50,8 @@ def run(
                         precision, redis_prefix, no_resume)
     if progress is not None:
         o["progress"] = progress
+    if max_side is not None:
+        o.setdefault("engine", {})["max_side"] = max_side
     cfg = load_config(config, o)  # --model entries merge over the file's models (load_config merges mappings)
     raise typer.Exit(run_pipeline(cfg))
 
@@ -80,8 +83,7 @@ def run_pipeline(cfg: PipelineConfig) -> int:
     rt = start_runtime(cfg, health=health)
     try:
         for t, e in rt.engines.items():
-            log.info("%s: %s (%s) input %dx%d", t, e.spec.model_id, e.spec.backend,
-                     e.spec.preprocess.width, e.spec.preprocess.height)
+            log.info("%s: %s (%s) input %s", t, e.spec.model_id, e.spec.backend, e.spec.preprocess.describe())
         log.info("sinks: %s", ", ".join(s.name for s in rt.sinks))
         if rt.port is not None:
             log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, rt.port)
