@@ -1,4 +1,4 @@
-"""Issue 10 items 4, 5, 6: file sources on real clips — display rotation, every decodable frame of a truncated
+"""File sources (``pipeline/sources/file.py``) on real clips — display rotation, every decodable frame of a truncated
 file, truncation judged from the video stream alone. The source runs in-process on real video (no models)."""
 
 from __future__ import annotations
