@@ -111,6 +111,9 @@ class EngineSection(_Strict):
     compile: bool = False
     cache_dir: str = "~/.cache/dptstream"
     threads: int | None = Field(None, ge=1, le=1024)
+    # a checkpoint whose processor does not resize (facebook/dpt-dinov2-*) runs at the source's size: this
+    # resizes larger sources to this longest side first (no effect on processors that resize)
+    max_side: int | None = Field(None, ge=14, le=8192)
 
 
 class QueueSection(_Strict):

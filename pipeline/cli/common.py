@@ -32,6 +32,7 @@ MaskSizeOpt = Annotated[str | None, typer.Option("--mask-size", help="WxH | netw
 MetricsPortOpt = Annotated[int | None, typer.Option("--metrics-port", help="Prometheus /metrics port (0 = any free port, -1 = off). Default 9108.")]
 PrefixOpt = Annotated[str | None, typer.Option("--redis-prefix", help="Key prefix (default dpt).")]
 ProgressOpt = Annotated[bool | None, typer.Option("--progress/--no-progress", help="Progress bars (default: on a terminal).")]
+MaxSideOpt = Annotated[int | None, typer.Option("--max-side", help="engine.max_side: for a checkpoint whose processor does not resize (facebook/dpt-dinov2-*), resize larger sources to this longest side first (not transformers' exact output).")]
 
 
 def setup_logging(debug: bool = False, quiet: bool = False) -> None:
@@ -74,6 +75,12 @@ class RedactFilter(logging.Filter):
         if clean != msg:
             record.msg, record.args = clean, None
         return True
+
+
+def set_max_side(o: dict[str, Any], max_side: int | None) -> None:
+    """``--max-side N`` into the overrides as ``engine.max_side`` (validated with the rest of the config)."""
+    if max_side is not None:
+        o.setdefault("engine", {})["max_side"] = max_side
 
 
 def build_overrides(sources: list[str] | None, sinks: list[str] | None, models: list[str] | None,

@@ -18,6 +18,7 @@ from pipeline.cli.common import (
     DeviceOpt,
     EngineOpt,
     MaskSizeOpt,
+    MaxSideOpt,
     MetricsPortOpt,
     ModelOpt,
     PrecisionOpt,
@@ -92,15 +93,17 @@ def worker_cmd(
     until_empty: Annotated[bool, typer.Option("--until-empty", help="Exit when no job is queued or held by another worker (default: wait for jobs forever).")] = False,
     name: Annotated[str | None, typer.Option("--name", help="Consumer name in the group (default HOST-PID).")] = None,
     progress: ProgressOpt = None,
+    max_side: MaxSideOpt = None,
     debug: DebugOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Process queued jobs: engines load once, then one file at a time; SIGTERM hands the current job back."""
-    from pipeline.cli.common import build_overrides, setup_logging
+    from pipeline.cli.common import build_overrides, set_max_side, setup_logging
 
     setup_logging(debug, quiet)
     o = build_overrides(None, sink, model, tasks, engine, device, batch_size, mask_size, metrics_port,
                         precision, redis_prefix)
+    set_max_side(o, max_side)
     jobs: dict[str, Any] = {}
     if claim_idle is not None:
         jobs["claim_idle_s"] = claim_idle
@@ -146,8 +149,7 @@ def run_worker(cfg: PipelineConfig, queue: str | None = None, name: str | None =
                         until_empty=until_empty)
         holder["worker"] = worker
         for t, e in rt.engines.items():
-            log.info("%s: %s (%s) input %dx%d", t, e.spec.model_id, e.spec.backend,
-                     e.spec.preprocess.width, e.spec.preprocess.height)
+            log.info("%s: %s (%s) input %s", t, e.spec.model_id, e.spec.backend, e.spec.preprocess.describe())
         log.info("sinks: %s; job queue at %s", ", ".join(s.name for s in rt.sinks), redact(url))
         if rt.port is not None:
             log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, rt.port)
