@@ -25,6 +25,7 @@ import pytest
 from PIL import Image
 
 from pipeline.overlay import ACTIVE_COLOUR, ZONE_COLOUR
+from tests.support.entries import png_claiming
 from tests.support.servers import ROOT, RedisServer, cli, free_port
 
 pytestmark = pytest.mark.slow
@@ -732,7 +733,8 @@ def test_the_largest_legal_mask_renders_within_the_views_memory_limit(redis_serv
     assert limit == "1Gi", limit
     rd = redis_server.client()
     rd.xadd("dpt:stream:big:frames", _mask_entry(8192))  # 8192 is the largest --mask-size side
-    rd.xadd("dpt:stream:huge:frames", _mask_entry(12000))  # written by something else: over any legal size
+    # written by something else: over any legal size (refused from its header, as a real one would be)
+    rd.xadd("dpt:stream:huge:frames", {**_mask_entry(64), "mask": png_claiming(12000, 12000)})
     rd.sadd("dpt:streams", "big", "huge")
     view = View(redis_server.url)
     try:
