@@ -124,7 +124,7 @@ def build_overrides(sources: list[str] | None, sinks: list[str] | None, models: 
     return o
 
 
-class stop_on_signals:
+class StopOnSignals:
     """First SIGINT/SIGTERM: call ``target.request_stop()`` (stop reading; what was decoded drains to the
     sinks, and a sink that cannot write gives up after ``redis.retry_max_s``) and log ``what``. A second
     signal exits at once, saying how many results were not written (``target.unwritten()``, when it has one):
@@ -157,7 +157,7 @@ class stop_on_signals:
             # with SystemExit while they compute would kill the process mid-computation
             abort()
 
-    def __enter__(self) -> stop_on_signals:
+    def __enter__(self) -> StopOnSignals:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._old[sig] = signal.signal(sig, self._handler)
         return self
@@ -236,6 +236,14 @@ def connect(url: str, cfg: PipelineConfig, timeout: float = 5.0) -> Any:
         # a runtime failure (exit 1, as `run` gives), not a usage error: the same command works once Redis is up
         raise SinkError(f"cannot reach Redis at {redact(url)} ({error_reason(e)}); is redis-server running?") from e
     return client
+
+
+def check_stream_id(stream: str) -> None:
+    """A ``--stream`` / STREAM argument that cannot be a stream id is a usage error naming it."""
+    from pipeline.frames import STREAM_ID_RULE, valid_stream_id
+
+    if not valid_stream_id(stream):
+        raise ConfigError(f"invalid stream id {shorten(stream)!r}: {STREAM_ID_RULE}")
 
 
 def small_config(config: Path | None, redis_url: str | None, prefix: str | None) -> PipelineConfig:

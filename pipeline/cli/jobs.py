@@ -30,7 +30,7 @@ from pipeline.cli.common import (
     queue_url,
     small_config,
 )
-from pipeline.config import ConfigError, PipelineConfig, load_config, redact
+from pipeline.config import ConfigError, PipelineConfig, load_config, redact, shorten
 
 log = logging.getLogger("dptstream")
 
@@ -121,7 +121,7 @@ def worker_cmd(
 
 def run_worker(cfg: PipelineConfig, queue: str | None = None, name: str | None = None,
                max_jobs: int | None = None, until_empty: bool = False) -> int:
-    from pipeline.cli.common import stop_on_signals
+    from pipeline.cli.common import StopOnSignals
     from pipeline.jobs.worker import Worker
     from pipeline.overlay import VIDEO_SUFFIXES
     from pipeline.runtime.app import start_runtime
@@ -153,7 +153,7 @@ def run_worker(cfg: PipelineConfig, queue: str | None = None, name: str | None =
         log.info("sinks: %s; job queue at %s", ", ".join(s.name for s in rt.sinks), redact(url))
         if rt.port is not None:
             log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, rt.port)
-        with stop_on_signals(worker, "the current job's decoded frames go to the sinks, then it is handed back"):
+        with StopOnSignals(worker, "the current job's decoded frames go to the sinks, then it is handed back"):
             outcomes = worker.run()
         done = sum(1 for o in outcomes if o.state == "done")
         failed = sum(1 for o in outcomes if o.state == "failed")
@@ -189,7 +189,7 @@ def status_cmd(
 ) -> None:
     """Jobs queued / running / done / failed, with per-job progress (frames, fps, ETA) and failure reasons."""
     from pipeline.cli.common import setup_logging
-    from pipeline.frames import valid_stream_id
+    from pipeline.frames import STREAM_ID_RULE, valid_stream_id
     from pipeline.jobs.keys import STATES, JobKeys
     from pipeline.jobs.status import active_workers, job_status
 
@@ -197,7 +197,7 @@ def status_cmd(
     cfg = small_config(config, redis_url, redis_prefix)
     for j in jobs or []:
         if not valid_stream_id(j):
-            raise ConfigError(f"invalid job id {j!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+            raise ConfigError(f"invalid job id {shorten(j)!r}: {STREAM_ID_RULE}")
     url = queue_url(cfg, redis_url)
     client = connect(url, cfg)
     keys = JobKeys(cfg.redis.prefix)

@@ -25,12 +25,12 @@ from pipeline.cli.common import (
     PrefixOpt,
     ProgressOpt,
     QuietOpt,
+    StopOnSignals,
     TasksOpt,
     build_overrides,
     err,
     set_max_side,
     setup_logging,
-    stop_on_signals,
 )
 from pipeline.config import ConfigError, PipelineConfig, load_config
 
@@ -103,7 +103,7 @@ def run_pipeline(cfg: PipelineConfig) -> int:
         holder["pipeline"] = pipeline
         show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
         view = ProgressView(rt.metrics, totals, pipeline.report, enabled=show)
-        with stop_on_signals(pipeline) as signals, view:
+        with StopOnSignals(pipeline) as signals, view:
             report = pipeline.run(tick=view.update)
         if signals.forced:  # a second signal: its line said what was not written
             return EXIT_INTERRUPTED
