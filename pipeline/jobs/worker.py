@@ -16,6 +16,7 @@ from typing import Any
 
 import redis
 
+from engines import EngineError
 from pipeline.config import ConfigError, PipelineConfig, SourceConfig
 from pipeline.jobs.keys import REDIS_DOWN, JobKeys
 from pipeline.jobs.status import active_workers
@@ -346,8 +347,10 @@ class Worker:
         cfg = self.cfg.model_copy(update={"sources": [src], "resume": True})
         pipeline = Pipeline(cfg, self.rt.engines, self.rt.sinks, self.rt.metrics, live_options={"live": cfg.live})
         try:
-            pipeline.build()  # refuses a resume point recorded for another file under this job id
-        except (ConfigError, SourceError) as e:
+            # refuses a resume point recorded for another file under this job id, and a network shape the
+            # device has no memory for (engines.memory): that file fails, the next may fit
+            pipeline.build()
+        except (ConfigError, SourceError, EngineError) as e:
             reason = str(e).splitlines()[0]
             self._finish_job(entry, jid, "failed", error=reason)
             log.error("job %s failed: %s", jid, reason)

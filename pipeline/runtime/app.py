@@ -107,10 +107,11 @@ def start_runtime(cfg: PipelineConfig, serve_metrics: bool = True, health: Any =
     try:
         check_resume(cfg, sinks)  # another file under a published stream id: refused before the models load
         engines = create_engines(cfg)
-        from pipeline.runtime.pipeline import zone_plan
+        from pipeline.runtime.pipeline import warn_unknown_zone_streams, zone_plan
 
         try:
             zone_plan(cfg, engines)  # class names and metric depth checked once the engines are loaded
+            warn_unknown_zone_streams(cfg)
         except BaseException:
             for e in engines.values():
                 e.close()

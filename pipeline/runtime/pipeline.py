@@ -40,6 +40,19 @@ def zone_plan(cfg: PipelineConfig, engines: dict[str, Engine]) -> ZonePlan:
         raise ConfigError(str(e)) from e
 
 
+def warn_unknown_zone_streams(cfg: PipelineConfig) -> None:
+    """One warning per zone whose ``streams`` names a stream no source of this run has (a typo, or a zone list
+    shared by several runs): legal, but it does nothing for that name. Not for a worker (its sources are its
+    jobs, unknown at start)."""
+    ids = {s.id for s in cfg.sources}
+    for z in cfg.zones if ids else ():
+        unknown = [sid for sid in z.streams or () if sid not in ids]
+        if unknown:
+            log.warning("zone %r names stream(s) %s that no source of this run has (sources: %s): it applies to "
+                        "%s", z.name, ", ".join(repr(u) for u in unknown), ", ".join(sorted(ids)),
+                        "no stream" if len(unknown) == len(z.streams or ()) else "the others only")
+
+
 @dataclass
 class StreamReport:
     stream_id: str
