@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engines import Engine
-from pipeline.config import ConfigError, PipelineConfig, SourceConfig, shorten
+from pipeline.config import ConfigError, PipelineConfig, SourceConfig
 from pipeline.frames import EndOfStream, Frame
 from pipeline.metrics import Metrics
 from pipeline.queues import FanIn, NamedQueue
+from pipeline.redact import shorten
 from pipeline.sinks import RedisSink, Sink, parse_resume_point
 from pipeline.sources import Source, SourceIdentity, create_source, source_identity
 from pipeline.stages import InferStage, PostprocessStage, PreprocessStage, PublishStage, Stage, is_control

@@ -11,9 +11,10 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from pipeline.config import PipelineConfig, redact
+from pipeline.config import PipelineConfig
 from pipeline.frames import EndOfStream, Result, mask_dtype_for
 from pipeline.metrics import Metrics
+from pipeline.redact import redact
 from pipeline.sinks.base import SinkError, error_reason
 from pipeline.sinks.encode import encode_depth_png, encode_png, encode_thumbnail, summary
 from pipeline.sinks.rediskeys import (

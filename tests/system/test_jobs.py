@@ -172,7 +172,7 @@ def test_submit_queues_once_and_refuses_a_second_file_under_one_id(redis_server:
 # -- one worker in this process (real engines, real Redis) -----------------------------------------------
 
 def _runtime(assets: dict[str, Path], redis: RedisServer, **jobs: Any) -> Any:
-    from pipeline.config import load_config
+    from pipeline.configfile import load_config
     from pipeline.runtime.app import start_runtime
 
     cfg = load_config(None, {
