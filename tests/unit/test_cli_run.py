@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from pipeline.cli.run import finish
-from pipeline.config import load_config
+from pipeline.configfile import load_config
 from pipeline.runtime.pipeline import RunReport, StreamReport
 
 
