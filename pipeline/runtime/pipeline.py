@@ -243,9 +243,14 @@ class Pipeline:
                 continue  # the source reports it itself
             if facts.get("width") and facts.get("height"):
                 by_source[s.id] = (int(facts["height"]), int(facts["width"]))
+        checked: dict[tuple[str, int, int], int] = {}
         for sid, (h, w) in by_source.items():  # refused before a graph or plan is built for it
             for e in varying:
-                check_network_shape(e.spec, e.spec.network_shape(h, w), f"source {sid!r} ({w}x{h})")
+                shape = e.spec.network_shape(h, w)
+                checked[(e.spec.task, *shape)] = check_network_shape(e.spec, shape, f"source {sid!r} ({w}x{h})")
+        for st in self.stages:  # the stage judges each shape once: not again on its first frame
+            if isinstance(st, PreprocessStage):
+                st.estimates.update(checked)
         sizes = set(by_source.values())
         for e in (e for e in varying if getattr(e, "warmup", None) is not None):
             shapes = sorted({e.spec.network_shape(h, w) for h, w in sizes})

@@ -52,6 +52,9 @@ class PreprocessStage(Stage):
                 self._pre[task] = Preprocessor(s.preprocess, s.device, s.dtype)
         self._stream = StageStream(device_of(engines))
         self._shapes_seen: set[tuple[str, int, int]] = set()
+        # (task, h, w) of network shapes checked against the device's memory -> the estimate: each shape is
+        # judged once (the runtime fills in the file sources' shapes at start), whatever runs meanwhile
+        self.estimates: dict[tuple[str, int, int], int] = {}
 
     def next_item(self) -> Any:
         if self.expected is not None and self.ended >= self.expected:
@@ -93,7 +96,10 @@ class PreprocessStage(Stage):
             if spec.preprocess.fixed_shape is not None:
                 continue
             shape = spec.network_shape(h, w)
-            need = check_network_shape(spec, shape, f"source {stream!r} ({w}x{h})")
+            key = (spec.task, *shape)
+            need = self.estimates.get(key)
+            if need is None:
+                need = self.estimates[key] = check_network_shape(spec, shape, f"source {stream!r} ({w}x{h})")
             log.info("source %r (%dx%d): %s network input %dx%d, estimated %s for a batch of %d", stream, w, h,
                      spec.task, shape[1], shape[0], gib(need), spec.max_batch)
         self._shapes_seen.add((stream, h, w))
