@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from engines.base import (
     DEFAULT_MODELS,
@@ -21,7 +20,9 @@ from engines.base import (
     Task,
     UnsupportedPrecision,
 )
-from engines.preprocess import Preprocessor
+
+if TYPE_CHECKING:
+    from engines.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,16 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> Any:
+    """``Preprocessor`` on first use: importing ``engines`` (for its names and constants, as the config does)
+    must not import torch, which costs seconds on every CLI command."""
+    if name == "Preprocessor":
+        from engines.preprocess import Preprocessor
+
+        return Preprocessor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def tensorrt_available() -> bool:
     return importlib.util.find_spec("tensorrt") is not None and hasattr(
         importlib.import_module("tensorrt"), "Builder"
@@ -59,6 +70,8 @@ def create_engine(cfg: EngineConfig) -> Engine:
     """Return an engine for ``cfg``: ``tensorrt``, ``openvino``, ``torch``, or ``auto`` (TensorRT if importable
     and a GPU is present, else torch on CUDA, else OpenVINO on the CPU if importable, else torch on CPU).
     Raises :class:`EngineError` subclasses."""
+    import torch
+
     from engines.loading import load_model
 
     backend = cfg.backend
@@ -80,7 +93,7 @@ def create_engine(cfg: EngineConfig) -> Engine:
             backend = "tensorrt" if gpu and tensorrt_available() else "torch"
         else:
             backend = "openvino" if openvino_available() else "torch"
-    loaded = load_model(cfg.task, cfg.model, cfg.input_size)
+    loaded = load_model(cfg.task, cfg.model, cfg.input_size, max_side=cfg.max_side)
     if backend == "openvino":
         from engines.openvino_engine import OpenVINOEngine
 

@@ -59,7 +59,7 @@ def run_e2e(engines: dict[str, Any], base: dict[str, Any], clip: Path, streams: 
     """One run of the full pipeline over ``streams`` copies of ``clip``; engines already loaded and warm."""
     import torch
 
-    from pipeline.config import load_config
+    from pipeline.configfile import load_config
     from pipeline.metrics import Metrics
     from pipeline.runtime import Pipeline
     from pipeline.runtime.app import describe_sinks, open_sinks
@@ -150,12 +150,11 @@ def _drop_keys(sink: Any, prefix: str) -> None:
 
 
 def check_redis(url: str) -> None:
-    from pipeline.config import redact
-    from pipeline.sinks import redis_client
+    from pipeline.redact import redact
+    from pipeline.sinks import error_reason, redis_client
 
     try:
         redis_client(url, timeout=2.0).ping()
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"cannot reach Redis at {redact(url)} ({first}); pass --redis URL, or "
+        raise ConfigError(f"cannot reach Redis at {redact(url)} ({error_reason(e)}); pass --redis URL, or "
                           "--modes engine,naive to skip the end-to-end runs") from e

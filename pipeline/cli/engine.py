@@ -19,14 +19,6 @@ from pipeline.config import ConfigError
 log = logging.getLogger("dptstream")
 
 
-
-
-
-
-
-
-
-
 def register(app: typer.Typer) -> None:
     @app.command("build-engine")
     def build_engine_cmd(
@@ -50,7 +42,7 @@ def register(app: typer.Typer) -> None:
         from pipeline.cli.common import build_overrides, setup_logging
 
         setup_logging(debug, quiet)
-        from pipeline.config import load_config
+        from pipeline.configfile import load_config
 
         o = build_overrides(None, None, model, tasks, None, None, None, None, None)
         cfg = load_config(config, o)

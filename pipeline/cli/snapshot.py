@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from pipeline.config import ConfigError, redact
+from pipeline.cli.common import DebugOpt, PrefixOpt, check_stream_id
+from pipeline.config import ConfigError
+from pipeline.redact import printable, redact
 
 
 def snapshot_cmd(
@@ -15,8 +17,8 @@ def snapshot_cmd(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="PNG to write (default STREAM.png).")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (its redis sink and prefix).")] = None,
     redis_url: Annotated[str | None, typer.Option("--redis", help="Redis URL (default: the config's redis sink, $REDIS_URL or redis://127.0.0.1:6379/0).")] = None,
-    redis_prefix: Annotated[str | None, typer.Option("--redis-prefix", help="Key prefix (default dpt).")] = None,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    redis_prefix: PrefixOpt = None,
+    debug: DebugOpt = False,
 ) -> None:
     """Write a PNG of what the pipeline sees in STREAM's latest frame: class colours (over the frame's
     thumbnail when redis.thumbnail is on) beside a depth picture built from the depth summary; the configured
@@ -25,7 +27,6 @@ def snapshot_cmd(
     from PIL import Image
 
     from pipeline.cli.common import connect, err, queue_url, setup_logging, small_config
-    from pipeline.frames import valid_stream_id
     from pipeline.overlay import render_entry
     from pipeline.sinks import RedisKeys, key_problem
     from pipeline.sinks.entries import EntryError, check_entry
@@ -33,8 +34,7 @@ def snapshot_cmd(
     from pipeline.view.stats import active_zones, parse_active_alerts, parse_labels, parse_zones
 
     setup_logging(debug, quiet=True)
-    if not valid_stream_id(stream):
-        raise ConfigError(f"invalid stream id {stream!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+    check_stream_id(stream)
     cfg = small_config(config, redis_url, redis_prefix)
     url = queue_url(cfg, redis_url)
     client = connect(url, cfg)
@@ -44,10 +44,27 @@ def snapshot_cmd(
     except redis.ResponseError as e:
         err(f"stream {stream!r}: " + key_problem(client, e, {keys.frames(stream): "stream"}, "reading it"))
         raise typer.Exit(1) from None
+    bad = False
+
+    def read(kind: str, key: str, what: str, fn: Any, *args: Any) -> Any:
+        """``fn(*args)``, or None after one line naming ``key`` when it holds another type (the rest goes on)."""
+        nonlocal bad
+        try:
+            return fn(*args)
+        except redis.ResponseError as e:
+            err(key_problem(client, e, {key: kind}, what))
+            bad = True
+            return None
+
     if not entries:
-        known = sorted(x.decode() for x in client.smembers(keys.streams))
+        members = read("set", keys.streams, "listing the streams", client.smembers, keys.streams) or set()
+        known = sorted(printable(x.decode("utf-8", "backslashreplace"), lines=False) for x in members)
         hint = f"; known streams: {', '.join(known[:10])}" if known else ""
-        raise ConfigError(f"no entries for stream {stream!r} under {cfg.redis.prefix}: at {redact(url)}{hint}")
+        missing = f"no entries for stream {stream!r} under {cfg.redis.prefix}: at {redact(url)}{hint}"
+        if bad:  # a wrong-typed key is the trouble to fix first (exit 1, as show and status give)
+            err(missing)
+            raise typer.Exit(1)
+        raise ConfigError(missing)
     eid, raw = entries[0]
     try:
         check_entry(stream, eid.decode(), raw, images=True)
@@ -55,10 +72,13 @@ def snapshot_cmd(
         err(str(e))
         raise typer.Exit(1) from None
     fields = {k.decode(): v for k, v in raw.items()}
-    labels = parse_labels(client.hget(keys.meta, "labels"))
+    meta = read("hash", keys.meta, "reading the labels and zones", client.hmget, keys.meta, ["labels", "zones"])
+    labels_raw, zones_raw = meta if meta is not None else (None, None)
+    labels = parse_labels(labels_raw)
     # zones and active alerts read as the view reads them (one parser, one drawing: the pictures agree)
-    zones = [z for z in parse_zones(client.hget(keys.meta, "zones")) if z.applies_to(stream)]
-    active = active_zones(parse_active_alerts(client.hgetall(keys.alerts_active)).get(stream, []))
+    zones = [z for z in parse_zones(zones_raw) if z.applies_to(stream)]
+    alerts = read("hash", keys.alerts_active, "reading the active alerts", client.hgetall, keys.alerts_active)
+    active = active_zones(parse_active_alerts(alerts or {}).get(stream, []))
     picture = render_entry(fields, labels, zones=zone_drawings(zones, active))
     target = out or Path(f"{stream}.png")
     try:
@@ -68,6 +88,8 @@ def snapshot_cmd(
     frame = int(fields["frame"])
     extra = "" if "thumb" in fields else " (no frame thumbnail in Redis: set redis.thumbnail to include one)"
     print(f"{target}: {stream} frame {frame}, {picture.shape[1]}x{picture.shape[0]}{extra}")
+    if bad:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

@@ -30,7 +30,8 @@ def engine_config(cfg: PipelineConfig, task: str) -> EngineConfig:
     e = cfg.engine
     return EngineConfig(task=task, model=cfg.models[task],  # type: ignore[arg-type]
                         backend=e.backend, device=e.device, precision=e.precision, max_batch=e.batch_size,
-                        cuda_graphs=e.cuda_graphs, compile=e.compile, cache_dir=e.cache_dir, threads=e.threads)
+                        cuda_graphs=e.cuda_graphs, compile=e.compile, cache_dir=e.cache_dir, threads=e.threads,
+                        max_side=e.max_side)
 
 
 def create_engines(cfg: PipelineConfig) -> dict[str, Engine]:
@@ -106,10 +107,11 @@ def start_runtime(cfg: PipelineConfig, serve_metrics: bool = True, health: Any =
     try:
         check_resume(cfg, sinks)  # another file under a published stream id: refused before the models load
         engines = create_engines(cfg)
-        from pipeline.runtime.pipeline import zone_plan
+        from pipeline.runtime.pipeline import warn_unknown_zone_streams, zone_plan
 
         try:
             zone_plan(cfg, engines)  # class names and metric depth checked once the engines are loaded
+            warn_unknown_zone_streams(cfg)
         except BaseException:
             for e in engines.values():
                 e.close()

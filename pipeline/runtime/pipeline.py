@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engines import Engine
-from pipeline.config import ConfigError, PipelineConfig, SourceConfig, shorten
+from pipeline.config import ConfigError, PipelineConfig, SourceConfig
 from pipeline.frames import EndOfStream, Frame
 from pipeline.metrics import Metrics
 from pipeline.queues import FanIn, NamedQueue
+from pipeline.redact import shorten
 from pipeline.sinks import RedisSink, Sink, parse_resume_point
 from pipeline.sources import Source, SourceIdentity, create_source, source_identity
 from pipeline.stages import InferStage, PostprocessStage, PreprocessStage, PublishStage, Stage, is_control
@@ -39,6 +40,19 @@ def zone_plan(cfg: PipelineConfig, engines: dict[str, Engine]) -> ZonePlan:
         raise ConfigError(str(e)) from e
 
 
+def warn_unknown_zone_streams(cfg: PipelineConfig) -> None:
+    """One warning per zone whose ``streams`` names a stream no source of this run has (a typo, or a zone list
+    shared by several runs): legal, but it does nothing for that name. Not for a worker (its sources are its
+    jobs, unknown at start)."""
+    ids = {s.id for s in cfg.sources}
+    for z in cfg.zones if ids else ():
+        unknown = [sid for sid in z.streams or () if sid not in ids]
+        if unknown:
+            log.warning("zone %r names stream(s) %s that no source of this run has (sources: %s): it applies to "
+                        "%s", z.name, ", ".join(repr(u) for u in unknown), ", ".join(sorted(ids)),
+                        "no stream" if len(unknown) == len(z.streams or ()) else "the others only")
+
+
 @dataclass
 class StreamReport:
     stream_id: str
@@ -46,6 +60,7 @@ class StreamReport:
     skipped: int = 0  # already published before (resume)
     error: str | None = None
     truncated: bool = False
+    bad_packets: int = 0  # packets skipped because they could not be decoded
     done: bool = False
 
 
@@ -207,16 +222,18 @@ class Pipeline:
         self._warm_shapes()
 
     def _warm_shapes(self) -> None:
-        """Engines whose network shape follows the source (checkpoints that keep the aspect ratio) prepare each
-        file source's shape now (CUDA graphs, TensorRT plans), before frames flow; a live source's shape is
-        known only once it streams, and is prepared on its first batch."""
+        """Engines whose network shape follows the source (checkpoints that keep the aspect ratio, or do not
+        resize) check each file source's shape against the device's memory (:func:`engines.memory.
+        check_network_shape`) and prepare it now (CUDA graphs, TensorRT plans), before frames flow; a live
+        source's shape is known only once it streams: the preprocess stage checks and logs every source's shape
+        on its first frame, and it is prepared on its first batch."""
+        from engines.memory import check_network_shape
         from pipeline.sources import SourceError, probe_file
 
-        todo = [e for e in self.engines.values()
-                if e.spec.preprocess.fixed_shape is None and getattr(e, "warmup", None) is not None]
-        if not todo:
+        varying = [e for e in self.engines.values() if e.spec.preprocess.fixed_shape is None]
+        if not varying:
             return
-        sizes: set[tuple[int, int]] = set()
+        by_source: dict[str, tuple[int, int]] = {}
         for s in self.cfg.sources:
             if s.is_live:
                 continue
@@ -225,8 +242,17 @@ class Pipeline:
             except SourceError:
                 continue  # the source reports it itself
             if facts.get("width") and facts.get("height"):
-                sizes.add((int(facts["height"]), int(facts["width"])))
-        for e in todo:
+                by_source[s.id] = (int(facts["height"]), int(facts["width"]))
+        checked: dict[tuple[str, int, int], int] = {}
+        for sid, (h, w) in by_source.items():  # refused before a graph or plan is built for it
+            for e in varying:
+                shape = e.spec.network_shape(h, w)
+                checked[(e.spec.task, *shape)] = check_network_shape(e.spec, shape, f"source {sid!r} ({w}x{h})")
+        for st in self.stages:  # the stage judges each shape once: not again on its first frame
+            if isinstance(st, PreprocessStage):
+                st.estimates.update(checked)
+        sizes = set(by_source.values())
+        for e in (e for e in varying if getattr(e, "warmup", None) is not None):
             shapes = sorted({e.spec.network_shape(h, w) for h, w in sizes})
             if shapes:
                 e.warmup(shapes)  # type: ignore[attr-defined]
@@ -256,6 +282,7 @@ class Pipeline:
     def _on_eos(self, eos: EndOfStream) -> None:
         rep = self.report.streams.setdefault(eos.stream_id, StreamReport(eos.stream_id))
         rep.decoded, rep.error, rep.truncated, rep.done = eos.frames, eos.error, eos.truncated, True
+        rep.bad_packets = eos.bad_packets
         src = next((s for s in self.sources if s.id == eos.stream_id), None)
         if src is not None and getattr(src, "fatal", False) and self._fatal is None:
             # a camera down at start with live.fail_if_down_at_start: stop the run, draining what was decoded

@@ -25,6 +25,7 @@ import pytest
 from PIL import Image
 
 from pipeline.overlay import ACTIVE_COLOUR, ZONE_COLOUR
+from tests.support.entries import png_claiming
 from tests.support.servers import ROOT, RedisServer, cli, free_port
 
 pytestmark = pytest.mark.slow
@@ -65,7 +66,9 @@ class Proc:
     """A ``dptstream`` subprocess whose output is collected (and checked for secrets) while it runs."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        e = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # PYTHONPATH: the installed command runs this tree's code (an editable install may point at another)
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        e = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, **(env or {})}
         self.proc = subprocess.Popen([*dptstream(), *args], cwd=str(ROOT), env=e,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
@@ -299,7 +302,7 @@ def test_wall_latest_jpg_api_zones_and_alerts(assets: dict[str, Path], redis_ser
             assert get(f"{view.base}/streams/a/latest.jpg")[0] == 200
         assert view.api()["renders"] == 2
 
-        # zones (issue 13's meta contract), drawn by snapshot's own code: latest.jpg's outline pixels are snapshot's
+        # zones (the meta contract of README's "Redis schema"), drawn by snapshot's own code: latest.jpg's outline pixels are snapshot's
         zone = {"name": "door", "streams": ["a"], "polygon": [[0.2, 0.2], [0.6, 0.2], [0.6, 0.9], [0.2, 0.9]]}
         rd.hset("dpt:meta", "zones", json.dumps([zone]))
         wait_for(lambda: view.api()["streams"][0]["zones"] == ["door"], 10, "the zone to show")
@@ -405,10 +408,9 @@ def test_live_tile_changes_and_recovers_from_a_redis_restart(assets: dict[str, P
         pipe.stop()
 
 
-# -- a real run with zones: the view shows what issue 13's code publishes, while an alert is active ---------
-
 def test_view_shows_a_real_runs_zones_and_its_active_alert(assets: dict[str, Path], redis_server: RedisServer,
                                                            tmp_path: Path) -> None:
+    """A real run with zones: the view shows the zones and the alert the pipeline publishes, while it is active."""
     cfg = tmp_path / "zones-live.yaml"
     everything = list(range(150))  # every ADE20K class: the zone is always covered, so the rule holds at once
     cfg.write_text(json.dumps({  # YAML is a superset of JSON
@@ -525,7 +527,6 @@ def test_redis_passwords_never_reach_a_page_a_log_or_an_error(tmp_path: Path, as
         srv.stop()
 
 
-
 def raw_request(port: int, request: bytes) -> bytes:
     import socket
 
@@ -558,6 +559,26 @@ def test_a_bad_http_request_is_one_log_line_without_the_token(redis_server: Redi
         assert "Traceback" not in view.output
         warnings = [ln for ln in view.lines if "WARNING" in ln or "ERROR" in ln]
         assert len(warnings) == len(bad) and all("bad HTTP request from 127.0.0.1: " in w for w in warnings)
+
+
+def test_a_credential_that_is_not_utf8_is_a_401_and_one_warning(redis_server: RedisServer) -> None:
+    token = "tok-SECRET-9"
+    view = View(redis_server.url, "--token", token)
+    try:
+        for auth in (b"Bearer \xff\xfe", b"\xff\xfe", b"Bearer " + token.encode() + b"\xff"):
+            reply = raw_request(view.port, b"GET /api/streams HTTP/1.1\r\nHost: x\r\nAuthorization: " + auth
+                                + b"\r\nConnection: close\r\n\r\n")
+            assert reply.split(b"\r\n", 1)[0] == b"HTTP/1.1 401 Unauthorized", reply[:200]
+            assert reply.rstrip().endswith(b"?token=TOKEN"), reply  # the one-line answer of a wrong token
+        assert get(view.base + "/api/streams?token=%ff%fe")[0] == 401
+        assert view.api(f"?token={token}")["streams"] == []  # and it serves on
+        wait_for(lambda: view.output.count("bad credential from 127.0.0.1") == 3, 10, "the log lines")
+    finally:
+        assert view.stop() == 0, view.output
+    warnings = [ln for ln in view.lines if "WARNING" in ln or "ERROR" in ln]
+    assert [w.split(" - ")[-1].partition(" WARNING ")[2] for w in warnings if "credential" in w] == [
+        "pipeline.view.server: bad credential from 127.0.0.1: the Authorization header is not UTF-8"] * 3
+    assert "ERROR" not in view.output and "Traceback" not in view.output, view.output
 
 
 # -- a viewer that never reads is dropped; the others keep getting updates; the server's memory stays bounded ----
@@ -678,3 +699,60 @@ def test_a_wrong_typed_frames_key_marks_only_its_tile(assets: dict[str, Path], r
         view.stop()
     assert "Traceback" not in view.output, view.output
     assert view.output.count("dpt:stream:bad:frames") == 1, view.output  # one warning, not one per poll
+
+
+# -- one legal entry cannot exhaust the view ---------------------------------------------------------------
+
+def _mask_entry(side: int) -> dict[str, bytes]:
+    """A legal entry whose mask is ``side`` x ``side`` (three class regions: a few hundred KB of PNG)."""
+    mask = np.zeros((side, side), np.uint8)
+    mask[:, side // 2:] = 7
+    mask[side // 3: side // 2, :] = 3
+    buf = io.BytesIO()
+    Image.fromarray(mask).save(buf, format="PNG")
+    depth = {"kind": "relative_inverse", "min": 0.0, "max": 5.0, "p05": 1.0, "p50": 2.0, "p95": 3.0,
+             "per_class": {"0": 1.0, "7": 3.0, "3": 2.0}}
+    return {"frame": b"1", "pts": b"0.0", "latency_ms": b"5", "mask": buf.getvalue(), "mask_w": str(side).encode(),
+            "mask_h": str(side).encode(), "classes": json.dumps({"0": 0.5, "7": 0.4, "3": 0.1}).encode(),
+            "depth": json.dumps(depth).encode()}
+
+
+def peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+def test_the_largest_legal_mask_renders_within_the_views_memory_limit(redis_server: RedisServer) -> None:
+    import yaml
+
+    docs = list(yaml.safe_load_all((ROOT / "deploy" / "k8s" / "view.yaml").read_text()))
+    pod = next(d for d in docs if d and d.get("kind") == "Deployment")["spec"]["template"]["spec"]
+    limit = pod["containers"][0]["resources"]["limits"]["memory"]
+    assert limit == "1Gi", limit
+    rd = redis_server.client()
+    rd.xadd("dpt:stream:big:frames", _mask_entry(8192))  # 8192 is the largest --mask-size side
+    # written by something else: over any legal size (refused from its header, as a real one would be)
+    rd.xadd("dpt:stream:huge:frames", {**_mask_entry(64), "mask": png_claiming(12000, 12000)})
+    rd.sadd("dpt:streams", "big", "huge")
+    view = View(redis_server.url)
+    try:
+        def rendered() -> dict[str, Any] | None:
+            tiles = {s["id"]: s for s in view.api()["streams"]}
+            done = tiles.get("big", {}).get("image") and tiles.get("huge", {}).get("render_error")
+            return tiles if done else None
+
+        tiles = wait_for(rendered, 120, "both tiles rendered or refused", interval=0.5)
+        assert "mask is 12000x12000, over 67 Mpx" in tiles["huge"]["render_error"], tiles["huge"]
+        code, _, body = get(f"{view.base}/streams/big/latest.jpg")
+        assert code == 200
+        assert jpeg_array(body).shape[:2] == (1920, 3840)  # each half at most 1920 on its long side
+        code, _, body = get(f"{view.base}/streams/huge/latest.jpg")
+        assert code == 503 and b"over 67 Mpx" in body, body
+        peak = peak_rss_kib(view.proc.pid)
+        # the whole process (Python, aiohttp, redis-py, numpy, PIL) at its peak, well under the pod's limit
+        assert peak < 512 * 1024, f"peak RSS {peak // 1024} MiB"
+    finally:
+        assert view.stop() == 0, view.output
+    assert "Traceback" not in view.output and "DecompressionBomb" not in view.output, view.output

@@ -16,8 +16,9 @@ from pipeline.frames import FrameId, Prepared, Shutdown
 from pipeline.metrics import Metrics
 from pipeline.queues import NamedQueue
 from pipeline.sinks.encode import depth_png_values, encode_depth_png
+from pipeline.stages.depth import depth_summary
 from pipeline.stages.infer import shape_groups
-from pipeline.stages.postprocess import depth_summary, mask_size
+from pipeline.stages.masks import mask_size
 from tests.support.entries import split_mask_entry
 
 
@@ -149,7 +150,7 @@ def test_pipeline_prepares_each_file_sources_network_shape(tmp_path) -> None:  #
     from types import SimpleNamespace
 
     from engines.base import PreprocessSpec
-    from pipeline.config import load_config
+    from pipeline.configfile import load_config
     from pipeline.runtime import Pipeline
     from pipeline.sample import make_clip
 
@@ -158,7 +159,8 @@ def test_pipeline_prepares_each_file_sources_network_shape(tmp_path) -> None:  #
 
     class Warmed:
         def __init__(self, spec: PreprocessSpec) -> None:
-            self.spec = SimpleNamespace(preprocess=spec, network_shape=spec.network_shape)
+            self.spec = SimpleNamespace(preprocess=spec, network_shape=spec.network_shape, task="depth",
+                                        device="cpu", dtype=torch.float32, max_batch=1, activations_per_pixel=1.0)
             self.shapes: list[tuple[int, int]] = []
 
         def warmup(self, shapes: list[tuple[int, int]]) -> None:

@@ -1,4 +1,5 @@
-"""Live RTSP/RTSPS cameras through PyAV: reconnect with backoff, stall watchdog, frozen-picture detector.
+"""Live network streams through PyAV (RTSP/RTSPS cameras, HTTP(S) with HLS, RTMP(S)): reconnect with backoff,
+stall watchdog, frozen-picture detector.
 
 A camera is an explicit state machine guarded by one lock::
 
@@ -32,10 +33,11 @@ from typing import Any
 import av
 import numpy as np
 
-from pipeline.config import LiveSection, SourceConfig, redact, redact_text, uri_secrets
+from pipeline.config import LiveSection, SourceConfig
 from pipeline.frames import EndOfStream
 from pipeline.metrics import Metrics
 from pipeline.queues import NamedQueue
+from pipeline.redact import redact, scrub
 from pipeline.sources.base import Source
 from pipeline.sources.reconnect import (
     BACKING_OFF,
@@ -95,21 +97,10 @@ class FrozenDetector:
             return False
         return now - self._since >= self.timeout
 
-    def frozen_for(self, now: float) -> float:
-        return 0.0 if self._ref is None else now - self._since
 
-
-def scrub(text: str, uri: str) -> str:
-    """``text`` with the URI's credentials hidden (also when FFmpeg echoes the URI or the bare password, and
-    whatever other URI the text holds). Never raises, whatever the URI."""
-    out = text.replace(uri, redact(uri)) if uri else text
-    for secret in sorted(uri_secrets(uri), key=len, reverse=True):
-        out = out.replace(secret, "***")
-    return redact_text(out)
-
-
-class RtspSource(Source):
-    """An RTSP/RTSPS camera (or any live URI FFmpeg reads) that reconnects by itself and never stalls."""
+class LiveSource(Source):
+    """A live stream (an RTSP/RTSPS camera, HTTP(S) or HLS, RTMP(S): any network URI FFmpeg reads) that
+    reconnects by itself and never stalls."""
 
     def __init__(self, cfg: SourceConfig, out: NamedQueue[Any], metrics: Metrics, start_index: int = 0,
                  live: LiveSection | None = None, rng: random.Random | None = None) -> None:
