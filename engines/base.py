@@ -31,7 +31,11 @@ class BackendUnavailable(EngineError):
     """The requested backend (e.g. TensorRT, CUDA) is not usable on this machine."""
 
 
-class UnsupportedPrecision(EngineError):
+class EngineUsageError(EngineError):
+    """A setting the user can change makes the engine unusable (exit 2, like a bad flag)."""
+
+
+class UnsupportedPrecision(EngineUsageError):
     """The requested precision cannot run here (e.g. BF16 on a CPU without it): a usage error (exit 2)."""
 
 

@@ -12,11 +12,28 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from engines.base import Task
+from engines.base import EngineUsageError, Task
 
 
 def cache_root(cache_dir: str | Path) -> Path:
     return Path(os.path.expanduser(str(cache_dir)))
+
+
+def usable_cache_root(cache_dir: str | Path) -> Path:
+    """:func:`cache_root`, created if missing and checked to take files: an :class:`EngineUsageError` line
+    naming it otherwise (a path that is a file, or under one; no permission), before any export or compile."""
+    root = cache_root(cache_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=root)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        reason = "it is a file, or under one" if isinstance(e, FileExistsError | NotADirectoryError) else (
+            e.strerror or type(e).__name__)
+        raise EngineUsageError(f"engine cache directory {str(root)[:200]!r} is not usable ({reason}); point "
+                               "engine.cache_dir or DPTSTREAM_CACHE_DIR at a writable directory") from e
+    return root
 
 
 @contextmanager

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from engines.base import OUTPUT_NAME, BackendUnavailable, EngineConfig, EngineError, Task, UnsupportedPrecision
-from engines.cache import atomic_path, cache_root
+from engines.cache import atomic_path, usable_cache_root
 from engines.loading import LoadedModel
 
 if TYPE_CHECKING:
@@ -158,7 +158,7 @@ class OpenVINOEngine:
         self._loaded = loaded
         self._cfg = cfg
         self._out = OUTPUT_NAME[loaded.task]
-        self._root = cache_root(cfg.cache_dir)
+        self._root = usable_cache_root(cfg.cache_dir)
         self.precision, warning = resolve_precision(loaded.task, cfg.precision, cpu_supports_bf16(self._core))
         if warning:
             log.warning("%s", warning)

@@ -176,12 +176,12 @@ def err(msg: str) -> None:
 
 
 def report_error(e: Exception) -> int:
-    from engines import EngineError, UnsupportedPrecision
+    from engines import EngineError, EngineUsageError
     from pipeline.runtime import PipelineError
     from pipeline.sinks import SinkError, error_reason
     from pipeline.sources import SourceError
 
-    if isinstance(e, ConfigError | UnsupportedPrecision):
+    if isinstance(e, ConfigError | EngineUsageError):
         err(str(e))
         return EXIT_USAGE
     if isinstance(e, SourceError | EngineError | SinkError | PipelineError):

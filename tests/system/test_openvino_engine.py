@@ -129,3 +129,19 @@ def test_a_precision_openvino_cannot_run_is_one_usage_line_exit_2(assets: dict[s
     lines = [ln for ln in p.stderr.splitlines() if ln.startswith("dptstream: error: ")]
     assert p.returncode == 2 and len(lines) == 1 and "not fp16" in lines[0], p.stderr
     assert "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("under", [False, True], ids=["a-file", "under-a-file"])
+def test_a_cache_dir_that_is_a_file_is_one_usage_line_exit_2(assets: dict[str, Path], tmp_path: Path,
+                                                             under: bool) -> None:
+    from tests.support.servers import cli, one_error_line
+
+    afile = tmp_path / "not-a-dir"
+    afile.write_text("a file, where the engine cache should be")
+    cache = afile / "sub" if under else afile
+    p = cli("run", "-s", f"cam={assets['clip360']}", "--engine", "openvino", "--tasks", "depth",
+            "-m", f"depth={assets['depth']}", "--sink", f"dir:{tmp_path / 'out'}", "--metrics-port", "-1",
+            env={"DPTSTREAM_CACHE_DIR": str(cache)})
+    line = one_error_line(p.stderr)
+    assert p.returncode == 2 and str(cache) in line and "DPTSTREAM_CACHE_DIR" in line, p.stderr
+    assert afile.read_text() == "a file, where the engine cache should be"
