@@ -95,6 +95,14 @@ def create_engine(cfg: EngineConfig) -> Engine:
             backend = "tensorrt" if gpu and tensorrt_available() else "torch"
         else:
             backend = "openvino" if openvino_available() else "torch"
+            if backend == "openvino":
+                from engines.openvino_engine import require_openvino
+
+                try:  # installed but broken (a missing shared library, a partial upgrade): auto still runs
+                    require_openvino()
+                except BackendUnavailable as e:
+                    log.warning("%s: %s; running on torch FP32 instead", cfg.task, e)
+                    backend = "torch"
     loaded = load_model(cfg.task, cfg.model, cfg.input_size, max_side=cfg.max_side)
     if backend == "openvino":
         from engines.openvino_engine import OpenVINOEngine

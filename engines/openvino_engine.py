@@ -58,11 +58,19 @@ def require_openvino() -> str:
     """Check that OpenVINO imports; return its version. :class:`BackendUnavailable` (one line) otherwise."""
     try:
         import openvino
-    except ImportError as e:
-        raise BackendUnavailable(f"OpenVINO is not installed ({_INSTALL_HINT})") from e
-    except Exception as e:  # a broken install
-        raise BackendUnavailable(f"OpenVINO failed to import: {type(e).__name__}: {e} ({_INSTALL_HINT})") from e
+    except ModuleNotFoundError as e:
+        if e.name == "openvino":
+            raise BackendUnavailable(f"OpenVINO is not installed ({_INSTALL_HINT})") from e
+        raise BackendUnavailable(_broken(e)) from e
+    except Exception as e:  # installed but broken: a missing shared library or dependency, a partial upgrade
+        raise BackendUnavailable(_broken(e)) from e
     return str(openvino.__version__)
+
+
+def _broken(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0][:300] if str(e).strip() else "no message"
+    return (f"OpenVINO is installed but fails to import ({type(e).__name__}: {text}); reinstall it "
+            "(pip install --force-reinstall openvino), or use --engine torch")
 
 
 def cpu_supports_bf16(core: ov.Core) -> bool:

@@ -145,3 +145,29 @@ def test_a_cache_dir_that_is_a_file_is_one_usage_line_exit_2(assets: dict[str, P
     line = one_error_line(p.stderr)
     assert p.returncode == 2 and str(cache) in line and "DPTSTREAM_CACHE_DIR" in line, p.stderr
     assert afile.read_text() == "a file, where the engine cache should be"
+
+
+def test_a_broken_openvino_install_is_one_line_and_auto_runs_on_torch(assets: dict[str, Path],
+                                                                       tmp_path: Path) -> None:
+    """An ``openvino`` package that is found but fails to import (a missing shared library): ``--engine
+    openvino`` is one line naming it, ``--engine auto`` (the CPU default) warns once and runs on torch."""
+    import os
+
+    from tests.support.servers import cli, one_error_line
+
+    broken = tmp_path / "site" / "openvino"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text('raise ImportError("libopenvino.so.2520: cannot open shared object file")\n')
+    env = {"PYTHONPATH": os.pathsep.join(p for p in (str(broken.parent), os.environ.get("PYTHONPATH")) if p)}
+    args = ["-s", f"cam={assets['clip360']}", "--tasks", "depth", "-m", f"depth={assets['depth']}",
+            "--metrics-port", "-1", "--no-progress"]
+
+    p = cli("run", *args, "--engine", "openvino", "--sink", f"dir:{tmp_path / 'ov'}", env=env)
+    line = one_error_line(p.stderr)
+    assert p.returncode == 1 and "fails to import" in line and "libopenvino.so" in line, p.stderr
+
+    p = cli("run", *args, "--sink", f"dir:{tmp_path / 'auto'}", env=env)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    warnings = [ln for ln in p.stderr.splitlines() if "fails to import" in ln]
+    assert len(warnings) == 1 and "torch" in warnings[0], p.stderr
+    assert len((tmp_path / "auto" / "cam.jsonl").read_text().splitlines()) == 20  # every frame published
