@@ -108,8 +108,27 @@ class Plan:
         return self.variant_batches.get(variant, self.batches)
 
 
+def parse_e2e_variants(text: str | None, names: list[str], tensorrt_ok: bool) -> list[str]:
+    """``--e2e-variants``: variants among those measured (``names``); default the fastest kind measured. A name
+    not measured is a usage error, not an end-to-end run silently left out."""
+    known = list(dict.fromkeys(names))
+    if text is None:
+        out = [next(n for n in ("tensorrt", "fp16-graphs", "bf16-graphs", "fp16", "fp32", "bf16", "ov-bf16",
+                                "ov-fp32") if n in known)]
+    else:
+        out = [v.strip() for v in text.split(",") if v.strip()]
+        bad = [v for v in out if v not in known]
+        if bad or not out:
+            raise ConfigError(f"--e2e-variants {text!r}: {bad[0] if bad else 'no variant'} is not a variant being "
+                              f"measured ({', '.join(known)}); name one of them, or add it to --variants")
+    if "tensorrt" in out and not tensorrt_ok:
+        out = [v for v in out if v != "tensorrt"] or ["fp16-graphs" if "fp16-graphs" in known else known[0]]
+    return out
+
+
 def parse_variant_batches(items: list[str] | None, known: list[str]) -> dict[str, list[int]]:
     """``--variant-batches fp32=1,8`` (repeatable): engine-only batch sizes for one variant."""
+    known = list(dict.fromkeys(known))  # one name per variant, whatever the thread counts measured
     out: dict[str, list[int]] = {}
     for item in items or []:
         name, sep, sizes = item.partition("=")

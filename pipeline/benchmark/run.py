@@ -45,6 +45,7 @@ from pipeline.benchmark.plan import (
     Plan,
     Variant,
     int_list,
+    parse_e2e_variants,
     parse_size,
     parse_variant_batches,
     parse_variants,
@@ -319,11 +320,7 @@ def bench(r: BenchRequest) -> Path:
     if not mode_list or any(m not in ("engine", "e2e", "naive") for m in mode_list):
         raise ConfigError(f"--modes {r.modes!r}: use engine, e2e and/or naive")
     names = [v.name for v in vlist]
-    e2e_vs: list[str] = [v.strip() for v in r.e2e_variants.split(",")] if r.e2e_variants is not None else \
-        [next(n for n in ("tensorrt", "fp16-graphs", "bf16-graphs", "fp16", "fp32", "bf16", "ov-bf16", "ov-fp32")
-              if n in names)]
-    if "tensorrt" in e2e_vs and not tensorrt_available():
-        e2e_vs = [v for v in e2e_vs if v != "tensorrt"] or ["fp16-graphs" if "fp16-graphs" in names else names[0]]
+    e2e_vs = parse_e2e_variants(r.e2e_variants, names, tensorrt_available())
     if r.streams is not None and r.streams < 1:
         raise ConfigError("--streams must be >= 1")
     naive_list = [p.strip() for p in _given(r.naive_precisions, "fp32,fp16" if dev == "cuda" else "fp32").split(",")

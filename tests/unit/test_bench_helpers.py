@@ -99,3 +99,19 @@ def test_openvino_variants_run_on_cpu_beside_torch_fp32() -> None:
         ("fp32", "torch", "fp32", 2), ("ov-fp32", "openvino", "fp32", 2), ("ov-bf16", "openvino", "bf16", 2)]
     with pytest.raises(ConfigError, match="OpenVINO variants run on CPU"):
         parse_variants("ov-bf16", "cuda", None)
+
+
+def test_a_variant_not_measured_is_a_usage_error_naming_each_variant_once() -> None:
+    """``--e2e-variants`` naming a variant not measured stopped nothing: the bench wrote a JSON without the
+    end-to-end rows asked for. And with two thread counts each variant was listed twice in the error."""
+    from pipeline.benchmark.plan import parse_e2e_variants, parse_variant_batches, parse_variants
+    from pipeline.config import ConfigError
+
+    names = [v.name for v in parse_variants("fp32,ov-fp32", "cpu", [1, 2])]
+    assert parse_e2e_variants(None, names, False) == ["fp32"]
+    assert parse_e2e_variants("ov-fp32", names, False) == ["ov-fp32"]
+    for bad in ("nope", "ov-bf16", "", "fp32,OV-FP32"):
+        with pytest.raises(ConfigError, match=r"--e2e-variants .*\(fp32, ov-fp32\)"):
+            parse_e2e_variants(bad, names, False)
+    with pytest.raises(ConfigError, match=r"a variant being measured \(fp32, ov-fp32\), e\.g\."):
+        parse_variant_batches(["ov-int8=1"], names)
