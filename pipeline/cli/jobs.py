@@ -109,13 +109,10 @@ def worker_cmd(
 def run_worker(cfg: PipelineConfig, queue: str | None = None, name: str | None = None,
                max_jobs: int | None = None, until_empty: bool = False) -> int:
     from pipeline.cli.common import stop_on_signals
-    from pipeline.jobs.worker import Worker
-    from pipeline.overlay import VIDEO_SUFFIXES
+    from pipeline.jobs.worker import Worker, refuse_one_file_sinks
     from pipeline.runtime.app import start_runtime
 
-    for uri in cfg.sinks:  # before the models load: fail fast
-        if uri.lower().startswith("video:") and Path(uri[6:]).suffix.lower() in VIDEO_SUFFIXES:
-            raise ConfigError(f"{uri} writes one file; a worker runs many jobs: use video:DIR")
+    refuse_one_file_sinks(cfg)  # before the models load: fail fast
     if cfg.sources:
         log.warning("the config's %d source(s) are ignored: a worker takes its files from the job queue",
                     len(cfg.sources))

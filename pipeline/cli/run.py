@@ -57,25 +57,16 @@ def run_pipeline(cfg: PipelineConfig) -> int:
     from pipeline.progress import ProgressView
     from pipeline.runtime import Pipeline
     from pipeline.runtime.app import start_runtime
-    from pipeline.sources import probe_file
 
     if not cfg.sources:
         raise ConfigError("no sources: pass --source PATH_OR_URI (repeatable) or list sources in the config file")
-    totals: dict[str, int | None] = {}
-    for s in cfg.sources:
-        totals[s.id] = None if s.is_live else (probe_file(s)["frames"] or None)
-        if s.loop:
-            totals[s.id] = None
-    holder: dict[str, Any] = {}
+    holder: dict[str, Pipeline] = {}
 
     def health() -> tuple[bool, bool, dict[str, Any]]:
         p = holder.get("pipeline")
         if p is None:
             return True, False, {"state": "starting"}
-        fn = getattr(p, "health", None)
-        if fn is not None:
-            return fn()  # type: ignore[no-any-return]
-        return True, p.running, {}
+        return p.health()
 
     rt = start_runtime(cfg, health=health)
     try:
@@ -85,9 +76,11 @@ def run_pipeline(cfg: PipelineConfig) -> int:
         log.info("sinks: %s", ", ".join(s.name for s in rt.sinks))
         if rt.port is not None:
             log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, rt.port)
-        pipeline = Pipeline(cfg, rt.engines, rt.sinks, rt.metrics, live_options=live_options(cfg))
+        plan = rt.plan_run()
+        pipeline = Pipeline(cfg, rt.engines, rt.sinks, rt.metrics, plan)
         pipeline.build()
         holder["pipeline"] = pipeline
+        totals = {p.stream_id: p.total_frames for p in plan.sources}
         show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
         view = ProgressView(rt.metrics, totals, pipeline.report, enabled=show)
         with stop_on_signals(pipeline) as signals, view:
@@ -97,10 +90,6 @@ def run_pipeline(cfg: PipelineConfig) -> int:
         return finish(report, cfg)
     finally:
         rt.close()
-
-
-def live_options(cfg: PipelineConfig) -> dict[str, Any]:
-    return {"live": cfg.live}
 
 
 def finish(report: Any, cfg: PipelineConfig) -> int:

@@ -20,5 +20,8 @@ class JobKeys:
     def job(self, jid: str) -> str:
         return f"{self.prefix}:job:{jid}"
 
-    def progress(self, jid: str) -> str:  # the Redis sink's per-stream progress marker
-        return f"{self.prefix}:stream:{jid}:progress"
+    def progress(self, jid: str) -> str:
+        """The job's stream's progress hash, as the Redis sink names it (a job's id is its stream id)."""
+        from pipeline.sinks import RedisKeys  # here: `submit` and `status` need not load the sinks
+
+        return RedisKeys(self.prefix).progress(jid)

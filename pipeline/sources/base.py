@@ -42,6 +42,7 @@ class Source:
         self.state = "idle"
         self.error: str | None = None
         self.truncated = False
+        self.fatal = False  # its end ends the run (a camera down at start with live.fail_if_down_at_start)
         self._decoded = metrics.frames.labels(stream=cfg.id, stage="decoded")
         self._up = metrics.stream_up.labels(stream=cfg.id)
 

@@ -549,6 +549,14 @@ class PostprocessStage(Stage):
             self._layouts[key] = zone_layout(zones, w, h, like.device) if zones else None
         return self._layouts[key]
 
+    def restore_rules(self, sid: str, state: str | None) -> None:
+        """A stream joins (again): its rules start from ``state`` (saved with its last published frame), not from
+        what an earlier reading of the same stream id left here. Called when none of its frames is in flight."""
+        self._rules.pop(sid, None)
+        self._rule_states.pop(sid, None)
+        if state and self.plan is not None and self.plan.rules_for(sid):
+            self._rule_states[sid] = state
+
     def _stream_rules(self, sid: str) -> StreamRules | None:
         if self.plan is None:
             return None
