@@ -77,7 +77,7 @@ def worker_cmd(
     redis_prefix: PrefixOpt = None,
     queue: Annotated[str | None, typer.Option("--queue", help="Redis URL of the job queue (default: the first redis sink).")] = None,
     claim_idle: Annotated[float | None, typer.Option("--claim-idle", help="Seconds a job's worker may be silent before another worker takes the job over (default 60).")] = None,
-    max_attempts: Annotated[int | None, typer.Option("--max-attempts", help="Deliveries of a job before it is marked failed (default 3).")] = None,
+    max_attempts: Annotated[int | None, typer.Option("--max-attempts", help="Attempts ending without progress (hand-backs do not count) before a job is marked failed (default 3).")] = None,
     max_jobs: Annotated[int | None, typer.Option("--max-jobs", help="Exit after finishing this many jobs.")] = None,
     until_empty: Annotated[bool, typer.Option("--until-empty", help="Exit when no job is queued or held by another worker (default: wait for jobs forever).")] = False,
     name: Annotated[str | None, typer.Option("--name", help="Consumer name in the group (default HOST-PID).")] = None,
