@@ -11,6 +11,9 @@ import numpy as np
 STREAM_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")  # whole-string match only: "$" would allow a final "\n"
 
 
+STREAM_ID_RULE = "use 1-64 of A-Z a-z 0-9 . _ -"  # the way out, in every line refusing an id
+
+
 def valid_stream_id(sid: str) -> bool:
     return bool(STREAM_ID_RE.fullmatch(sid)) and sid not in (".", "..")
 
@@ -96,6 +99,7 @@ class EndOfStream:
     frames: int  # frames decoded in total
     error: str | None = None
     truncated: bool = False
+    bad_packets: int = 0  # packets skipped because they could not be decoded (each may have held a frame)
     alerts: tuple[dict[str, Any], ...] = ()  # rules ended by the stream's end (added by postprocess)
     rule_state: str | None = None  # the rule state after those ends (JSON)
 

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from pipeline.cli.common import DebugOpt, PrefixOpt, check_stream_id
 from pipeline.config import ConfigError, redact
 
 
@@ -15,8 +16,8 @@ def snapshot_cmd(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="PNG to write (default STREAM.png).")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (its redis sink and prefix).")] = None,
     redis_url: Annotated[str | None, typer.Option("--redis", help="Redis URL (default: the config's redis sink, $REDIS_URL or redis://127.0.0.1:6379/0).")] = None,
-    redis_prefix: Annotated[str | None, typer.Option("--redis-prefix", help="Key prefix (default dpt).")] = None,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    redis_prefix: PrefixOpt = None,
+    debug: DebugOpt = False,
 ) -> None:
     """Write a PNG of what the pipeline sees in STREAM's latest frame: class colours (over the frame's
     thumbnail when redis.thumbnail is on) beside a depth picture built from the depth summary; the configured
@@ -25,7 +26,6 @@ def snapshot_cmd(
     from PIL import Image
 
     from pipeline.cli.common import connect, err, queue_url, setup_logging, small_config
-    from pipeline.frames import valid_stream_id
     from pipeline.overlay import render_entry
     from pipeline.sinks import RedisKeys, key_problem
     from pipeline.sinks.entries import EntryError, check_entry
@@ -33,8 +33,7 @@ def snapshot_cmd(
     from pipeline.view.stats import active_zones, parse_active_alerts, parse_labels, parse_zones
 
     setup_logging(debug, quiet=True)
-    if not valid_stream_id(stream):
-        raise ConfigError(f"invalid stream id {stream!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+    check_stream_id(stream)
     cfg = small_config(config, redis_url, redis_prefix)
     url = queue_url(cfg, redis_url)
     client = connect(url, cfg)

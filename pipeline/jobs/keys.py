@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import redis
+from pipeline.sinks import RedisKeys, redis_down
 
 STATES = ("queued", "running", "done", "failed")
-
-
-REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+REDIS_DOWN = redis_down()
 
 
 class JobKeys:
@@ -22,6 +20,4 @@ class JobKeys:
 
     def progress(self, jid: str) -> str:
         """The job's stream's progress hash, as the Redis sink names it (a job's id is its stream id)."""
-        from pipeline.sinks import RedisKeys  # here: `submit` and `status` need not load the sinks
-
         return RedisKeys(self.prefix).progress(jid)

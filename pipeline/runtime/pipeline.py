@@ -34,6 +34,7 @@ class StreamReport:
     skipped: int = 0  # already published before (resume)
     error: str | None = None
     truncated: bool = False
+    bad_packets: int = 0  # packets skipped because they could not be decoded
     done: bool = False
 
 
@@ -170,17 +171,24 @@ class Pipeline:
         self._warm_shapes()
 
     def _warm_shapes(self) -> None:
-        """Engines whose network shape follows the source (checkpoints that keep the aspect ratio) prepare each
-        file source's shape now (CUDA graphs, TensorRT plans), before frames flow, from the plans' probes; a live
-        source's shape is known only once it streams, and is prepared on its first batch."""
-        plans = self._planned().sources
-        for task, e in self.engines.items():
-            if e.spec.preprocess.fixed_shape is not None:
-                continue
-            shapes = sorted({p.network_shapes.get(task) or e.spec.network_shape(*p.size)
-                             for p in plans if p.size is not None})
-            if shapes:
-                e.warmup(shapes)
+        """Engines whose network shape follows the source (checkpoints that keep the aspect ratio, or do not
+        resize) check each file source's shape against the device's memory (:func:`engines.memory.
+        check_network_shape`) and prepare it now (CUDA graphs, TensorRT plans), before frames flow, from the plans'
+        probes; a live source's shape is known only once it streams: the preprocess stage checks and logs every
+        source's shape on its first frame, and it is prepared on its first batch."""
+        from engines.memory import check_network_shape
+
+        sized = [(p.stream_id, p.size, p.network_shapes) for p in self._planned().sources if p.size is not None]
+        varying = {t: e for t, e in self.engines.items() if e.spec.preprocess.fixed_shape is None}
+        shapes: dict[str, set[tuple[int, int]]] = {t: set() for t in varying}
+        for sid, (h, w), planned in sized:  # every shape refused before a graph or plan is built for any
+            for t, e in varying.items():
+                shape = planned.get(t) or e.spec.network_shape(h, w)
+                check_network_shape(e.spec, shape, f"source {sid!r} ({w}x{h})")
+                shapes[t].add(shape)
+        for t, e in varying.items():
+            if shapes[t]:
+                e.warmup(sorted(shapes[t]))
 
     # -- sources joining and leaving a running pipeline ----------------------------------------------------
     def add_source(self, plan: SourcePlan) -> None:
@@ -251,6 +259,7 @@ class Pipeline:
             self._reading.pop(eos.stream_id, None)
         rep = self.report.streams.setdefault(eos.stream_id, StreamReport(eos.stream_id))
         rep.decoded, rep.error, rep.truncated, rep.done = eos.frames, eos.error, eos.truncated, True
+        rep.bad_packets = eos.bad_packets
         src = next((s for s in reversed(self.sources) if s.id == eos.stream_id), None)
         if src is not None and src.fatal and self._fatal is None:
             # a camera down at start with live.fail_if_down_at_start: stop the run, draining what was decoded

@@ -1,6 +1,8 @@
 """Sinks: one backend per file behind the :class:`~pipeline.sinks.base.Sink` base (every hook declared, with a
-default) — ``redis`` (streams, resume point: its :class:`~pipeline.sinks.base.ProgressStore`, outage buffer), ``directory`` (``dir:`` mask PNGs + JSON lines), ``video`` (``video:`` overlay MP4); ``encode`` holds
-the PNG/JPEG/summary encoding they share. The runtime creates them with :func:`create_sink`."""
+default) — ``redis`` (streams, resume point: its :class:`~pipeline.sinks.base.ProgressStore`, outage buffer) over
+``rediskeys`` (the key names and client its readers share), ``directory`` (``dir:`` mask PNGs + JSON lines),
+``video`` (``video:`` overlay MP4); ``encode`` holds the PNG/JPEG/summary encoding they share. The runtime creates
+them with :func:`create_sink`."""
 
 from __future__ import annotations
 
@@ -11,22 +13,23 @@ from typing import Any
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.metrics import Metrics
 from pipeline.overlay import VIDEO_SUFFIXES
-from pipeline.sinks.base import ProgressStore, SavedProgress, Sink, SinkError
+from pipeline.sinks.base import ProgressStore, SavedProgress, Sink, SinkError, error_reason
 from pipeline.sinks.directory import DirSink
-from pipeline.sinks.redis import (
+from pipeline.sinks.redis import RedisSink
+from pipeline.sinks.rediskeys import (
     SCHEMA_VERSION,
     WAY_OUT,
     RedisKeys,
-    RedisSink,
     key_problem,
     key_type,
     parse_resume_point,
     redis_client,
+    redis_down,
 )
 
 __all__ = ["SCHEMA_VERSION", "WAY_OUT", "DirSink", "ProgressStore", "RedisKeys", "RedisSink", "SavedProgress", "Sink",
-           "SinkError", "create_sink", "key_problem", "key_type", "parse_resume_point", "redis_client",
-           "writes_one_file"]
+           "SinkError", "create_sink", "error_reason", "key_problem", "key_type", "parse_resume_point", "redis_client",
+           "redis_down", "writes_one_file"]
 
 
 def writes_one_file(uri: str) -> bool:

@@ -1,5 +1,5 @@
 """Sources: one backend per file behind :class:`~pipeline.sources.base.Source` — ``file`` (PyAV demux + decode of a
-file, truncation detection, display rotation, identity for resume) and ``rtsp`` (live network streams: rtsp(s),
+file, truncation detection, display rotation, identity for resume) and ``live`` (live network streams: rtsp(s),
 http(s) incl. HLS, rtmp(s), with the reconnect logic of ``reconnect``). The runtime
 creates them with :func:`create_source`."""
 
@@ -21,7 +21,7 @@ def create_source(cfg: SourceConfig, out: NamedQueue[Any], metrics: Metrics, sta
                   live: LiveSection | None = None) -> Source:
     """The source for ``cfg``; ``live`` (the config's ``live`` section) tunes a live stream's reconnects."""
     if cfg.scheme != "file":  # every network scheme is a live stream (config validation says so)
-        from pipeline.sources.rtsp import RtspSource
+        from pipeline.sources.live import LiveSource
 
-        return RtspSource(cfg, out, metrics, start_index, live=live)
+        return LiveSource(cfg, out, metrics, start_index, live=live)
     return FileSource(cfg, out, metrics, start_index)
