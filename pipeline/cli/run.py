@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -33,6 +33,9 @@ from pipeline.cli.common import (
     setup_logging,
 )
 from pipeline.config import ConfigError, PipelineConfig, load_config
+
+if TYPE_CHECKING:
+    from pipeline.runtime import RunReport
 
 log = logging.getLogger("dptstream")
 
@@ -90,7 +93,7 @@ def run_pipeline(cfg: PipelineConfig) -> int:
         if rt.port is not None:
             log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, rt.port)
         plan = rt.plan_run()
-        pipeline = Pipeline(cfg, rt.engines, rt.sinks, rt.metrics, plan)
+        pipeline = Pipeline(cfg, rt.engines, rt.sinks, rt.metrics, plan.sources, plan.zones)
         pipeline.build()
         holder["pipeline"] = pipeline
         totals = {p.stream_id: p.total_frames for p in plan.sources}
@@ -105,7 +108,7 @@ def run_pipeline(cfg: PipelineConfig) -> int:
         rt.close()
 
 
-def finish(report: Any, cfg: PipelineConfig) -> int:
+def finish(report: RunReport, cfg: PipelineConfig) -> int:
     n = report.published
     secs = max(report.seconds, 1e-9)
     skipped = sum(s.skipped for s in report.streams.values())
@@ -123,7 +126,7 @@ def finish(report: Any, cfg: PipelineConfig) -> int:
         if s.error:
             err(s.error)
             code = EXIT_FAIL
-    unwritten = getattr(report, "unwritten", 0)
+    unwritten = report.unwritten
     if report.fatal:
         lost = f"; {unwritten} results not written (a rerun resumes after the last written frame)" \
             if unwritten else ""

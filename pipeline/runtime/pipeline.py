@@ -15,10 +15,11 @@ from pipeline.config import PipelineConfig
 from pipeline.frames import EndOfStream, Frame
 from pipeline.metrics import Metrics
 from pipeline.queues import FanIn, NamedQueue
-from pipeline.runtime.plan import RunPlan, SourcePlan, find_progress_store, plan_run
+from pipeline.runtime.plan import RunPlan, SourcePlan, find_progress_store, plan_run, resolve_zones
 from pipeline.sinks import Sink
 from pipeline.sources import Source, create_source
 from pipeline.stages import InferStage, PostprocessStage, PreprocessStage, PublishStage, Stage, is_control
+from pipeline.zones import ZonePlan
 
 log = logging.getLogger(__name__)
 
@@ -53,20 +54,21 @@ class RunReport:
 
 
 class Pipeline:
-    """One run with already-created engines and sinks (both reusable across runs), over the sources of ``plan``
-    (:func:`~pipeline.runtime.plan.plan_run`; without one, :meth:`build` plans ``cfg.sources`` itself, recording
-    them in the progress store). More sources join a running pipeline with :meth:`add_source` and leave it with
+    """One run with already-created engines and sinks (both reusable across runs), over the planned sources
+    ``plans`` (:func:`~pipeline.runtime.plan.plan_source`) with the resolved ``zones``; without plans, :meth:`build`
+    plans ``cfg.sources`` itself, recording them in the progress store, and without zones resolves them. More sources join a running pipeline with :meth:`add_source` and leave it with
     :meth:`remove_source`; with ``hold_open`` the run does not end when its last source ends, only on
     :meth:`request_stop` (a fleet whose cameras come and go)."""
 
     def __init__(self, cfg: PipelineConfig, engines: dict[str, Engine], sinks: Sequence[Sink], metrics: Metrics,
-                 plan: RunPlan | None = None, select_tasks: Callable[[Frame], tuple[str, ...]] | None = None,
-                 hold_open: bool = False) -> None:
+                 plans: Sequence[SourcePlan] | None = None, zones: ZonePlan | None = None,
+                 select_tasks: Callable[[Frame], tuple[str, ...]] | None = None, hold_open: bool = False) -> None:
         self.cfg = cfg
         self.engines = engines
         self.sinks = list(sinks)
         self.metrics = metrics
-        self.plan = plan
+        self.plan: RunPlan | None = None  # the sources' plans and the zones, once known (see _planned)
+        self._given = (tuple(plans) if plans is not None else None, zones)
         self.select_tasks = select_tasks
         self.hold_open = hold_open
         self.degrade: Any = None  # the latency-budget controller, when live.latency_budget_ms is set
@@ -126,7 +128,12 @@ class Pipeline:
 
     def _planned(self) -> RunPlan:
         if self.plan is None:
-            self.plan = plan_run(self.cfg, self.engines, find_progress_store(self.sinks), record=True)
+            plans, zones = self._given
+            if plans is None:
+                self.plan = plan_run(self.cfg, self.engines, find_progress_store(self.sinks), record=True,
+                                     zones=zones)
+            else:
+                self.plan = RunPlan(zones if zones is not None else resolve_zones(self.cfg, self.engines), plans)
         return self.plan
 
     def build(self) -> None:
@@ -200,7 +207,7 @@ class Pipeline:
             if sid in self._reading:
                 raise PipelineError(f"stream {sid!r} is already part of the run; remove it first")
             if self._pre is None:  # not built yet: it joins with the others
-                base = self.plan or RunPlan()
+                base = self._planned()
                 self.plan = RunPlan(base.zones, (*base.sources, plan))
                 return
             if not self._pre.admit():
