@@ -93,7 +93,7 @@ def run_pipeline(cfg: PipelineConfig) -> int:
         if rt.port is not None:
             log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, rt.port)
         plan = rt.plan_run()
-        pipeline = Pipeline(cfg, rt.engines, rt.sinks, rt.metrics, plan.sources, plan.zones)
+        pipeline = Pipeline(cfg, rt.engines, rt.sinks, rt.metrics, plan)
         pipeline.build()
         holder["pipeline"] = pipeline
         totals = {p.stream_id: p.total_frames for p in plan.sources}

@@ -21,7 +21,7 @@ from pipeline.jobs.keys import REDIS_DOWN, JobKeys
 from pipeline.jobs.status import active_workers
 from pipeline.jobs.submit import ensure_group
 from pipeline.runtime import Pipeline, PipelineError, RunReport
-from pipeline.runtime.plan import SourcePlan, plan_source
+from pipeline.runtime.plan import RunPlan, SourcePlan, plan_source
 from pipeline.sinks import ProgressStore, Sink, writes_one_file
 from pipeline.sinks.base import error_reason
 from pipeline.sources import SourceError
@@ -479,7 +479,7 @@ class _JobRun:
         w = worker
         self.w, self.d, self.plan = w, d, plan
         cfg = w.cfg.model_copy(update={"sources": [plan.source], "resume": True})
-        self.pipeline = Pipeline(cfg, w.rt.engines, w.rt.sinks, w.rt.metrics, [plan], w.rt.zones)
+        self.pipeline = Pipeline(cfg, w.rt.engines, w.rt.sinks, w.rt.metrics, RunPlan(w.rt.zones, (plan,)))
         self.pipeline.build()
         self.lost = threading.Event()
         self.t0 = self.last_beat = time.monotonic()

@@ -15,11 +15,10 @@ from pipeline.config import PipelineConfig
 from pipeline.frames import EndOfStream, Frame
 from pipeline.metrics import Metrics
 from pipeline.queues import FanIn, NamedQueue
-from pipeline.runtime.plan import RunPlan, SourcePlan, find_progress_store, plan_run, resolve_zones
+from pipeline.runtime.plan import RunPlan, SourcePlan, find_progress_store, plan_run
 from pipeline.sinks import Sink
 from pipeline.sources import Source, create_source
 from pipeline.stages import InferStage, PostprocessStage, PreprocessStage, PublishStage, Stage, is_control
-from pipeline.zones import ZonePlan
 
 log = logging.getLogger(__name__)
 
@@ -54,21 +53,20 @@ class RunReport:
 
 
 class Pipeline:
-    """One run with already-created engines and sinks (both reusable across runs), over the planned sources
-    ``plans`` (:func:`~pipeline.runtime.plan.plan_source`) with the resolved ``zones``; without plans, :meth:`build`
-    plans ``cfg.sources`` itself, recording them in the progress store, and without zones resolves them. More sources join a running pipeline with :meth:`add_source` and leave it with
-    :meth:`remove_source`; with ``hold_open`` the run does not end when its last source ends, only on
-    :meth:`request_stop` (a fleet whose cameras come and go)."""
+    """One run with already-created engines and sinks (both reusable across runs), over ``plan``: its sources'
+    plans (:func:`~pipeline.runtime.plan.plan_source`) and the resolved zones; without one, :meth:`build` plans
+    ``cfg.sources`` itself, recording them in the progress store. More sources join a running pipeline with
+    :meth:`add_source` and leave it with :meth:`remove_source`; with ``hold_open`` the run does not end when its
+    last source ends, only on :meth:`request_stop` (a fleet whose cameras come and go)."""
 
     def __init__(self, cfg: PipelineConfig, engines: dict[str, Engine], sinks: Sequence[Sink], metrics: Metrics,
-                 plans: Sequence[SourcePlan] | None = None, zones: ZonePlan | None = None,
-                 select_tasks: Callable[[Frame], tuple[str, ...]] | None = None, hold_open: bool = False) -> None:
+                 plan: RunPlan | None = None, select_tasks: Callable[[Frame], tuple[str, ...]] | None = None,
+                 hold_open: bool = False) -> None:
         self.cfg = cfg
         self.engines = engines
         self.sinks = list(sinks)
         self.metrics = metrics
-        self.plan: RunPlan | None = None  # the sources' plans and the zones, once known (see _planned)
-        self._given = (tuple(plans) if plans is not None else None, zones)
+        self.plan = plan
         self.select_tasks = select_tasks
         self.hold_open = hold_open
         self.degrade: Any = None  # the latency-budget controller, when live.latency_budget_ms is set
@@ -128,12 +126,7 @@ class Pipeline:
 
     def _planned(self) -> RunPlan:
         if self.plan is None:
-            plans, zones = self._given
-            if plans is None:
-                self.plan = plan_run(self.cfg, self.engines, find_progress_store(self.sinks), record=True,
-                                     zones=zones)
-            else:
-                self.plan = RunPlan(zones if zones is not None else resolve_zones(self.cfg, self.engines), plans)
+            self.plan = plan_run(self.cfg, self.engines, find_progress_store(self.sinks), record=True)
         return self.plan
 
     def build(self) -> None:
