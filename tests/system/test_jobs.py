@@ -256,7 +256,7 @@ def test_a_file_too_large_for_the_network_fails_alone(redis_server: RedisServer,
     """A checkpoint whose processor does not resize (facebook/dpt-dinov2-*) runs at each file's size: a 4K file
     whose network input the machine cannot hold fails with the line that says so; the small file is done."""
     from pipeline.checkpoints import make_family_checkpoint
-    from pipeline.config import load_config
+    from pipeline.configfile import load_config
     from pipeline.jobs.worker import Worker
     from pipeline.runtime.app import start_runtime
     from pipeline.sample import make_clip
