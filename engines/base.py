@@ -197,3 +197,13 @@ class EngineConfig:
     # TensorRT FP16: the attention Softmax in float32 (Casts around it) or, False, in FP16 (no Casts: lets
     # TensorRT fuse the attention block where the Casts prevent it; see engines.tensorrt_engine.attention_report)
     fp32_softmax: bool = True
+
+
+def error_reason(e: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (its type's name when it has none), cut to ``limit`` characters:
+    the one line a user is shown (transformers' and OpenVINO's messages can be pages long)."""
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else type(e).__name__
+    if limit is not None and len(line) > limit:
+        line = line[: limit - 3].rstrip() + "..."
+    return line

@@ -43,6 +43,7 @@ from engines.base import (
     EngineError,
     Task,
     UnsupportedPrecision,
+    error_reason,
 )
 from engines.cache import atomic_path, cache_root
 from engines.loading import LoadedModel
@@ -222,7 +223,7 @@ class OpenVINOEngine(Engine):
                 model = self._core.read_model(str(path))
             except Exception as e:
                 raise EngineError(f"OpenVINO cannot read the ONNX export of {self._loaded.architecture} "
-                                  f"({self._loaded.model_id!r}): {type(e).__name__}: {_first_line(e)}; "
+                                  f"({self._loaded.model_id!r}): {type(e).__name__}: {error_reason(e, 300)}; "
                                   "use --engine torch") from e
         model.reshape([1, 3, shape[0], shape[1]])  # static shape: OpenVINO's CPU plugin is fastest on it
         if self._loaded.task == "segmentation":
@@ -244,7 +245,7 @@ class OpenVINOEngine(Engine):
             return self._core.compile_model(model, "CPU", self._config(cache_dir, hint))
         except Exception as e:
             raise EngineError(f"OpenVINO could not compile {self._loaded.architecture} "
-                              f"({self._loaded.model_id!r}): {type(e).__name__}: {_first_line(e)}; "
+                              f"({self._loaded.model_id!r}): {type(e).__name__}: {error_reason(e, 300)}; "
                               "use --engine torch") from e
 
     def _compiled_for(self, shape: tuple[int, int], hint: Hint, quiet: bool = False) -> _Compiled:
@@ -357,10 +358,6 @@ class OpenVINOEngine(Engine):
             self._closed = True
             self._compiled.clear()
 
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else "no message"
 
 
 def _loaded_from_cache(compiled: Any) -> bool:

@@ -17,6 +17,7 @@ from typing import Any
 import redis
 
 from engines import EngineError
+from engines.base import error_reason
 from pipeline.config import ConfigError, PipelineConfig, SourceConfig
 from pipeline.jobs.keys import REDIS_DOWN, JobKeys
 from pipeline.jobs.status import active_workers
@@ -24,7 +25,6 @@ from pipeline.jobs.submit import ensure_group
 from pipeline.runtime import Pipeline, PipelineError, RunReport
 from pipeline.runtime.plan import RunPlan, SourcePlan, plan_source
 from pipeline.sinks import ProgressStore, Sink, writes_one_file
-from pipeline.sinks.base import error_reason
 from pipeline.sources import SourceError
 
 log = logging.getLogger(__name__)
@@ -257,7 +257,7 @@ class Worker:
     def _redis_away(self, e: Exception) -> None:
         if self._away_delay == 0.0:
             log.warning("worker %s: Redis is unreachable (%s); waiting for it", self.name,
-                        str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+                        error_reason(e))
         self._away_delay = min(max(self._away_delay * 2, 0.2), self.cfg.redis.retry_max_s)
         self.stop.wait(self._away_delay)
 
@@ -277,7 +277,7 @@ class Worker:
             except REDIS_DOWN as e:
                 if time.monotonic() > deadline:
                     log.error("job %s: Redis unreachable, could not %s (%s); the job stays pending", self.job,
-                              what, str(e).splitlines()[0] if str(e) else type(e).__name__)
+                              what, error_reason(e))
                     return None
                 time.sleep(delay)
                 delay = min(delay * 2, self.cfg.redis.retry_max_s)

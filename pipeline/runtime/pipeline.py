@@ -16,7 +16,7 @@ from pipeline.frames import EndOfStream, Frame
 from pipeline.metrics import Metrics
 from pipeline.queues import FanIn, NamedQueue
 from pipeline.runtime.plan import RunPlan, SourcePlan, find_progress_store, plan_run
-from pipeline.sinks import Sink
+from pipeline.sinks import Sink, error_reason
 from pipeline.sources import Source, create_source
 from pipeline.stages import InferStage, PostprocessStage, PreprocessStage, PublishStage, Stage, is_control
 
@@ -308,7 +308,7 @@ class Pipeline:
 
     def _on_fatal(self, stage: Stage, e: BaseException) -> None:
         if self._fatal is None:
-            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            detail = error_reason(e)
             self._fatal = f"{stage.name} stage failed: {detail}"
             if not isinstance(e, Exception):
                 self._fatal = f"{stage.name} stage stopped ({type(e).__name__})"

@@ -10,10 +10,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from engines.base import error_reason
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.metrics import Metrics
 from pipeline.overlay import VIDEO_SUFFIXES
-from pipeline.sinks.base import ProgressStore, SavedProgress, Sink, SinkError, error_reason
+from pipeline.sinks.base import ProgressStore, SavedProgress, Sink, SinkError
 from pipeline.sinks.directory import DirSink
 from pipeline.sinks.redis import RedisSink
 from pipeline.sinks.rediskeys import (

@@ -116,6 +116,3 @@ class Sink(ABC):
         return None
 
 
-def error_reason(e: Exception) -> str:
-    s = str(e).strip() or type(e).__name__
-    return s.splitlines()[0]

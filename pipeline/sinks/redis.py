@@ -10,11 +10,12 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
+from engines.base import error_reason
 from pipeline.config import PipelineConfig, SourceConfig
 from pipeline.frames import EndOfStream, Result, mask_dtype_for
 from pipeline.metrics import Metrics
 from pipeline.redact import redact
-from pipeline.sinks.base import ProgressStore, SavedProgress, Sink, SinkError, error_reason
+from pipeline.sinks.base import ProgressStore, SavedProgress, Sink, SinkError
 from pipeline.sinks.encode import encode_depth_png, encode_png, encode_thumbnail, summary
 from pipeline.sinks.rediskeys import (
     SCHEMA_VERSION,

@@ -8,8 +8,8 @@ import os
 from typing import Any
 from urllib.parse import urlsplit
 
+from engines.base import error_reason
 from pipeline.config import ConfigError
-from pipeline.sinks.base import error_reason
 
 SCHEMA_VERSION = "1"
 WAY_OUT = "DEL the key or use another --redis-prefix"
