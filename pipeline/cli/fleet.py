@@ -129,6 +129,42 @@ def import_(
     print(f"{len(entries)} camera(s) imported")
 
 
+def node(
+    config: Annotated[Path | None, typer.Argument(help="YAML config (models, engine, sinks, zones, fleet:); no sources:.")] = None,
+    sink: Annotated[list[str] | None, typer.Option("--sink", help="redis://host:port/db (default $REDIS_URL or redis://127.0.0.1:6379/0).")] = None,
+    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="TASK=ID|PATH. Repeatable.")] = None,
+    max_cameras: Annotated[int | None, typer.Option("--max-cameras", help="fleet.max_cameras: this node's capacity.")] = None,
+    node_id: Annotated[str | None, typer.Option("--node-id", help="fleet.node_id (default HOST-PID).")] = None,
+    metrics_port: Annotated[int | None, typer.Option("--metrics-port", help="/metrics and /readyz port (0 = any, -1 = off).")] = None,
+    redis_prefix: Annotated[str | None, typer.Option("--redis-prefix", help="Key prefix (default dpt).")] = None,
+    debug: DebugOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Run this machine's share of the fleet's cameras (see `dptstream cameras`); SIGTERM hands them over."""
+    from pipeline.cli.common import EXIT_INTERRUPTED, EXIT_OK, build_overrides, stop_on_signals
+    from pipeline.config import load_config
+    from pipeline.fleet.node import start_node
+
+    setup_logging(debug, quiet)
+    o = build_overrides(None, sink, model, None, None, None, None, None, metrics_port, None, redis_prefix)
+    fleet = {k: v for k, v in {"max_cameras": max_cameras, "node_id": node_id}.items() if v is not None}
+    if fleet:
+        o["fleet"] = fleet
+    cfg = load_config(config, o)
+    run = start_node(cfg)
+    try:
+        with stop_on_signals(run.node, "handing the cameras over and draining") as signals:
+            report = run.wait()
+    finally:
+        run.close()
+    if signals.forced:
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if report.fatal:
+        err(report.fatal)
+        raise typer.Exit(EXIT_FAIL)
+    raise typer.Exit(EXIT_OK)
+
+
 cameras_app.command("add")(add)
 cameras_app.command("remove")(remove)
 cameras_app.command("list")(list_)
@@ -137,3 +173,4 @@ cameras_app.command("import")(import_)
 
 def register(app: typer.Typer) -> None:
     app.add_typer(cameras_app, name="cameras")
+    app.command("node")(node)

@@ -336,13 +336,11 @@ class RedisSink:
         self._abandon.set()
         self._stop.set()
 
-    def fence(self, sid: str, token: int, node: str, live: bool = True) -> None:
+    def fence(self, sid: str, token: int, node: str) -> None:
         """Write ``sid`` as fleet node ``node`` holding fencing token ``token``: from now on its frames carry the
         token (and a ``node`` field), and Redis refuses them once the camera has a newer token. Kept after the
         camera is let go, so that what is still in flight is refused too."""
         self._fences[sid] = (token, node)
-        if live:
-            self._live.add(sid)
 
     def _fields(self, r: Result, latency_ms: float) -> list[Any]:
         f: list[Any] = ["frame", r.id.index, "pts", repr(round(r.id.pts, 6)), "ts", repr(round(r.id.wall_time, 6))]
