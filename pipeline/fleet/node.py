@@ -12,6 +12,7 @@ reconciles when Redis is back. A registry key that disappears is not "remove eve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -135,10 +136,8 @@ class FleetNode:
                     log.debug("%s: release failed (%s); the lease expires", cam, error_reason(e))
             self.held.clear()
             self._gauge.set(0)
-        try:
+        with contextlib.suppress(REDIS_DOWN):
             self.nodes.leave()
-        except REDIS_DOWN:
-            pass
         self.pipeline.request_stop()
 
     def abort_now(self) -> None:
@@ -175,10 +174,8 @@ class FleetNode:
                 self._stopping.wait(self.period)
             finally:
                 if ps is not None:
-                    try:
+                    with contextlib.suppress(Exception):
                         ps.close()
-                    except Exception:
-                        pass
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
