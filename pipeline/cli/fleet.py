@@ -120,7 +120,11 @@ def import_(
             raw = {"id": parse_source(raw).id, "uri": parse_source(raw).uri}
         elif isinstance(raw, dict) and "id" not in raw and isinstance(raw.get("uri"), str):
             raw = {"id": parse_source(raw["uri"]).id, **raw}
-        entries.append(validate_entry(raw, f"{shorten(str(file))}: sources[{i}]"))
+        where = f"{shorten(str(file))}: sources[{i}]"
+        try:
+            entries.append(validate_entry(raw, where))
+        except ConfigError as e:
+            raise ConfigError(str(e) if str(e).startswith(where) else f"{where}: {e}") from e
     ids = [e["id"] for e in entries]
     dup = next((c for c in ids if ids.count(c) > 1), None)
     if dup is not None:

@@ -338,7 +338,7 @@ class RedisSink:
 
     def fence(self, sid: str, token: int, node: str) -> None:
         """Write ``sid`` as fleet node ``node`` holding fencing token ``token``: from now on its frames carry the
-        token (and a ``node`` field), and Redis refuses them once the camera has a newer token. Kept after the
+        token (and ``node`` and ``fence`` fields), and Redis refuses them once the camera has a newer token. Kept after the
         camera is let go, so that what is still in flight is refused too."""
         self._fences[sid] = (token, node)
 
@@ -358,7 +358,7 @@ class RedisSink:
         f += ["latency_ms", f"{latency_ms:.3f}"]
         fenced = self._fences.get(r.id.stream_id)
         if fenced is not None:
-            f += ["node", fenced[1]]
+            f += ["node", fenced[1], "fence", fenced[0]]
         return f
 
     def write(self, results: list[Result]) -> None:
