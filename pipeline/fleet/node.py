@@ -210,6 +210,7 @@ class FleetNode:
                 self._start_pending()
                 return
             self._registry_gone = False
+            self.metrics.fleet_desired.set(len(entries))
             for cam in [c for c in self.held if c not in entries]:
                 log.info("%s: removed from the registry; stopping it", cam)
                 self._let_go(cam, "removed")
