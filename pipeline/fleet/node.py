@@ -49,6 +49,7 @@ class Held:
     token: int
     entry: dict[str, Any]  # the registry entry it runs (a replaced entry restarts the camera)
     running: bool = False  # its source is part of the pipeline
+    leaving: str = ""  # why it is being let go: released once what it decoded has drained
 
 
 def fleet_redis_url(cfg: PipelineConfig) -> str:
@@ -211,11 +212,11 @@ class FleetNode:
                 return
             self._registry_gone = False
             self.metrics.fleet_desired.set(len(entries))
-            for cam in [c for c in self.held if c not in entries]:
+            for cam in [c for c, h in self.held.items() if c not in entries and not h.leaving]:
                 log.info("%s: removed from the registry; stopping it", cam)
                 self._let_go(cam, "removed")
             for cam, h in list(self.held.items()):
-                if h.entry != entries[cam]:
+                if cam in entries and not h.leaving and h.entry != entries[cam]:
                     log.info("%s: its registry entry changed; restarting it", cam)
                     self._stop_camera(cam)
                     h.entry = entries[cam]
@@ -226,9 +227,10 @@ class FleetNode:
             runnable = [c for c in entries if self._runnable(c, entries[c])]
             owners = {c: o[0] for c, o in self.leases.owners(runnable).items()}
             target = assign(runnable, capacity, owners)
-            for cam in [c for c in self.held if target.get(c) != self.node_id]:
+            for cam in [c for c, h in self.held.items() if target.get(c) != self.node_id and not h.leaving]:
                 log.info("%s: handing over to %s (rebalance)", cam, target.get(cam, "no node"))
                 self._let_go(cam, "rebalance")
+            self._release_drained()
             for cam in sorted(c for c, n in target.items() if n == self.node_id and c not in self.held):
                 grant = self.leases.acquire(cam)
                 if not grant.ok:
@@ -261,9 +263,17 @@ class FleetNode:
                 del self.held[cam]
 
     def _let_go(self, cam: str, reason: str) -> None:
-        h = self.held.pop(cam)
+        """Stop reading ``cam``; its lease is released once what it decoded is written (:meth:`_release_drained`),
+        so the next owner starts after the last frame of this one and nothing is refused on the way."""
         self._stop_camera(cam)
-        self.leases.release(cam, h.token, reason)
+        self.held[cam].leaving = reason
+        self._release_drained()
+
+    def _release_drained(self) -> None:
+        for cam, h in list(self.held.items()):
+            if h.leaving and not self._draining(cam):
+                self.leases.release(cam, h.token, h.leaving)
+                del self.held[cam]
 
     def _stop_camera(self, cam: str) -> None:
         h = self.held.get(cam)
@@ -282,7 +292,7 @@ class FleetNode:
 
     def _start_pending(self) -> None:
         for cam, h in self.held.items():
-            if h.running or self._draining(cam):
+            if h.running or h.leaving or self._draining(cam):
                 continue
             try:
                 src = expand(h.entry)
