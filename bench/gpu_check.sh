@@ -17,7 +17,7 @@
 #   6 bench   `dptstream bench`: fp16-graphs at batch 1/2/4/8/16, fp32 at 1/8, fp16 at 8 (+ tensorrt and
 #             tensorrt-fp16softmax at 1/8/16 when importable), e2e with 8 concurrent 1080p clips at batch 8,
 #             GPU memory per extra stream, a 30 s RSS soak, the naive transformers loop in FP32 and FP16
-#   7 summary the numbers issue 12 asks for (summary.txt)
+#   7 summary throughput against the compute floor (summary.txt)
 # Everything lands in $OUT (at most 8 files): steps.log env.txt tests.log bench.log gpu-h200.json summary.txt
 # redis.log.
 #
@@ -202,11 +202,11 @@ else
     verdict 6 bench FAIL "exit $rc: $(grep -m1 'dptstream: error' "$OUT/bench.log" || tail -1 "$OUT/bench.log")" last
 fi
 
-# -- 7. summary: the numbers issue 12 asks for ------------------------------------------------------------------
+# -- 7. summary: throughput against the compute floor, and the speed-ups of each GPU technique ------------------
 if [[ -f "$RESULT" ]] && "$PYTHON" - "$RESULT" >"$OUT/summary.txt" 2>&1 <<'EOF'
 import json, sys
 doc = json.load(open(sys.argv[1]))
-FLOPS = {"segmentation": 856.6e9, "depth": 516.4e9}  # per frame at 480 / 384 (FACTS.md)
+FLOPS = {"segmentation": 856.6e9, "depth": 516.4e9}  # per frame: DPT-Large-ADE at 480², DPT-Large at 384² (auxiliary head skipped)
 PEAK = 790e12  # dense FP16 on H100/H200
 print("machine:", doc["machine"])
 print("versions:", doc["versions"])

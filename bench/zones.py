@@ -50,7 +50,7 @@ def zone_work_ms(n: int, width: int, height: int, calls: int = 300) -> dict[str,
     import torch
 
     from pipeline.config import load_config
-    from pipeline.stages.postprocess import zone_layout, zone_results, zone_stats
+    from pipeline.stages.zoning import zone_layout, zone_results, zone_stats
     from pipeline.zones import StreamRules, resolve
 
     cfg = load_config(None, zones_config(n))

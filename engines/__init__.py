@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from engines.base import (
     DEFAULT_MODELS,
@@ -20,7 +19,9 @@ from engines.base import (
     PreprocessSpec,
     Task,
 )
-from engines.preprocess import Preprocessor
+
+if TYPE_CHECKING:
+    from engines.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,16 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> Any:
+    """``Preprocessor`` on first use: importing ``engines`` (for its names and constants, as the config does)
+    must not import torch, which costs seconds on every CLI command."""
+    if name == "Preprocessor":
+        from engines.preprocess import Preprocessor
+
+        return Preprocessor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def tensorrt_available() -> bool:
     return importlib.util.find_spec("tensorrt") is not None and hasattr(
         importlib.import_module("tensorrt"), "Builder"
@@ -51,6 +62,8 @@ def tensorrt_available() -> bool:
 def create_engine(cfg: EngineConfig) -> Engine:
     """Return an engine for ``cfg``: ``tensorrt``, ``torch``, or ``auto`` (TensorRT if importable and a GPU
     is present, else torch on CUDA, else torch on CPU). Raises :class:`EngineError` subclasses."""
+    import torch
+
     from engines.loading import load_model
 
     backend = cfg.backend

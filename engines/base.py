@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
-import torch
+if TYPE_CHECKING:  # annotations only: the config imports this module's constants without torch
+    import torch
 
 Task = Literal["segmentation", "depth"]
 TASKS: tuple[Task, ...] = ("segmentation", "depth")

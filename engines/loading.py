@@ -399,6 +399,20 @@ def _processor_file(task: Task, model_id: str, src: str, local: Path | None) -> 
     return Path(found) if found else None
 
 
+# Processor type names of older transformers that newer ones no longer resolve, with the class that reads the
+# same values (a re-saved Intel/dpt-hybrid-midas names "image_processor_type": "DPTFeatureExtractor").
+LEGACY_PROCESSOR_TYPES = {"DPTFeatureExtractor": "DPTImageProcessor"}
+
+
+def legacy_processor_class(raw: dict[str, Any]) -> str | None:
+    """The image processor class for a processor config that names a legacy type, else ``None``."""
+    for key in ("image_processor_type", "feature_extractor_type"):
+        name = raw.get(key)
+        if isinstance(name, str) and name in LEGACY_PROCESSOR_TYPES:
+            return LEGACY_PROCESSOR_TYPES[name]
+    return None
+
+
 def load_processor_spec(task: Task, model_id: str, input_size: int | None = None) -> PreprocessSpec:
     """The checkpoint's preprocessing. A broken ``preprocessor_config.json`` is a one-line error naming the file;
     only a checkpoint without one gets DPT's defaults (384x384, bicubic, mean/std 0.5), with a warning."""
@@ -411,10 +425,16 @@ def load_processor_spec(task: Task, model_id: str, input_size: int | None = None
         log.warning("%s model %s has no preprocessor_config.json; using DPT's defaults (%d, bicubic, 0.5/0.5)",
                     task, model_id, side)
         return PreprocessSpec(side, side)
-    _read_json(path, "image processor config", model_id)  # a JSON error names the file
+    raw = _read_json(path, "image processor config", model_id)  # a JSON error names the file
+    legacy = legacy_processor_class(raw)
     try:
         with _quiet_transformers():
-            proc = AutoImageProcessor.from_pretrained(src)
+            if legacy is not None:
+                import transformers
+
+                proc = getattr(transformers, legacy).from_pretrained(src)
+            else:
+                proc = AutoImageProcessor.from_pretrained(src)
     except Exception as e:
         raise ModelLoadError(
             f"image processor config {path} of {task} model {model_id!r} cannot be loaded: "

@@ -469,10 +469,6 @@ class TensorRTEngine:
         torch.cuda.current_stream(self._device).synchronize()
 
     @property
-    def plan_paths(self) -> dict[tuple[int, int], Path]:
-        return {shape: p.path for shape, p in self._plans.items()}
-
-    @property
     def device_memory_bytes(self) -> int:
         """TensorRT's activation memory of every loaded plan's context (not in torch's memory counters)."""
         return sum(p.device_memory_bytes for p in self._plans.values())

@@ -7,8 +7,9 @@ Bottom to top::
     engines/                                    (outside pipeline: one interface, a factory, a file per backend)
     frames queues config metrics progress overlay sample          base: data, policy, config, pure drawing,
         checkpoints zones                                         tiny checkpoints, zone geometry + debounce
-    sources/ (base file rtsp reconnect)  stages/ (base preprocess infer postprocess publish gpu)
-        sinks/ (base encode redis directory video)                the data flow, one file per stage/backend
+    sources/ (base file rtsp reconnect)                           the data flow, one file per stage/backend
+        stages/ (base preprocess infer postprocess masks depth zoning publish gpu)
+        sinks/ (base encode redis rediskeys directory video)
     runtime/ (pipeline app degrade)                               wiring sources -> stages -> sinks
     jobs/ (keys submit status worker)  benchmark/ (plan timing engine e2e naive results run onnx_check)
         view/ (stats security render hub server page.html)        the live view: reads Redis, serves HTTP

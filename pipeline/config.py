@@ -20,11 +20,10 @@ from pydantic import (
     model_validator,
 )
 
+from engines.base import DEFAULT_MODELS, Task
 from pipeline.frames import valid_stream_id
 from pipeline.zones import polygon_problem, valid_name
 
-Task = Literal["segmentation", "depth"]
-DEFAULT_MODELS: dict[str, str] = {"segmentation": "Intel/dpt-large-ade", "depth": "Intel/dpt-large"}
 SINK_SCHEMES = ("redis", "rediss", "dir", "video")
 # network streams FFmpeg reads here, as live sources (reconnect on end or error); HLS is http(s). No srt://: the
 # FFmpeg in PyAV's wheels is built without libsrt.
@@ -260,11 +259,15 @@ class RuleConfig(_Strict):
         return self
 
 
+def _default_models() -> dict[str, str]:
+    return dict(DEFAULT_MODELS.items())  # keys are tasks; the config's models may name others (refused)
+
+
 class PipelineConfig(_Strict):
     sources: list[SourceConfig] = Field(default_factory=list)
     sinks: list[str] = Field(default_factory=lambda: ["redis://127.0.0.1:6379/0"])
     tasks: list[Task] = Field(default_factory=lambda: ["segmentation", "depth"])  # type: ignore[arg-type]
-    models: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_MODELS))
+    models: dict[str, str] = Field(default_factory=_default_models)
     mask_size: str = "default"
     engine: EngineSection = Field(default_factory=EngineSection)
     queues: QueueSection = Field(default_factory=QueueSection)
@@ -292,7 +295,7 @@ class PipelineConfig(_Strict):
         for task in v:
             if task not in DEFAULT_MODELS:
                 raise ValueError(f"unknown task {task!r} in models: use segmentation or depth")
-        return {**DEFAULT_MODELS, **v}
+        return {**_default_models(), **v}
 
     @field_validator("mask_size")
     @classmethod

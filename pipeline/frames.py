@@ -96,6 +96,7 @@ class EndOfStream:
     frames: int  # frames decoded in total
     error: str | None = None
     truncated: bool = False
+    bad_packets: int = 0  # packets skipped because they could not be decoded (each may have held a frame)
     alerts: tuple[dict[str, Any], ...] = ()  # rules ended by the stream's end (added by postprocess)
     rule_state: str | None = None  # the rule state after those ends (JSON)
 

@@ -21,7 +21,7 @@ METRIC_NAMES = (
     "frames_total", "frames_dropped_total", "stage_seconds", "latency_seconds", "queue_depth",
     "batch_size", "stream_up", "stream_reconnects_total", "sink_errors_total", "build_info",
     "degraded", "sink_buffer_depth", "jobs_total", "rule_events_total", "rule_active", "nonfinite_outputs_total",
-    "fleet_cameras", "fleet_handovers_total", "fleet_desired_cameras",
+    "skipped_packets_total", "fleet_cameras", "fleet_handovers_total", "fleet_desired_cameras",
 )
 
 
@@ -50,6 +50,8 @@ class Metrics:
         self.nonfinite = Counter("dptstream_nonfinite_outputs", "Frames whose model output held NaN or Inf "
                                  "(published with null statistics), by stream and task", ["stream", "task"],
                                  registry=r)
+        self.skipped_packets = Counter("dptstream_skipped_packets", "Video packets skipped because they could not "
+                                       "be decoded (each may have held a frame), by stream", ["stream"], registry=r)
         self.build_info = Info("dptstream_build", "Version and engines in use", registry=r)
         self.degraded = Gauge("dptstream_degraded", "1 for the degradation level a stream is at",
                               ["stream", "level"], registry=r)

@@ -185,10 +185,6 @@ def compose(r: Result, labels: dict[int, str], show_mask: bool, show_depth: bool
     return np.ascontiguousarray(np.concatenate(halves, axis=1))
 
 
-
-
-
-
 # --------------------------------------------------------------------------------------------------------
 # snapshot: one Redis entry -> PNG
 

@@ -151,11 +151,10 @@ def _drop_keys(sink: Any, prefix: str) -> None:
 
 def check_redis(url: str) -> None:
     from pipeline.config import redact
-    from pipeline.sinks import redis_client
+    from pipeline.sinks import error_reason, redis_client
 
     try:
         redis_client(url, timeout=2.0).ping()
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"cannot reach Redis at {redact(url)} ({first}); pass --redis URL, or "
+        raise ConfigError(f"cannot reach Redis at {redact(url)} ({error_reason(e)}); pass --redis URL, or "
                           "--modes engine,naive to skip the end-to-end runs") from e

@@ -22,7 +22,7 @@ def run_naive(models: dict[str, str], clip: Path, device: str, limit: int, net_s
     from transformers import AutoImageProcessor, DPTForDepthEstimation, DPTForSemanticSegmentation
     from transformers.utils import logging as hf_logging
 
-    from pipeline.stages.postprocess import mask_size
+    from pipeline.stages.masks import mask_size
 
     dev = torch.device(device)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]

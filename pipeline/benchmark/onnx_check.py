@@ -8,7 +8,7 @@ from typing import Any
 
 from pipeline.config import ConfigError
 
-# what an export must reach on the check frames (issue 4: FP32 >= 99.9 %, FP16 >= 99 % of mask pixels)
+# what an export must reach on the check frames: FP32 >= 99.9 %, FP16 >= 99 % of mask pixels agree with torch
 FP32_MIN_AGREEMENT = 0.999
 
 
@@ -30,7 +30,7 @@ def check_frames(n: int = 4, width: int = 640, height: int = 360) -> list[Any]:
 
 def compare(task: str, ref: Any, out: Any, frame_hw: tuple[int, int]) -> dict[str, float]:
     """Segmentation: mask agreement (min over frames) at the frame's mask size. Depth: max |error| / range."""
-    from pipeline.stages.postprocess import mask_size, segment
+    from pipeline.stages.masks import mask_size, segment
 
     if task == "segmentation":
         w, h = mask_size("default", frame_hw[1], frame_hw[0], int(ref.shape[-1]))

@@ -1,6 +1,6 @@
 """``dptstream bench``: engine-only, end-to-end and naive-transformers throughput, measured in one run.
 
-Three modes, each a list of entries in one JSON file (DESIGN.md, "Benchmark results"):
+Three modes, each a list of entries in one JSON file (README.md, "Benchmark"):
 
 - ``engine``: the engines alone, on device-resident preprocessed batches of real frames of the clip
   (per engine variant, per batch size; ``segmentation``, ``depth`` and, for the batch sizes measured
@@ -88,7 +88,8 @@ def run_bench(plan: Plan, inp: Inputs, progress: Progress | None = None,
             notes.append(f"variant {v.name}: skipped, TensorRT is not installed here")
             log.warning("variant %s: skipped (TensorRT is not installed)", v.name)
             continue
-        # everything of one variant lives in _bench_variant's frame: gone when it returns (issue 12, item 10)
+        # everything of one variant lives in _bench_variant's frame, so its engines (and on a GPU their memory)
+        # are gone when it returns, before the next variant loads and captures graphs
         net_side = _bench_variant(plan, inp, v, frames, max_batch, run_id, results, pairs, notes) or net_side
         release_gpu_memory()
         if progress is not None:
@@ -217,7 +218,7 @@ def _bench_e2e(plan: Plan, inp: Inputs, v: Variant, loaded: dict[str, Any], base
                       "best_value": round(max(r.fps for r in e2e_runs) / max(t.fps for t in eng_runs), 3),
                       "cpu_ms_per_frame": {"e2e": results[-1]["cpu_ms_per_frame"],
                                            "engine": results[-2]["cpu_ms_per_frame"]},
-                      # CPU per frame outside the engine: e2e minus engine-only (issue 12, item 13)
+                      # CPU per frame outside the engine: e2e minus engine-only
                       "host_cpu_ms_per_frame": round(results[-1]["cpu_ms_per_frame"]
                                                      - results[-2]["cpu_ms_per_frame"], 2),
                       "how": "median of per-run ratios, engine-only and e2e alternating"})

@@ -31,7 +31,7 @@ def alerts(
     import redis
 
     from pipeline.frames import valid_stream_id
-    from pipeline.sinks import RedisKeys, SinkError, redis_client
+    from pipeline.sinks import RedisKeys, SinkError, error_reason, redis_client, redis_down
     from pipeline.zones import describe_alert
 
     if stream is not None and not valid_stream_id(stream):
@@ -70,10 +70,10 @@ def alerts(
         while follow:
             try:
                 got = r.xread({keys.alerts: last}, block=2000, count=100)
-            except (redis.ConnectionError, redis.TimeoutError) as e:  # following outlives an outage, as tail -F
+            except redis_down() as e:  # following outlives an outage, as tail -F
                 if not away:
                     log.warning("Redis at %s is unreachable (%s); still following, retrying every second",
-                                redact(url), str(e).splitlines()[0] if str(e) else type(e).__name__)
+                                redact(url), error_reason(e))
                     away = True
                 time.sleep(1.0)
                 continue
@@ -89,7 +89,7 @@ def alerts(
     except KeyboardInterrupt:
         return
     except (redis.RedisError, OSError) as e:
-        raise SinkError(f"cannot read Redis at {redact(url)} ({str(e).splitlines()[0] if str(e) else e!r})") from e
+        raise SinkError(f"cannot read Redis at {redact(url)} ({error_reason(e)})") from e
 
 
 def register(app: typer.Typer) -> None:

@@ -18,13 +18,20 @@ log = logging.getLogger("dptstream")
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
-
+# Options more than one command declares, declared once (``run`` and ``worker`` share the engine and output ones)
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")]
-
-
-
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")]
-
+ConfigArg = Annotated[Path | None, typer.Argument(help="YAML config (see configs/). Flags override it.")]
+ModelOpt = Annotated[list[str] | None, typer.Option("--model", "-m", help="TASK=ID|PATH, e.g. segmentation=Intel/dpt-large-ade or depth=./ckpt. Repeatable.")]
+TasksOpt = Annotated[str | None, typer.Option("--tasks", help="segmentation,depth (default both).")]
+EngineOpt = Annotated[str | None, typer.Option("--engine", help="auto | tensorrt | torch.")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda.")]
+PrecisionOpt = Annotated[str | None, typer.Option("--precision", help="auto | fp32 | fp16 | bf16.")]
+BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", help="Max frames per inference batch.")]
+MaskSizeOpt = Annotated[str | None, typer.Option("--mask-size", help="WxH | network | source | default (aspect kept, long side = network side).")]
+MetricsPortOpt = Annotated[int | None, typer.Option("--metrics-port", help="Prometheus /metrics port (0 = any free port, -1 = off). Default 9108.")]
+PrefixOpt = Annotated[str | None, typer.Option("--redis-prefix", help="Key prefix (default dpt).")]
+ProgressOpt = Annotated[bool | None, typer.Option("--progress/--no-progress", help="Progress bars (default: on a terminal).")]
 
 
 def setup_logging(debug: bool = False, quiet: bool = False) -> None:
@@ -53,7 +60,6 @@ def setup_logging(debug: bool = False, quiet: bool = False) -> None:
     import av.logging
 
     av.logging.set_libav_level(av.logging.WARNING if debug else av.logging.PANIC)
-
 
 
 class RedactFilter(logging.Filter):
@@ -111,7 +117,6 @@ def build_overrides(sources: list[str] | None, sinks: list[str] | None, models: 
     return o
 
 
-
 class stop_on_signals:
     """First SIGINT/SIGTERM: call ``target.request_stop()`` (stop reading; what was decoded drains to the
     sinks, and a sink that cannot write gives up after ``redis.retry_max_s``) and log ``what``. A second
@@ -155,17 +160,15 @@ class stop_on_signals:
             signal.signal(sig, h)
 
 
-
 def err(msg: str) -> None:
     """The one error line; every URI in it is redacted, whatever produced the message."""
     print(f"dptstream: error: {redact_text(msg)}", file=sys.stderr, flush=True)
 
 
-
 def report_error(e: Exception) -> int:
     from engines import EngineError
     from pipeline.runtime import PipelineError
-    from pipeline.sinks import SinkError
+    from pipeline.sinks import SinkError, error_reason
     from pipeline.sources import SourceError
 
     if isinstance(e, ConfigError):
@@ -174,7 +177,7 @@ def report_error(e: Exception) -> int:
     if isinstance(e, SourceError | EngineError | SinkError | PipelineError):
         err(str(e))
         return EXIT_FAIL
-    msg = shorten(str(e).strip().splitlines()[0]) if str(e).strip() else ""
+    msg = shorten(error_reason(e)) if str(e).strip() else ""
     err(f"unexpected {type(e).__name__}: {msg} (run with --debug for the traceback)")
     return EXIT_FAIL
 
@@ -210,11 +213,10 @@ def queue_url(cfg: PipelineConfig, url: str | None = None) -> str:
     raise ConfigError("no Redis for the job queue: pass --redis redis://HOST:PORT/DB (or set REDIS_URL)")
 
 
-
 def connect(url: str, cfg: PipelineConfig, timeout: float = 5.0) -> Any:
     import redis
 
-    from pipeline.sinks import redis_client
+    from pipeline.sinks import error_reason, redis_client
 
     client = redis_client(url, cfg.redis.ca_file, timeout=timeout)
     try:
@@ -224,11 +226,9 @@ def connect(url: str, cfg: PipelineConfig, timeout: float = 5.0) -> Any:
     except redis.RedisError as e:
         from pipeline.sinks import SinkError
 
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         # a runtime failure (exit 1, as `run` gives), not a usage error: the same command works once Redis is up
-        raise SinkError(f"cannot reach Redis at {redact(url)} ({msg}); is redis-server running?") from e
+        raise SinkError(f"cannot reach Redis at {redact(url)} ({error_reason(e)}); is redis-server running?") from e
     return client
-
 
 
 def small_config(config: Path | None, redis_url: str | None, prefix: str | None) -> PipelineConfig:

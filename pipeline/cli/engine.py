@@ -19,14 +19,6 @@ from pipeline.config import ConfigError
 log = logging.getLogger("dptstream")
 
 
-
-
-
-
-
-
-
-
 def register(app: typer.Typer) -> None:
     @app.command("build-engine")
     def build_engine_cmd(

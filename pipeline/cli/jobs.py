@@ -11,20 +11,30 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline.cli.common import connect, queue_url, small_config
+from pipeline.cli.common import (
+    BatchSizeOpt,
+    ConfigArg,
+    DebugOpt,
+    DeviceOpt,
+    EngineOpt,
+    MaskSizeOpt,
+    MetricsPortOpt,
+    ModelOpt,
+    PrecisionOpt,
+    PrefixOpt,
+    ProgressOpt,
+    QuietOpt,
+    TasksOpt,
+    connect,
+    queue_url,
+    small_config,
+)
 from pipeline.config import ConfigError, PipelineConfig, load_config, redact
 
 log = logging.getLogger("dptstream")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (redis and jobs sections).")]
 RedisOpt = Annotated[str | None, typer.Option("--redis", help="Redis URL of the job queue (default: the config's redis sink, $REDIS_URL or redis://127.0.0.1:6379/0).")]
-PrefixOpt = Annotated[str | None, typer.Option("--redis-prefix", help="Key prefix (default dpt).")]
-
-
-
-
-
-
 
 
 def _ids(ids: list[str], n: int = 8) -> str:
@@ -38,7 +48,7 @@ def submit_cmd(
     redis_prefix: PrefixOpt = None,
     id_from: Annotated[str, typer.Option("--id-from", help="Job (= stream) id from the file's 'stem' or its 'path' (relative, / -> _).")] = "stem",
     no_check: Annotated[bool, typer.Option("--no-check", help="Do not check that files exist here (only the workers see them).")] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Queue video files as batch jobs for `dptstream worker` (a Redis stream read by a consumer group)."""
     from pipeline.cli.common import setup_logging
@@ -64,16 +74,16 @@ def submit_cmd(
 
 
 def worker_cmd(
-    config: Annotated[Path | None, typer.Argument(help="YAML config (see configs/). Flags override it.")] = None,
+    config: ConfigArg = None,
     sink: Annotated[list[str] | None, typer.Option("--sink", help="redis://[user:pass@]host:port/db (needed: progress for exactly-once resume lives there), plus dir:PATH or video:DIR. Repeatable. Default: $REDIS_URL or redis://127.0.0.1:6379/0.")] = None,
-    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="TASK=ID|PATH. Repeatable.")] = None,
-    tasks: Annotated[str | None, typer.Option(help="segmentation,depth (default both).")] = None,
-    engine: Annotated[str | None, typer.Option(help="auto | tensorrt | torch.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda.")] = None,
-    precision: Annotated[str | None, typer.Option(help="auto | fp32 | fp16 | bf16.")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Max frames per inference batch.")] = None,
-    mask_size: Annotated[str | None, typer.Option("--mask-size", help="WxH | network | source | default.")] = None,
-    metrics_port: Annotated[int | None, typer.Option("--metrics-port", help="Prometheus /metrics port (0 = any free port, -1 = off). Default 9108.")] = None,
+    model: ModelOpt = None,
+    tasks: TasksOpt = None,
+    engine: EngineOpt = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
+    batch_size: BatchSizeOpt = None,
+    mask_size: MaskSizeOpt = None,
+    metrics_port: MetricsPortOpt = None,
     redis_prefix: PrefixOpt = None,
     queue: Annotated[str | None, typer.Option("--queue", help="Redis URL of the job queue (default: the first redis sink).")] = None,
     claim_idle: Annotated[float | None, typer.Option("--claim-idle", help="Seconds a job's worker may be silent before another worker takes the job over (default 60).")] = None,
@@ -81,9 +91,9 @@ def worker_cmd(
     max_jobs: Annotated[int | None, typer.Option("--max-jobs", help="Exit after finishing this many jobs.")] = None,
     until_empty: Annotated[bool, typer.Option("--until-empty", help="Exit when no job is queued or held by another worker (default: wait for jobs forever).")] = False,
     name: Annotated[str | None, typer.Option("--name", help="Consumer name in the group (default HOST-PID).")] = None,
-    progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Progress bar per file (default: on a terminal).")] = None,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
+    progress: ProgressOpt = None,
+    debug: DebugOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Process queued jobs: engines load once, then one file at a time; SIGTERM hands the current job back."""
     from pipeline.cli.common import build_overrides, setup_logging
@@ -173,7 +183,7 @@ def status_cmd(
     redis_prefix: PrefixOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object: counts and every job.")] = False,
     limit: Annotated[int, typer.Option("--limit", "-n", help="Most jobs listed (running and failed first); 0 = all.")] = 50,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Jobs queued / running / done / failed, with per-job progress (frames, fps, ETA) and failure reasons."""
     from pipeline.cli.common import setup_logging

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -13,8 +12,19 @@ from pipeline.cli.common import (
     EXIT_FAIL,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    BatchSizeOpt,
+    ConfigArg,
     DebugOpt,
+    DeviceOpt,
+    EngineOpt,
+    MaskSizeOpt,
+    MetricsPortOpt,
+    ModelOpt,
+    PrecisionOpt,
+    PrefixOpt,
+    ProgressOpt,
     QuietOpt,
+    TasksOpt,
     build_overrides,
     err,
     setup_logging,
@@ -26,20 +36,20 @@ log = logging.getLogger("dptstream")
 
 
 def run(
-    config: Annotated[Path | None, typer.Argument(help="YAML config (see configs/). Flags override it.")] = None,
+    config: ConfigArg = None,
     source: Annotated[list[str] | None, typer.Option("--source", "-s", help="[ID=]URI: a file path, file://, or a live rtsp(s)://, http(s):// (incl. HLS) or rtmp(s):// stream. Repeatable.")] = None,
     sink: Annotated[list[str] | None, typer.Option("--sink", help="redis://[user:pass@]host:port/db, rediss://, dir:PATH or video:PATH. Repeatable. Default: $REDIS_URL or redis://127.0.0.1:6379/0.")] = None,
-    model: Annotated[list[str] | None, typer.Option("--model", "-m", help="TASK=ID|PATH, e.g. segmentation=Intel/dpt-large-ade or depth=./ckpt. Repeatable.")] = None,
-    tasks: Annotated[str | None, typer.Option(help="segmentation,depth (default both).")] = None,
-    engine: Annotated[str | None, typer.Option(help="auto | tensorrt | torch.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda.")] = None,
-    precision: Annotated[str | None, typer.Option(help="auto | fp32 | fp16 | bf16.")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Max frames per inference batch.")] = None,
-    mask_size: Annotated[str | None, typer.Option("--mask-size", help="WxH | network | source | default (aspect kept, long side = network side).")] = None,
-    metrics_port: Annotated[int | None, typer.Option("--metrics-port", help="Prometheus /metrics port (0 = any free port, -1 = off). Default 9108.")] = None,
-    redis_prefix: Annotated[str | None, typer.Option("--redis-prefix", help="Key prefix (default dpt).")] = None,
+    model: ModelOpt = None,
+    tasks: TasksOpt = None,
+    engine: EngineOpt = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
+    batch_size: BatchSizeOpt = None,
+    mask_size: MaskSizeOpt = None,
+    metrics_port: MetricsPortOpt = None,
+    redis_prefix: PrefixOpt = None,
     no_resume: Annotated[bool, typer.Option("--no-resume", help="Publish files again from frame 0 even if already published.")] = False,
-    progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Progress bars (default: on a terminal).")] = None,
+    progress: ProgressOpt = None,
     debug: DebugOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -115,6 +125,9 @@ def finish(report: Any, cfg: PipelineConfig) -> int:
         log.info("%s: %d frames decoded%s", s.stream_id, s.decoded, " (interrupted)" if report.interrupted else "")
         if s.truncated:
             log.warning("%s: file is truncated; published all %d decodable frames", s.stream_id, s.decoded)
+        if s.bad_packets:
+            log.warning("%s: %d packet(s) could not be decoded and were skipped (each may have held a frame)",
+                        s.stream_id, s.bad_packets)
         if s.error:
             err(s.error)
             code = EXIT_FAIL

@@ -46,7 +46,7 @@ def show(
     import redis
 
     from pipeline.frames import valid_stream_id
-    from pipeline.sinks import RedisKeys, key_problem, redis_client
+    from pipeline.sinks import RedisKeys, error_reason, key_problem, redis_client
     from pipeline.sinks.entries import EntryError, check_entry, meta_labels
 
     if stream is not None and not valid_stream_id(stream):
@@ -60,7 +60,7 @@ def show(
     except Exception as e:
         from pipeline.sinks import SinkError
 
-        raise SinkError(f"cannot read Redis at {redact(url)} ({str(e).splitlines()[0]})") from e  # exit 1
+        raise SinkError(f"cannot read Redis at {redact(url)} ({error_reason(e)})") from e  # exit 1
     bad = False
     try:
         labels = meta_labels(meta.get(b"labels"))

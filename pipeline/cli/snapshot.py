@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from pipeline.cli.common import DebugOpt, PrefixOpt
 from pipeline.config import ConfigError, redact
 
 
@@ -15,8 +16,8 @@ def snapshot_cmd(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="PNG to write (default STREAM.png).")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (its redis sink and prefix).")] = None,
     redis_url: Annotated[str | None, typer.Option("--redis", help="Redis URL (default: the config's redis sink, $REDIS_URL or redis://127.0.0.1:6379/0).")] = None,
-    redis_prefix: Annotated[str | None, typer.Option("--redis-prefix", help="Key prefix (default dpt).")] = None,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    redis_prefix: PrefixOpt = None,
+    debug: DebugOpt = False,
 ) -> None:
     """Write a PNG of what the pipeline sees in STREAM's latest frame: class colours (over the frame's
     thumbnail when redis.thumbnail is on) beside a depth picture built from the depth summary; the configured

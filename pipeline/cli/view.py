@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from pipeline.cli.common import DebugOpt
 from pipeline.config import ConfigError, redact
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ def view_cmd(
     token: Annotated[str | None, typer.Option("--token", envvar="DPTSTREAM_VIEW_TOKEN", show_envvar=True, show_default=False, help="Token viewers must send (Authorization: Bearer TOKEN or ?token=TOKEN).")] = None,
     stale_after: Annotated[float, typer.Option("--stale-after", help="Seconds without a new entry before a tile says stale.", min=0.1)] = 5.0,
     write_timeout: Annotated[float, typer.Option("--write-timeout", help="Seconds a browser may take to accept one update (its buffers full) before it is dropped.", min=0.1)] = 5.0,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Serve a live wall of every stream in Redis: masks over the frame, depth, zones, alerts, fps, latency."""
     import asyncio
@@ -68,7 +69,7 @@ def _check_credentials(s: ViewSettings) -> None:
     starts, says so on every tile and picks Redis up when it comes."""
     import redis
 
-    from pipeline.sinks import redis_client
+    from pipeline.sinks import error_reason, redis_client
 
     client = redis_client(s.redis_url, s.ca_file, timeout=2.0, cert_file=s.cert_file, key_file=s.key_file)
     try:
@@ -76,9 +77,8 @@ def _check_credentials(s: ViewSettings) -> None:
     except redis.AuthenticationError as e:
         raise ConfigError(f"Redis at {redact(s.redis_url)} refused the credentials ({e})") from e
     except (redis.RedisError, OSError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         log.warning("Redis at %s is unreachable (%s): serving anyway; tiles say so until it is back",
-                    redact(s.redis_url), redact(msg))
+                    redact(s.redis_url), redact(error_reason(e)))
     finally:
         client.close()
 

@@ -22,20 +22,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
 from pipeline.config import ConfigError, PipelineConfig, SourceConfig
 from pipeline.fleet.hrw import assign
 from pipeline.fleet.keys import FleetKeys
 from pipeline.fleet.leases import Leases
 from pipeline.fleet.nodes import NodeRegistry, live_nodes, read_nodes
 from pipeline.fleet.registry import CameraRegistry, expand
-from pipeline.sinks import RedisKeys, RedisSink, SinkError, redis_client
+from pipeline.sinks import RedisKeys, RedisSink, SinkError, redis_client, redis_down
 from pipeline.sinks.base import error_reason
 
 log = logging.getLogger(__name__)
 
-REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, redis.ReadOnlyError, OSError)
+REDIS_DOWN = redis_down()
 HANDOVER_REASONS = ("node_lost", "released", "rebalance")
 
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import redis
+from pipeline.sinks import redis_down
 
 STATES = ("queued", "running", "done", "failed")
-
-
-REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+REDIS_DOWN = redis_down()
 
 
 class JobKeys:

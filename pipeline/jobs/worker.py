@@ -331,7 +331,7 @@ class Worker:
         now = f"{time.time():.3f}"
         if not self._hb(entry, jid, {"state": "running", "worker": self.name, "started": now}):
             return None  # taken over in the meantime
-        self.client.hdel(self.keys.job(jid), "error", "note", "fps")
+        self.client.hdel(self.keys.job(jid), "error", "note", "fps", "skipped_packets")
         try:
             src = SourceConfig(id=jid, uri=h.get("uri", ""))
             info = probe_file(src)
@@ -422,9 +422,12 @@ class Worker:
             self._release_job(entry, jid)
             log.warning("job %s: %s; handed back to the queue", jid, reason)
             return JobOutcome(jid, "released", last + 1, new, secs, reason)
-        note = (f"file is truncated: {decodable} of {total} frames decodable" if rep.truncated and total
-                else "file is truncated" if rep.truncated else "")
-        fields: dict[str, Any] = {"published": last + 1, "fps": f"{new / max(secs, 1e-6):.2f}"}
+        notes = [f"file is truncated: {decodable} of {total} frames decodable" if rep.truncated and total
+                 else "file is truncated" if rep.truncated else "",
+                 f"skipped {rep.bad_packets} packet(s) that could not be decoded" if rep.bad_packets else ""]
+        note = "; ".join(n for n in notes if n)
+        fields: dict[str, Any] = {"published": last + 1, "fps": f"{new / max(secs, 1e-6):.2f}",
+                                  "skipped_packets": rep.bad_packets}
         if note:
             fields["note"] = note
         if not self._finish_job(entry, jid, "done", **fields):
@@ -439,6 +442,7 @@ class Worker:
         not keep a series per file forever. (Counters restart if the same stream is processed again.)"""
         m = self.rt.metrics
         for metric, labels in ((m.queue_depth, (f"decoded:{jid}",)), (m.stream_up, (jid,)), (m.latency, (jid,)),
+                               (m.skipped_packets, (jid,)),
                                *((m.frames, (jid, st)) for st in ("decoded", "inferred", "published"))):
             with contextlib.suppress(KeyError):
                 metric.remove(*labels)

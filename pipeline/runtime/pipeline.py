@@ -46,6 +46,7 @@ class StreamReport:
     skipped: int = 0  # already published before (resume)
     error: str | None = None
     truncated: bool = False
+    bad_packets: int = 0  # packets skipped because they could not be decoded
     done: bool = False
 
 
@@ -256,6 +257,7 @@ class Pipeline:
     def _on_eos(self, eos: EndOfStream) -> None:
         rep = self.report.streams.setdefault(eos.stream_id, StreamReport(eos.stream_id))
         rep.decoded, rep.error, rep.truncated, rep.done = eos.frames, eos.error, eos.truncated, True
+        rep.bad_packets = eos.bad_packets
         src = next((s for s in self.sources if s.id == eos.stream_id), None)
         if src is not None and getattr(src, "fatal", False) and self._fatal is None:
             # a camera down at start with live.fail_if_down_at_start: stop the run, draining what was decoded

@@ -1,6 +1,7 @@
 """Sinks: one backend per file behind :class:`~pipeline.sinks.base.Sink` — ``redis`` (streams, resume point,
-outage buffer), ``directory`` (``dir:`` mask PNGs + JSON lines), ``video`` (``video:`` overlay MP4); ``encode`` holds
-the PNG/JPEG/summary encoding they share. The runtime creates them with :func:`create_sink`."""
+outage buffer) over ``rediskeys`` (the key names and client its readers share), ``directory`` (``dir:`` mask PNGs
++ JSON lines), ``video`` (``video:`` overlay MP4); ``encode`` holds the PNG/JPEG/summary encoding they share. The
+runtime creates them with :func:`create_sink`."""
 
 from __future__ import annotations
 
@@ -9,21 +10,22 @@ from typing import Any
 
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.metrics import Metrics
-from pipeline.sinks.base import Sink, SinkError
+from pipeline.sinks.base import Sink, SinkError, error_reason
 from pipeline.sinks.directory import DirSink
-from pipeline.sinks.redis import (
+from pipeline.sinks.redis import RedisSink
+from pipeline.sinks.rediskeys import (
     SCHEMA_VERSION,
     WAY_OUT,
     RedisKeys,
-    RedisSink,
     key_problem,
     key_type,
     parse_resume_point,
     redis_client,
+    redis_down,
 )
 
 __all__ = ["SCHEMA_VERSION", "WAY_OUT", "DirSink", "RedisKeys", "RedisSink", "Sink", "SinkError", "create_sink",
-           "key_problem", "key_type", "parse_resume_point", "redis_client"]
+           "error_reason", "key_problem", "key_type", "parse_resume_point", "redis_client", "redis_down"]
 
 
 def create_sink(uri: str, cfg: PipelineConfig, metrics: Metrics, labels: dict[int, str] | None = None,

@@ -50,7 +50,7 @@ def _png(fields: dict[str, bytes], name: str) -> None:
 
 def check_entry(sid: str, entry_id: str, raw: dict[Any, bytes], images: bool = False) -> None:
     """Raise :class:`EntryError` naming the first field of ``raw`` (as redis-py returns it, or with ``str``
-    names) that does not follow the schema (DESIGN.md); with ``images`` the pictures are decoded too."""
+    names) that does not follow the schema (README.md, "Redis schema"); with ``images`` the pictures are decoded too."""
     fields = {k.decode(errors="replace") if isinstance(k, bytes) else str(k): v for k, v in raw.items()}
     try:
         _number(fields, "frame", int)

@@ -42,6 +42,8 @@ class Source:
         self.state = "idle"
         self.error: str | None = None
         self.truncated = False
+        self.bad_packets = 0  # packets skipped: refused by the decoder, or cut off by the end of a file
+        self._skipped_packets = metrics.skipped_packets.labels(stream=cfg.id)
         self._decoded = metrics.frames.labels(stream=cfg.id, stage="decoded")
         self._up = metrics.stream_up.labels(stream=cfg.id)
 
@@ -75,7 +77,7 @@ class Source:
         finally:
             self.state = "stopped"
             self._up.set(0)
-            self.out.put(EndOfStream(self.id, self.frames, self.error, self.truncated))
+            self.out.put(EndOfStream(self.id, self.frames, self.error, self.truncated, self.bad_packets))
 
     def run(self) -> None:
         raise NotImplementedError

@@ -10,6 +10,7 @@ import logging
 import math
 import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -250,17 +251,31 @@ def source_identity(cfg: SourceConfig) -> SourceIdentity:
                           orient.mirrored)
 
 
+def _next_packet(packets: Iterator[av.Packet]) -> tuple[av.Packet | None, av.FFmpegError | None]:
+    """The next packet that holds data; None at the end, with the demuxer's error if it could not go on.
+    (Demux's own empty flush packet is passed over: the decoder is drained at the end in every case.)"""
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return None, None
+        except av.FFmpegError as e:
+            return None, e
+        if packet.size:
+            return packet, None
+
+
 class FileSource(Source):
     """Decodes a file (PyAV, threaded codec). ``block`` policy: backpressure reaches the decoder.
 
-    Packets are demuxed and decoded one by one: a packet the demuxer flags corrupt (the cut-off last packet of a
-    truncated file) or the decoder rejects is skipped and counted, and the decoder is always drained with the
-    null packet at the end, so every frame FFmpeg can decode is published. Frames are turned to the stream's
+    Packets are demuxed and decoded one by one: only a packet the decoder rejects, or the cut-off last packet of a
+    truncated file, is skipped, and each is counted (:attr:`bad_packets`, the ``skipped_packets`` metric, the
+    end-of-stream marker); the decoder is always drained with the null packet at the end, so every frame FFmpeg
+    can decode is published. Frames are turned to the stream's
     display orientation (its display matrix: a turn by a multiple of 90 degrees, and a mirror)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.bad_packets = 0  # packets skipped: flagged corrupt by the demuxer or refused by the decoder
         self.orientation = Orientation()  # applied to every frame (display matrix)
         self._index = self._first = 0
         self._interval = 0.04
@@ -307,28 +322,26 @@ class FileSource(Source):
                 expected_end = video_end(container, stream)
                 codec = stream.codec_context
                 packets = container.demux(stream)
-                while True:
-                    try:
-                        packet = next(packets)
-                    except StopIteration:
-                        break
-                    except av.FFmpegError as e:  # the demuxer cannot go on: keep what the decoder holds
-                        read_error = e
-                        break
+                packet, read_error = _next_packet(packets)
+                while packet is not None:
                     if self._stop.is_set():
                         return self._index
-                    if packet.size == 0:
-                        continue  # demux's own flush packet; the decoder is drained below in every case
-                    if packet.is_corrupt:
-                        self._bad(f"packet at {packet.pts} is corrupt (cut off?)")
-                        continue
-                    try:
-                        frames = codec.decode(packet)
-                    except av.FFmpegError as e:
-                        self._bad(av_reason(e))
-                        continue
-                    if not self._deliver(frames):
-                        return self._index
+                    following, read_error = _next_packet(packets)
+                    if packet.is_corrupt and following is None:
+                        # cut off by the end of the file: its data is incomplete, and a frame-threaded decoder
+                        # fed it loses the frames still in flight without reporting an error
+                        self._bad(f"packet at {packet.pts} is cut off by the end of the file")
+                    else:
+                        # FFmpeg's corrupt flag elsewhere (an MPEG-TS continuity-counter jump where two files
+                        # were joined) says nothing of the payload: only a packet the decoder refuses is skipped
+                        try:
+                            frames = codec.decode(packet)
+                        except av.FFmpegError as e:
+                            self._bad(av_reason(e))
+                            frames = []
+                        if not self._deliver(frames):
+                            return self._index
+                    packet = following
                 try:
                     tail = codec.decode(None)  # the null packet: frame threads hand back what they hold
                 except av.FFmpegError as e:
@@ -362,6 +375,7 @@ class FileSource(Source):
 
     def _bad(self, why: str) -> None:
         self.bad_packets += 1
+        self._skipped_packets.inc()
         if self.bad_packets == 1:
             log.warning("source %r: skipping a bad packet (%s)", self.id, why)
         else:

@@ -25,7 +25,6 @@ _ALLOWED: dict[str, frozenset[str]] = {
 STABLE_S = 10.0  # a session that streamed this long resets the backoff to its first step
 
 
-
 class StateMachine:
     """The camera's state, changed only through :meth:`to` under one lock; ``on_change`` sees every move."""
 
@@ -59,7 +58,6 @@ class StateMachine:
             return old
 
 
-
 class Backoff:
     """Exponential backoff with jitter and a cap: ``min(cap, initial * 2**n) * U(1 - jitter, 1)``."""
 
@@ -80,13 +78,11 @@ class Backoff:
         self.attempt = 0
 
 
-
 class ConnectFailure(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
-
 
 
 def classify(e: BaseException, open_timeout: float) -> tuple[str, str]:

@@ -95,9 +95,6 @@ class FrozenDetector:
             return False
         return now - self._since >= self.timeout
 
-    def frozen_for(self, now: float) -> float:
-        return 0.0 if self._ref is None else now - self._since
-
 
 def scrub(text: str, uri: str) -> str:
     """``text`` with the URI's credentials hidden (also when FFmpeg echoes the URI or the bare password, and

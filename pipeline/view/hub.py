@@ -25,7 +25,7 @@ from typing import Any
 from pipeline.config import redact
 from pipeline.frames import valid_stream_id
 from pipeline.overlay import PALETTE
-from pipeline.sinks import WAY_OUT, RedisKeys, key_type, redis_client
+from pipeline.sinks import WAY_OUT, RedisKeys, error_reason, key_type, redis_client
 from pipeline.view.render import render_tile
 from pipeline.view.stats import (
     RateWindow,
@@ -260,7 +260,7 @@ class Hub:
 
         if not isinstance(e, redis.ResponseError):
             raise e  # a connection error: Redis is away for every tile
-        reason = redact(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        reason = redact(error_reason(e))
         if "WRONGTYPE" in reason:
             try:
                 t = key_type(client, key)
@@ -281,7 +281,7 @@ class Hub:
         return {}
 
     def _went_down(self, e: Exception) -> None:
-        reason = redact(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        reason = redact(error_reason(e))
         if self.redis_ok or self.redis_error is None:
             log.warning("Redis at %s is unreachable (%s): tiles say so; retrying",
                         redact(self.settings.redis_url), reason)
@@ -385,7 +385,7 @@ class Hub:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a malformed entry: say so on the tile, keep the previous picture
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            msg = error_reason(e)
             if tile.render_error != msg:
                 log.warning("%s: cannot render entry %s (%s)", tile.id, entry_id, msg)
             tile.render_error = msg

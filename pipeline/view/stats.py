@@ -105,7 +105,7 @@ def parse_labels(raw: bytes | str | None) -> dict[int, str]:
 
 @dataclass(frozen=True)
 class Zone:
-    """One zone of ``{prefix}:meta`` field ``zones`` (issue 13's contract)."""
+    """One zone of ``{prefix}:meta`` field ``zones`` (README.md, "Redis schema")."""
 
     name: str
     streams: tuple[str, ...] | None  # None: every stream

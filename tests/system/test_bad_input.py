@@ -9,6 +9,7 @@ import av
 import numpy as np
 import pytest
 
+from tests.support.clips import corrupt_flagged_packets, ffmpeg_frame_count, joined_transport_streams
 from tests.support.servers import RedisServer, cli, free_port, model_args, one_error_line
 
 pytestmark = pytest.mark.slow
@@ -119,6 +120,22 @@ def test_truncated_file_publishes_every_decodable_frame(assets: dict[str, Path],
     r = redis_server.client()
     frames = [int(f[b"frame"]) for _, f in r.xrange("dpt:stream:cut:frames")]
     assert frames == list(range(decodable))
+
+
+def test_two_joined_transport_streams_publish_every_frame_ffmpeg_decodes(assets: dict[str, Path], tmp_path: Path,
+                                                                        redis_server: RedisServer) -> None:
+    """``cat a.ts b.ts``: the junction packet carries FFmpeg's corrupt flag (a continuity-counter jump) but is
+    whole; it is decoded like any other, so the published count is FFmpeg's decoded count and nothing is called
+    skipped or truncated."""
+    joined = joined_transport_streams(tmp_path / "ts")
+    assert corrupt_flagged_packets(joined) >= 1
+    decodable = ffmpeg_frame_count(joined)
+    p = cli("run", "-s", f"cam={joined}", *model_args(assets), "--sink", redis_server.url, "--metrics-port", "-1")
+    assert p.returncode == 0, p.stderr
+    r = redis_server.client()
+    frames = [int(f[b"frame"]) for _, f in r.xrange("dpt:stream:cam:frames")]
+    assert frames == list(range(decodable))
+    assert "Traceback" not in p.stderr and "truncated" not in p.stderr and "skipp" not in p.stderr
 
 
 def test_one_bad_file_among_good_ones_still_publishes_the_good(assets: dict[str, Path], bad_files: dict[str, Path],
@@ -296,3 +313,74 @@ def test_show_and_snapshot_of_a_frame_whose_depth_was_not_finite(corrupt_streams
     assert p.returncode == 0 and "depth not finite on this frame" in p.stdout, p.stdout + p.stderr
     s = cli("snapshot", "nandepth", "--redis", corrupt_streams.url, "-o", str(tmp_path / "n.png"))
     assert s.returncode == 0 and (tmp_path / "n.png").stat().st_size > 0, s.stderr
+
+
+@pytest.mark.parametrize("flags, expect", [
+    (["--batch-size", "0"], "engine.batch_size"),
+    (["--tasks", ""], "--tasks is empty"),
+    (["--mask-size", "0x0"], "invalid mask size '0x0'"),
+    (["--mask-size", "99999x99999"], "invalid mask size '99999x99999'"),
+    (["--sink", "redis://127.0.0.1:99999/0"], "port must be a number in 1..65535"),
+    (["--metrics-port", "70000"], "metrics.port"),
+])
+def test_bad_flags_fail_before_any_model_loads(assets: dict[str, Path], tmp_path: Path, flags: list[str],
+                                                expect: str) -> None:
+    # the model does not exist: a flag that passed validation would fail later, on the model, with exit 1
+    p = cli("run", "-s", str(assets["clip360"]), "-m", f"segmentation={tmp_path / 'none'}", *flags)
+    assert p.returncode == 2, p.stderr
+    assert expect in one_error_line(p.stderr)
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["bench", "--device", "cpu", "--batch-sizes", ""], "--batch-sizes: '' needs one or more integers >= 1"),
+    (["bench", "--device", "cpu", "--threads", ""], "--threads: '' needs one or more integers >= 1"),
+    (["sample", "{tmp}/s", "--width", "63"], "Invalid value for '--width'"),
+    (["sample", "{tmp}/s", "--width", "66", "--height", "65"], "use even sides"),
+    (["sample", "{tmp}/s", "--frames", "0"], "Invalid value for '--frames'"),
+    (["show", "-n", "99999999999999999999"], "Invalid value for '--count' / '-n'"),
+    (["build-engine", "-m", "segmentation={seg}", "--tasks", "segmentation", "--max-batch", "0"],
+     "1 <= --min-batch <= --opt-batch <= --max-batch, got 1 <= 0 <= 0"),
+    (["build-engine", "-m", "segmentation={seg}", "--tasks", "segmentation", "--onnx-only", "--out-dir",
+      "/dev/null/x"], "--out-dir '/dev/null/x': cannot create it"),
+])
+def test_zero_empty_and_huge_flags_of_other_commands_are_usage_errors(assets: dict[str, Path], tmp_path: Path,
+                                                                      args: list[str], expect: str) -> None:
+    args = [a.format(tmp=tmp_path, seg=assets["segmentation"]) for a in args]
+    p = cli(*args, timeout=60)
+    assert p.returncode == 2, p.stderr
+    assert expect in p.stderr and "unexpected" not in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_video_as_config_and_a_5000_character_path_are_one_short_line(assets: dict[str, Path]) -> None:
+    p = cli("run", str(assets["clip360"]))
+    assert p.returncode == 2 and "not a text YAML file" in one_error_line(p.stderr)
+    long = "/tmp/" + "x" * 5000 + ".mp4"
+    p = cli("run", "-s", long, *model_args(assets), "--sink", "dir:/tmp/never", "--metrics-port", "-1")
+    assert p.returncode in (1, 2)
+    line = one_error_line(p.stderr)
+    assert len(line) < 300 and "unexpected" not in line
+    p = cli("run", long)
+    assert p.returncode == 2 and len(one_error_line(p.stderr)) < 300
+
+
+def test_unsupported_schemes_are_named_with_the_list(assets: dict[str, Path]) -> None:
+    p = cli("run", "-s", "ftp://u:pw123@127.0.0.1/a.mp4", *model_args(assets), "--metrics-port", "-1")
+    assert p.returncode == 2
+    line = one_error_line(p.stderr)
+    assert "unsupported scheme 'ftp://'" in line and "http://" in line and "rtmp://" in line
+    assert "pw123" not in p.stderr
+
+
+@pytest.mark.parametrize("with_id", [True, False])
+def test_an_unparsable_camera_uri_is_refused_in_one_line_with_the_password_hidden(
+        assets: dict[str, Path], tmp_path: Path, with_id: bool) -> None:
+    cfg = tmp_path / "live1.yaml"
+    cfg.write_text("live: {max_attempts: 1, fail_if_down_at_start: true}\n")
+    uri = "http://admin:TOPSECRET5@[::1:1/s"
+    p = cli("run", str(cfg), "-s", f"cam={uri}" if with_id else uri, *model_args(assets),
+            "--sink", f"dir:{tmp_path / 'out'}", "--metrics-port", "-1", timeout=120)
+    assert p.returncode == 2, p.stderr
+    line = one_error_line(p.stderr)
+    assert "'http://***@[::1:1/s' is not a valid URL (an unbalanced '[' or ']' in the host)" in line
+    assert "TOPSECRET5" not in p.stdout + p.stderr and len(p.stderr.strip().splitlines()) == 1

@@ -1,5 +1,5 @@
 """``dptstream bench`` as a user runs it: a tiny CPU run into a real redis-server, JSON checked against the
-DESIGN.md "Benchmark results" contract; plus the pure helpers."""
+contract in README.md "Benchmark"; plus the pure helpers."""
 
 from __future__ import annotations
 
@@ -69,8 +69,6 @@ def test_bench_bad_input_is_one_line(tmp_path: Path) -> None:
     assert p.returncode == 2 and "only fp32" in p.stderr and "Traceback" not in p.stderr
     p = cli("bench", "--batch-sizes", "0,x")
     assert p.returncode == 2 and "--batch-sizes" in p.stderr
-
-
 
 
 @pytest.mark.slow

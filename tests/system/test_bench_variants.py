@@ -1,5 +1,5 @@
 """Bench variants one after another: nothing of the previous variant is alive when the next one loads
-(issue 12, item 10: on a GPU its engines would still hold their memory while the next captures graphs)."""
+(on a GPU its engines would otherwise still hold their memory while the next captures graphs)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from tests.support.oracle import Oracle, decode_rgb
-from tests.support.servers import ROOT, RedisServer, cli, free_port, model_args
+from tests.support.servers import ROOT, RedisServer, cli, free_port, model_args, one_error_line
 
 pytestmark = pytest.mark.slow
 
@@ -206,3 +206,117 @@ def test_sigterm_mid_run_loses_no_decoded_frame(assets: dict[str, Path], redis_s
     assert published == list(range(len(published)))  # no gap
     assert len(published) == decoded, err  # every decoded frame was drained to Redis
     assert 'dptstream_frames_total{stage="decoded",stream="long"}' in text
+
+
+def test_a_different_file_under_the_same_id_is_refused_not_skipped(assets: dict[str, Path], tmp_path: Path,
+                                                                    redis_server: RedisServer) -> None:
+    from pipeline.sample import make_clip
+
+    day1 = make_clip(tmp_path / "day1" / "cam.mp4", frames=8, width=320, height=180, seed=1)
+    day2 = make_clip(tmp_path / "day2" / "cam.mp4", frames=10, width=320, height=180, seed=2)
+    run = ["--sink", redis_server.url, "--metrics-port", "-1", *model_args(assets)]
+    p = cli("run", "-s", str(day1), *run)
+    assert p.returncode == 0, p.stderr
+    r = redis_server.client()
+    prog = {k.decode(): v.decode() for k, v in r.hgetall("dpt:stream:cam:progress").items()}
+    assert prog["frame"] == "7" and prog["source_path"] == str(day1.resolve())
+    assert prog["source_size"] == str(day1.stat().st_size) and len(prog["source_sha256_1mib"]) == 64
+    assert float(prog["source_duration"]) > 0 and "source_mtime" in prog
+
+    # refused before any model loads: a missing model would otherwise be the error (exit 1)
+    p = cli("run", "-s", str(day2), "--sink", redis_server.url, "--metrics-port", "-1",
+            "-m", f"segmentation={tmp_path / 'no-model'}")
+    assert p.returncode == 2, p.stderr
+    line = one_error_line(p.stderr)
+    assert "day1" in line and "day2" in line and "--no-resume" in line and "--source" in line
+    assert r.xlen("dpt:stream:cam:frames") == 8  # nothing published, nothing skipped in silence
+
+    copy = tmp_path / "copy" / "cam.mp4"  # the same file elsewhere still resumes
+    copy.parent.mkdir()
+    shutil.copy(day1, copy)
+    p = cli("run", "-s", str(copy), *run)
+    assert p.returncode == 0 and "8 already published" in p.stderr, p.stderr
+
+    p = cli("run", "-s", str(day2), "--no-resume", *run)
+    assert p.returncode == 0, p.stderr
+    prog = {k.decode(): v.decode() for k, v in r.hgetall("dpt:stream:cam:progress").items()}
+    assert prog["frame"] == "9" and prog["source_path"] == str(day2.resolve())
+
+
+def checkpoint_predicting(path: Path, num_labels: int, cls: int) -> Path:
+    import torch
+    from transformers import DPTForSemanticSegmentation
+
+    from pipeline.sample import make_checkpoint
+
+    make_checkpoint(path, "segmentation", num_labels=num_labels)
+    model = DPTForSemanticSegmentation.from_pretrained(path)
+    last = [m for m in model.head.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+        last.bias[cls] = 10.0
+    model.save_pretrained(path)
+    return path
+
+
+def test_300_classes_publish_class_260_in_a_16_bit_mask(assets: dict[str, Path], tmp_path: Path,
+                                                         redis_server: RedisServer) -> None:
+    ckpt = checkpoint_predicting(tmp_path / "seg300", 300, 260)
+    p = cli("run", "-s", f"big={assets['clip360']}", "-m", f"segmentation={ckpt}", "--tasks", "segmentation",
+            "--sink", redis_server.url, "--sink", f"dir:{tmp_path / 'out'}", "--metrics-port", "-1")
+    assert p.returncode == 0, p.stderr
+    r = redis_server.client()
+    assert r.hget("dpt:meta", "mask_dtype") == b"uint16"
+    assert json.loads(r.hget("dpt:meta", "labels"))["260"] == "class_260"
+    entries = r.xrange("dpt:stream:big:frames")
+    assert len(entries) == 20
+    for _, f in entries:
+        assert json.loads(f[b"classes"]) == {"260": 1.0}
+        mask = np.asarray(Image.open(io.BytesIO(f[b"mask"])))
+        assert mask.dtype == np.uint16 and int(mask.min()) == int(mask.max()) == 260
+    png = np.asarray(Image.open(tmp_path / "out" / "big" / "000000.png"))
+    assert int(png.max()) == 260
+
+
+def test_150_classes_stay_uint8_in_meta(assets: dict[str, Path], redis_server: RedisServer) -> None:
+    p = cli("run", "-s", f"small={assets['clip360']}", *model_args(assets), "--tasks", "segmentation",
+            "--sink", redis_server.url, "--metrics-port", "-1")
+    assert p.returncode == 0, p.stderr
+    r = redis_server.client()
+    assert r.hget("dpt:meta", "mask_dtype") == b"uint8"
+    _, f = r.xrange("dpt:stream:small:frames", count=1)[0]
+    assert np.asarray(Image.open(io.BytesIO(f[b"mask"]))).dtype == np.uint8
+
+
+def test_file_uris_are_percent_decoded(assets: dict[str, Path], tmp_path: Path) -> None:
+    spaced = tmp_path / "with space.mp4"
+    shutil.copy(assets["clip360"], spaced)
+    p = cli("run", "-s", f"file://{tmp_path}/with%20space.mp4", *model_args(assets),
+            "--sink", f"dir:{tmp_path / 'out'}", "--metrics-port", "-1")
+    assert p.returncode == 0, p.stderr
+    assert len((tmp_path / "out" / "with_space.jsonl").read_text().splitlines()) == 20
+
+
+def test_rotated_phone_video_gives_portrait_masks_and_records_the_rotation(assets: dict[str, Path], tmp_path: Path,
+                                                                           redis_server: RedisServer) -> None:
+    import av
+
+    from pipeline.sample import make_frames
+
+    clip = tmp_path / "phone.mp4"
+    with av.open(str(clip), "w") as out:  # landscape coded frames, "turn 90° counter-clockwise" to display
+        s = out.add_stream("libx264", rate=24)
+        s.width, s.height, s.pix_fmt = 320, 180, "yuv420p"
+        s.set_display_rotation(90)
+        for img in make_frames(6, 320, 180, seed=3):
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    p = cli("run", "-s", str(clip), *model_args(assets), "--sink", redis_server.url, "--metrics-port", "-1")
+    assert p.returncode == 0, p.stderr
+    r = redis_server.client()
+    _, f = r.xrange("dpt:stream:phone:frames", count=1)[0]
+    assert (int(f[b"mask_w"]), int(f[b"mask_h"])) == (108, 192)  # portrait, long side = the 192 network side
+    assert r.hget("dpt:stream:phone:progress", "rotation") == b"90"

@@ -171,8 +171,8 @@ class _RecordingStream(StageStream):
 
 def test_launch_enters_its_own_stream_and_the_host_waits_on_a_blocking_event() -> None:
     """``_launch`` called directly (as the no-sync GPU test does) still queues its work on the postprocess
-    stream (issue 12, item 1), and the event the host waits on in ``_finish`` is a blocking-sync one, so the
-    wait sleeps instead of spinning a core (item 9)."""
+    stream, and the event the host waits on in ``_finish`` is a blocking-sync one, so the wait sleeps instead
+    of spinning a core."""
     q: NamedQueue[Any] = NamedQueue("in", 10)
     post = PostprocessStage(q, q, Metrics(), threading.Event(), "default", 64, 150, 4, "relative_inverse")
     rec = _RecordingStream()
@@ -181,13 +181,13 @@ def test_launch_enters_its_own_stream_and_the_host_waits_on_a_blocking_event() -
     assert rec.depth == 0 and rec.records, "no event recorded"
     assert all(r["inside"] for r in rec.records), rec.records  # every event (and the work) on the stage stream
     assert rec.records[-1]["blocking"], "the event _finish waits on must be a blocking-sync event"
-    assert rec.records[0]["timing"] and rec.records[-1]["timing"]  # GPU time of the stage (item 7)
+    assert rec.records[0]["timing"] and rec.records[-1]["timing"]  # GPU time of the stage
     result = post._finish(job)
     assert result.mask is not None and job.event.waited
 
 
 def test_gpu_stage_time_is_read_from_events_not_the_host_call() -> None:
-    """On an active stream ``stage_seconds`` gets the GPU time between the stage's timing events (item 7):
+    """On an active stream ``stage_seconds`` gets the GPU time between the stage's timing events:
     the host time of a call that only queues kernels says nothing about the GPU."""
 
     class _TimedEvent(_FakeEvent):
@@ -239,7 +239,7 @@ def _reference_depth_summary(depth: torch.Tensor, mask: torch.Tensor, grid: int)
 
 @pytest.mark.parametrize("hw", [(108, 192), (270, 480), (37, 53)])
 def test_depth_summary_matches_its_definition(hw: tuple[int, int]) -> None:
-    from pipeline.stages.postprocess import depth_summary
+    from pipeline.stages.depth import depth_summary
 
     g = torch.Generator().manual_seed(1)
     depth = torch.rand(*hw, generator=g) * 4
@@ -291,7 +291,8 @@ def test_fp16_masks_agree_with_fp32_at_full_size() -> None:
     """DPT-Large-ADE @480 (random weights, real architecture): FP16 + CUDA graphs vs FP32 on real-content
     1080p frames, masks at the published size: >= 99 % of pixels on every frame. Depth @384: close."""
     from engines import EngineConfig, Preprocessor, create_engine
-    from pipeline.stages.postprocess import mask_size, resize_depth, segment
+    from pipeline.stages.depth import resize_depth
+    from pipeline.stages.masks import mask_size, segment
 
     ckpt = _large_checkpoints()
     frames = _frames()
@@ -425,7 +426,8 @@ def test_stages_queue_gpu_work_without_synchronising(assets: dict[str, Path]) ->
     from pipeline.queues import FanIn
     from pipeline.runtime.app import create_engines
     from pipeline.stages import InferStage, PreprocessStage
-    from pipeline.stages.postprocess import class_fractions, depth_summary, mask_size, resize_depth, segment
+    from pipeline.stages.depth import depth_summary, resize_depth
+    from pipeline.stages.masks import class_fractions, mask_size, segment
     from tests.support.oracle import decode_rgb
 
     cfg = load_config(None, {"models": {"segmentation": str(assets["segmentation"]), "depth": str(assets["depth"])},
@@ -463,12 +465,12 @@ def test_stages_queue_gpu_work_without_synchronising(assets: dict[str, Path]) ->
 @gpu
 @pytest.mark.gpu
 def test_fp16_outputs_stay_fp16_and_each_frame_holds_only_its_slice(assets: dict[str, Path]) -> None:
-    """No full-resolution FP32 logits (issue 12, item 6): the engine returns its own dtype, the infer stage
+    """No full-resolution FP32 logits: the engine returns its own dtype, the infer stage
     gives each frame its own storage (not a view of the whole batch), and the half logits' masks equal
     those of the same logits upcast first on >= 99 % of pixels."""
     from pipeline.frames import Batch, FrameId, Prepared
     from pipeline.stages import InferStage
-    from pipeline.stages.postprocess import segment
+    from pipeline.stages.masks import segment
 
     cfg = EngineConfig(task="segmentation", model=str(assets["segmentation"]), backend="torch", device="cuda",
                        precision="fp16", max_batch=4)
@@ -493,7 +495,8 @@ def test_fp16_outputs_stay_fp16_and_each_frame_holds_only_its_slice(assets: dict
 @gpu
 @pytest.mark.gpu
 def test_postprocess_on_cuda_matches_cpu() -> None:
-    from pipeline.stages.postprocess import depth_summary, resize_depth, segment
+    from pipeline.stages.depth import depth_summary, resize_depth
+    from pipeline.stages.masks import segment
 
     for it in _inferred(3, seed=2):
         lg, dp = it.outputs["logits"], it.outputs["depth"]
@@ -510,7 +513,7 @@ def test_postprocess_on_cuda_matches_cpu() -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize("fp32_softmax", [True, False], ids=["fp32-softmax", "fp16-softmax"])
 def test_tensorrt_plan_agrees_with_torch_fp32(assets: dict[str, Path], tmp_path: Path, fp32_softmax: bool) -> None:
-    """A strongly typed FP16 TensorRT plan of the tiny checkpoints, built for batch 1..2 (issue 12, item 5):
+    """A strongly typed FP16 TensorRT plan of the tiny checkpoints, built for batch 1..2:
     masks at the published size agree with torch FP32 on >= 99 % of pixels of every real-content frame, at
     batch 1 and 2; depth within 1 % of its range. Reports what IEngineInspector says about attention fusion."""
     from tests.support.oracle import decode_rgb
@@ -529,7 +532,8 @@ def test_tensorrt_plan_agrees_with_torch_fp32(assets: dict[str, Path], tmp_path:
         assert layers.get("layers", 0) > 0 and getattr(plan, "device_memory_bytes", -1) >= 0
         spec = plan.spec.preprocess
         x = Preprocessor(spec, "cuda", torch.float32)(frames)
-        from pipeline.stages.postprocess import mask_size, resize_depth, segment
+        from pipeline.stages.depth import resize_depth
+        from pipeline.stages.masks import mask_size, segment
 
         w, h = mask_size("default", 640, 360, spec.height)
         for b in (1, 2):

@@ -153,3 +153,23 @@ def test_health_bodies_never_show_a_redis_password_given_in_the_query(tmp_path_f
                 assert json.loads(body)["sinks"] == {f"redis://127.0.0.1:{srv.port}/0?password=***": True}
     finally:
         srv.stop()
+
+
+def test_health_bodies_never_show_a_password() -> None:
+    import urllib.error
+    import urllib.request
+
+    from pipeline.metrics import Metrics
+
+    m = Metrics()
+    detail = {"fatal": "camera 'x' at rtsp://admin:cam@Secret9@10.0.0.5/live broke", "sinks": {"redis": False}}
+    port = m.serve(0, "127.0.0.1", lambda: (True, False, detail))
+    try:
+        for path in ("/healthz", "/readyz"):
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).read().decode()
+            except urllib.error.HTTPError as e:
+                body = e.read().decode()
+            assert "Secret9" not in body and "admin:***@10.0.0.5" in body
+    finally:
+        m.close()

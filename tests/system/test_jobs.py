@@ -19,6 +19,7 @@ from typing import Any
 import av
 import pytest
 
+from tests.support.clips import corrupt_flagged_packets, ffmpeg_frame_count, joined_transport_streams
 from tests.support.servers import ROOT, RedisServer, cli, model_args
 
 PREFIX = "dpt"
@@ -222,6 +223,33 @@ def test_bad_files_fail_with_reason_and_never_block_the_others(assets: dict[str,
     # a failed job can be submitted again (e.g. after fixing the file)
     _submit(redis_server, str(clips["bad"]))
     assert job(r, "bad")["state"] == "queued" and "error" not in job(r, "bad")
+
+
+def test_done_never_hides_a_skipped_packet(assets: dict[str, Path], redis_server: RedisServer,
+                                           tmp_path: Path) -> None:
+    """Two TS files joined with cat: done with FFmpeg's frame count and nothing skipped. A file cut inside its
+    last packet: done, and the job says it skipped that packet (``note`` and ``skipped_packets``)."""
+    from pipeline.jobs.worker import Worker
+    from pipeline.sample import make_clip
+
+    joined = joined_transport_streams(tmp_path / "ts")
+    data = make_clip(tmp_path / "full.mp4", frames=24, width=320, height=180, seed=3).read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    assert corrupt_flagged_packets(cut) == 1
+    _submit(redis_server, str(joined), str(cut))
+    cfg, rt = _runtime(assets, redis_server)
+    try:
+        out = Worker(cfg, rt, redis_server.client(), name="w1", until_empty=True).run()
+    finally:
+        rt.close()
+    r = redis_server.client()
+    assert {o.job: o.state for o in out} == {"joined": "done", "cut": "done"}
+    assert stream_frames(r, "joined") == list(range(ffmpeg_frame_count(joined)))
+    assert job(r, "joined")["skipped_packets"] == "0" and "note" not in job(r, "joined")
+    assert job(r, "cut")["skipped_packets"] == "1"
+    assert "skipped 1 packet(s) that could not be decoded" in job(r, "cut")["note"]
+    assert stream_frames(r, "cut") == list(range(int(job(r, "cut")["published"])))
 
 
 def test_stopped_worker_hands_the_job_back_and_the_next_resumes_exactly_once(

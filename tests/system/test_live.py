@@ -7,9 +7,11 @@ and watch it over HTTP as Prometheus would.
 
 from __future__ import annotations
 
+import http.server
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +49,7 @@ from tests.support.live import (
     wait_for,
 )
 from tests.support.rtsp_server import RtspServer
-from tests.support.servers import ROOT, RedisServer, free_port
+from tests.support.servers import ROOT, RedisServer, cli, cli_process, free_port, model_args, one_error_line
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -419,3 +422,67 @@ def test_passwords_never_reach_logs_metrics_or_probes(live: LiveAssets, rtsp: Ca
             assert secret not in text
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("query", ["user=admin&password=TOPSECRET1", "token=TOPSECRET1", "access_token=TOPSECRET1"])
+def test_a_camera_secret_in_the_query_string_is_hidden(assets: dict[str, Path], tmp_path: Path,
+                                                       query: str) -> None:
+    cfg = tmp_path / "live1.yaml"
+    cfg.write_text("live: {max_attempts: 1, fail_if_down_at_start: true}\n")
+    p = cli("run", str(cfg), "-s", f"cam=http://127.0.0.1:{free_port()}/video.mjpg?{query}", *model_args(assets),
+            "--sink", f"dir:{tmp_path / 'out'}", "--metrics-port", "-1", timeout=120)
+    assert p.returncode == 1, p.stderr
+    line = one_error_line(p.stderr)
+    assert "/video.mjpg?" in line and "=***" in line
+    assert "TOPSECRET1" not in p.stdout + p.stderr
+
+
+@pytest.fixture
+def http_server(assets: dict[str, Path], tmp_path: Path) -> Iterator[int]:
+    root = tmp_path / "www"
+    root.mkdir()
+    shutil.copy(assets["clip360"], root / "clip.mp4")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(root)))
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield int(srv.server_address[1])
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.mark.slow
+def test_http_source_is_live_reconnects_at_its_end_and_never_shows_the_password(
+        assets: dict[str, Path], tmp_path: Path, http_server: int) -> None:
+    out = tmp_path / "out"
+    url = f"http://viewer:pw123@127.0.0.1:{http_server}/clip.mp4"
+    lines = out / "web.jsonl"
+    with cli_process("run", "-s", f"web={url}", *model_args(assets), "--sink", f"dir:{out}", "--metrics-port",
+                     "-1") as proc:
+        deadline = time.time() + 120
+        while time.time() < deadline and (not lines.exists() or len(lines.read_text().splitlines()) < 30):
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    frames = [json.loads(x)["frame"] for x in lines.read_text().splitlines()]
+    assert len(frames) >= 30, err  # the 20-frame file ended, was reopened (live reconnect) and read again
+    assert frames == sorted(frames) and len(set(frames)) == len(frames)
+    assert proc.returncode == 0, err
+    assert "pw123" not in err and "viewer:***@127.0.0.1" in err and "reconnecting" in err
+
+
+@pytest.mark.slow
+def test_http_source_down_gives_up_with_the_password_hidden(assets: dict[str, Path], tmp_path: Path) -> None:
+    port = free_port()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"sources: [{{id: web, uri: 'https://u:pw123@127.0.0.1:{port}/live.m3u8'}}]\n"
+                   f"sinks: ['dir:{tmp_path / 'out'}']\nlive: {{max_attempts: 2, reconnect_initial_s: 0.1}}\n"
+                   "metrics: {port: null}\n")
+    p = cli("run", str(cfg), *model_args(assets))
+    assert p.returncode == 1, p.stderr
+    line = one_error_line(p.stderr)
+    assert "u:***@127.0.0.1" in line and "gave up after 2 attempts" in line
+    assert "pw123" not in p.stderr + p.stdout

@@ -10,6 +10,7 @@ decoded from a real-content H.264 clip. The oracle is ``AutoImageProcessor`` + `
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from pipeline.checkpoints import (
 from pipeline.sample import make_clip
 from tests.support.families import CORR_MIN, P99_MAX, DepthOracle, agreement
 from tests.support.oracle import decode_rgb
+from tests.support.servers import RedisServer, cli, one_error_line
 
 pytestmark = pytest.mark.slow
 SEG_FAMILIES = tuple(n for n, f in FAMILIES.items() if f.task == "segmentation")
@@ -217,6 +219,23 @@ def test_missing_preprocessor_config_uses_dpt_defaults(tmp_path: Path, ckpts: di
     assert "no preprocessor_config.json" in caplog.text
 
 
+@pytest.mark.parametrize("key", ["image_processor_type", "feature_extractor_type"])
+def test_a_legacy_dpt_feature_extractor_name_loads_as_dpt_image_processor(key: str, tmp_path: Path,
+                                                                           ckpts: dict[str, Path]) -> None:
+    """A re-saved Intel/dpt-hybrid-midas names its processor "DPTFeatureExtractor", which transformers 5 no
+    longer resolves: it holds DPTImageProcessor's values and loads as one."""
+    import shutil
+
+    path = tmp_path / "legacy"
+    shutil.copytree(ckpts["dpt-hybrid"], path)
+    cfg = json.loads((path / "preprocessor_config.json").read_text())
+    cfg.pop("image_processor_type", None)
+    cfg[key] = "DPTFeatureExtractor"
+    (path / "preprocessor_config.json").write_text(json.dumps(cfg))
+    loaded = load_model("depth", str(path))
+    assert loaded.preprocess == load_model("depth", str(ckpts["dpt-hybrid"])).preprocess
+
+
 def test_invalid_config_json_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "badcfg").mkdir()
     (tmp_path / "badcfg" / "config.json").write_text("{nope")
@@ -235,3 +254,70 @@ def test_unloadable_preprocessor_config_names_the_file(tmp_path: Path, ckpts: di
     (path / "preprocessor_config.json").write_text(json.dumps(cfg))
     msg = _refused("depth", path)
     assert "preprocessor_config.json" in msg and "cannot be loaded" in msg
+
+
+@pytest.mark.parametrize("sink", ["dir", "redis"])
+def test_more_than_65536_labels_are_refused_when_the_checkpoint_loads(assets: dict[str, Path], tmp_path: Path,
+                                                                      redis_server: RedisServer, sink: str) -> None:
+    """Class ids past 65535 cannot be published in a 16-bit mask: refused at load, whatever the sink."""
+    from pipeline.sample import make_checkpoint
+
+    ckpt = make_checkpoint(tmp_path / "seg70k", "segmentation", image_size=32, num_labels=70000)
+    out = tmp_path / "out"
+    target = redis_server.url if sink == "redis" else f"dir:{out}"
+    p = cli("run", "-s", f"big={assets['clip360']}", "-m", f"segmentation={ckpt}", "--tasks", "segmentation",
+            "--batch-size", "1", "--mask-size", "16x16", "--sink", target, "--metrics-port", "-1")
+    assert p.returncode == 1, p.stderr
+    line = one_error_line(p.stderr)
+    assert str(ckpt) in line and "70000 labels" in line and "65,536" in line, line
+    assert "unexpected" not in line
+    assert not list(out.rglob("*.png")) and not list(out.rglob("*.jsonl"))
+    assert redis_server.client().keys("*") == []  # nothing published, not even dpt:meta
+
+
+def proc_with(ckpt: Path, path: Path, **fields: object) -> Path:
+    shutil.copytree(ckpt, path)
+    cfg = json.loads((path / "preprocessor_config.json").read_text())
+    (path / "preprocessor_config.json").write_text(json.dumps({**cfg, **fields}))
+    return path
+
+
+@pytest.mark.parametrize("task", ["segmentation", "depth"])
+def test_a_zero_image_std_is_refused_naming_the_file(assets: dict[str, Path], tmp_path: Path,
+                                                     redis_server: RedisServer, task: str) -> None:
+    ckpt = proc_with(assets[task], tmp_path / "zero-std", image_std=[0, 0, 0])
+    p = cli("run", "-s", f"cam={assets['clip360']}", "-m", f"{task}={ckpt}", "--tasks", task,
+            "--sink", redis_server.url, "--metrics-port", "-1")
+    assert p.returncode == 1, p.stderr
+    line = one_error_line(p.stderr)
+    assert str(ckpt / "preprocessor_config.json") in line and "image_std" in line, line
+    assert redis_server.client().keys("*") == []
+
+
+def test_a_label_with_a_newline_is_one_line_everywhere(assets: dict[str, Path], tmp_path: Path,
+                                                       redis_server: RedisServer) -> None:
+    """Control characters in ``id2label`` become spaces when the checkpoint loads: the overlay video, snapshot
+    and ``dpt:meta`` all get one-line labels."""
+    from pipeline.sample import make_clip
+
+    ckpt = tmp_path / "seg-nl"
+    shutil.copytree(assets["segmentation"], ckpt)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["id2label"] = {k: f"bad\nlabel\t{k}\r" for k in cfg["id2label"]}
+    cfg["label2id"] = {v: int(k) for k, v in cfg["id2label"].items()}
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    clip = make_clip(tmp_path / "small.mp4", frames=10, width=320, height=180, seed=2)
+    out = tmp_path / "video"
+    p = cli("run", "-s", f"cam={clip}", "-m", f"segmentation={ckpt}", "-m", f"depth={assets['depth']}",
+            "--sink", redis_server.url, "--sink", f"video:{out}", "--metrics-port", "-1")
+    assert p.returncode == 0, p.stderr
+    assert "error" not in p.stderr
+    assert (out / "cam.mp4").stat().st_size > 0
+    labels = json.loads(redis_server.client().hget("dpt:meta", "labels"))
+    assert labels["0"] == "bad label 0"
+    assert not any(ch in v for v in labels.values() for ch in "\n\r\t")
+    s = cli("snapshot", "cam", "-o", str(tmp_path / "snap.png"), "--redis", redis_server.url)
+    assert s.returncode == 0, s.stderr
+    show = cli("show", "--redis", redis_server.url, "-n", "1")
+    assert show.returncode == 0, show.stderr
+    assert "bad label" in show.stdout and "bad\n" not in show.stdout

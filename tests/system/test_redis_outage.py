@@ -3,6 +3,7 @@ and a redis-server that speaks only TLS with an ACL user."""
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +28,7 @@ from tests.support.live import (
     wait_for,
 )
 from tests.support.rtsp_server import RtspServer
-from tests.support.servers import RedisServer, free_port
+from tests.support.servers import RedisServer, cli, cli_process, free_port, model_args, one_error_line
 
 pytestmark = pytest.mark.slow
 
@@ -257,3 +258,53 @@ def test_alerts_follow_outlives_a_redis_restart_and_unreachable_redis_exits_1(re
         p = cli(*args, "--redis", gone, timeout=60)
         assert p.returncode == 1, (args, p.stderr)
         assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+@pytest.mark.parametrize("signals", [1, 2])
+def test_sigterm_while_redis_is_down_exits_and_counts_what_was_not_written(
+        assets: dict[str, Path], tmp_path: Path, redis_server: RedisServer, signals: int) -> None:
+    from pipeline.sample import make_clip
+
+    clip = make_clip(tmp_path / "slow.mp4", frames=240, width=320, height=180, seed=6)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"sources: [{{id: slow, uri: '{clip}', realtime: true}}]\n"
+                   f"sinks: ['{redis_server.url}']\nredis: {{retry_max_s: 1.0}}\nmetrics: {{port: null}}\n")
+    with cli_process("run", str(cfg), *model_args(assets)) as proc:
+        r = redis_server.client()
+        deadline = time.time() + 120
+        while time.time() < deadline and r.xlen("dpt:stream:slow:frames") < 5:
+            time.sleep(0.1)
+        assert r.xlen("dpt:stream:slow:frames") >= 5
+        redis_server.stop()
+        time.sleep(1.5)  # frames keep being decoded; the publish stage now waits for Redis
+        proc.send_signal(signal.SIGTERM)
+        if signals == 2:
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGTERM)
+        # exits within retry_max_s (1 s) plus a few seconds of joins: the bound is generous, a hang is not
+        _, err = proc.communicate(timeout=30)
+    assert "Traceback" not in err
+    line = one_error_line(err)
+    assert "results not written" in line and "rerun resumes" in line, err
+    n = int(line.split(" results not written")[0].rsplit(" ", 1)[1])
+    assert n >= 1
+    assert proc.returncode == (130 if signals == 2 else 1), err
+
+
+def test_a_redis_password_in_the_query_string_is_hidden_in_logs_and_errors(assets: dict[str, Path],
+                                                                            tmp_path: Path) -> None:
+    secret = "S3cr3t-pw"
+    srv = RedisServer(tmp_path / "redis", extra=["--requirepass", secret])
+    srv.start()
+    try:
+        url = f"redis://127.0.0.1:{srv.port}/0?password={secret}"
+        p = cli("run", "-s", f"a={assets['clip360']}", "--sink", url, *model_args(assets), "--metrics-port", "-1")
+        assert p.returncode == 0, p.stderr
+        assert secret not in p.stdout + p.stderr
+        assert f"redis://127.0.0.1:{srv.port}/0?password=***" in p.stderr  # the INFO line "sinks: ..."
+    finally:
+        srv.stop()
+    for args in (["show", "--redis", url], ["show", "--redis", f"redis://127.0.0.1:1/0?password={secret}"]):
+        s = cli(*args, timeout=60)
+        assert s.returncode != 0
+        assert secret not in s.stdout + s.stderr and "password=***" in one_error_line(s.stderr)

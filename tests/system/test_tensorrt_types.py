@@ -156,7 +156,7 @@ def test_plan_key_changes_with_everything_that_invalidates_a_plan(tmp_path: Path
 
 
 def test_attention_report_reads_the_inspector_json() -> None:
-    """IEngineInspector output -> is attention fused (issue 12, item 5); checked on hand-written JSON in the
+    """IEngineInspector output -> is attention fused; checked on hand-written JSON in the
     two shapes TensorRT emits (names only, and DETAILED objects)."""
     import json
 

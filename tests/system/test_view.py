@@ -299,7 +299,7 @@ def test_wall_latest_jpg_api_zones_and_alerts(assets: dict[str, Path], redis_ser
             assert get(f"{view.base}/streams/a/latest.jpg")[0] == 200
         assert view.api()["renders"] == 2
 
-        # zones (issue 13's meta contract), drawn by snapshot's own code: latest.jpg's outline pixels are snapshot's
+        # zones (the meta contract of README's "Redis schema"), drawn by snapshot's own code: latest.jpg's outline pixels are snapshot's
         zone = {"name": "door", "streams": ["a"], "polygon": [[0.2, 0.2], [0.6, 0.2], [0.6, 0.9], [0.2, 0.9]]}
         rd.hset("dpt:meta", "zones", json.dumps([zone]))
         wait_for(lambda: view.api()["streams"][0]["zones"] == ["door"], 10, "the zone to show")
@@ -405,10 +405,9 @@ def test_live_tile_changes_and_recovers_from_a_redis_restart(assets: dict[str, P
         pipe.stop()
 
 
-# -- a real run with zones: the view shows what issue 13's code publishes, while an alert is active ---------
-
 def test_view_shows_a_real_runs_zones_and_its_active_alert(assets: dict[str, Path], redis_server: RedisServer,
                                                            tmp_path: Path) -> None:
+    """A real run with zones: the view shows the zones and the alert the pipeline publishes, while it is active."""
     cfg = tmp_path / "zones-live.yaml"
     everything = list(range(150))  # every ADE20K class: the zone is always covered, so the rule holds at once
     cfg.write_text(json.dumps({  # YAML is a superset of JSON
@@ -523,7 +522,6 @@ def test_redis_passwords_never_reach_a_page_a_log_or_an_error(tmp_path: Path, as
         assert secret not in wrong.stderr
     finally:
         srv.stop()
-
 
 
 def raw_request(port: int, request: bytes) -> bytes:

@@ -58,7 +58,7 @@ def test_ffmpeg_codec_threads_are_told_apart(tmp_path: Path) -> None:
 
 
 def test_e2e_against_the_naive_loop_of_each_precision() -> None:
-    """On CUDA the naive loop runs in FP32 and FP16: e2e/naive is reported against both (issue 12, item 8)."""
+    """On CUDA the naive loop runs in FP32 and FP16: e2e/naive is reported against both."""
     from pipeline.benchmark.results import ratios
 
     base = {"task": "segmentation+depth", "batch": 8}

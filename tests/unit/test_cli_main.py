@@ -1,4 +1,4 @@
-"""Issue 10 item 12: the entry point knows click's exceptions whichever click raised them (click itself, or the
+"""The entry point knows click's exceptions whichever click raised them (click itself, or the
 copy typer bundles as ``typer._click``: a separate class hierarchy)."""
 
 from __future__ import annotations

@@ -16,8 +16,9 @@ from pipeline.frames import FrameId, Prepared, Shutdown
 from pipeline.metrics import Metrics
 from pipeline.queues import NamedQueue
 from pipeline.sinks.encode import depth_png_values, encode_depth_png
+from pipeline.stages.depth import depth_summary
 from pipeline.stages.infer import shape_groups
-from pipeline.stages.postprocess import depth_summary, mask_size
+from pipeline.stages.masks import mask_size
 from tests.support.entries import split_mask_entry
 
 

@@ -1,4 +1,4 @@
-"""Mask PNGs written by hand (issue 12, item 13): every reader must decode exactly the mask."""
+"""Mask PNGs written by hand (cheaper than PIL's encoder per frame): every reader must decode exactly the mask."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The GPU check's dependency gate covers every import the run needs (issue 12, item 3)."""
+"""The GPU check's dependency gate covers every import the run needs."""
 
 from __future__ import annotations
 

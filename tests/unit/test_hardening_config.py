@@ -13,7 +13,7 @@ from pipeline.cli.common import build_overrides
 from pipeline.config import ConfigError, SourceConfig, load_config, parse_source, redact
 
 
-# -- items 8 and 9: one redact() for every scheme, the userinfo ends at the authority's last "@" ----------------
+# -- one redact() for every scheme; the userinfo ends at the authority's last "@" -------------------------------
 @pytest.mark.parametrize("uri, secret, shown", [
     ("redis://:s3cret@PW@127.0.0.1:6379/0", "s3cret@PW", "redis://:***@127.0.0.1:6379/0"),
     ("rtsp://admin:cam@Secret9@10.0.0.5:554/live", "cam@Secret9", "rtsp://admin:***@10.0.0.5:554/live"),
@@ -49,7 +49,7 @@ def test_redact_text_and_the_log_filter_hide_passwords_inside_any_message() -> N
     assert RedactFilter().filter(rec) and "s@3cr" not in rec.getMessage() and "***" in rec.getMessage()
 
 
-# -- item 10: names are checked whole: "$" used to accept a final newline --------------------------------------
+# -- names are checked whole (a "$" anchor would accept a final newline) ---------------------------------------
 @pytest.mark.parametrize("bad", ["cam\n", "cam\r\n", "\ncam"])
 def test_names_with_a_newline_are_refused(bad: str, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="invalid stream id"):
@@ -72,7 +72,7 @@ def test_worker_names_are_checked_whole() -> None:
     assert WORKER_NAME_RE.fullmatch("host-1@a") and not WORKER_NAME_RE.fullmatch("host-1\n")
 
 
-# -- item 7: YAML aliases are refused before anything expands, and configs are capped at 1 MiB -----------------
+# -- YAML aliases are refused before anything expands, and configs are capped at 1 MiB -------------------------
 BOMB = ('a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
         + "".join(f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(7))
         + "sources: [{uri: *h}]\n")
@@ -119,7 +119,7 @@ def test_a_5000_character_path_is_one_short_line(tmp_path: Path) -> None:
     assert len(str(e2.value)) < 300
 
 
-# -- item 13: bounds for every value, flags tested for presence (0 and "" are given values) --------------------
+# -- bounds for every value, flags tested for presence (0 and "" are given values) -----------------------------
 @pytest.mark.parametrize("over, match", [
     ({"mask_size": "0x0"}, "invalid mask size"),
     ({"mask_size": "99999x99999"}, "invalid mask size"),
@@ -134,7 +134,7 @@ def test_values_out_of_bounds_are_config_errors(over: dict[str, object], match: 
         load_config(None, over)
 
 
-# -- a later sweep: values that validated, then failed after the models loaded (exit 1, raw errors) ----------
+# -- values checked by the config, before any model loads (later they would be exit 1 with a raw error) -------
 @pytest.mark.parametrize("over, match", [
     ({"engine": {"max_wait_ms": float("inf")}}, "engine.max_wait_ms: Input should be a finite number"),
     ({"engine": {"max_wait_ms": 1e300}}, "engine.max_wait_ms: Input should be less than or equal to 60000"),
@@ -191,7 +191,7 @@ def test_zero_and_empty_flags_are_validated_not_ignored() -> None:
     assert load_config(None, build_overrides(None, None, None, None, None, None, None, None, -1)).metrics.port is None
 
 
-# -- item 16: file:// is percent-decoded; network schemes are live; anything else names the supported list -----
+# -- file:// is percent-decoded; network schemes are live; anything else names the supported list --------------
 def test_file_uris_are_percent_decoded() -> None:
     s = parse_source("file:///data/with%20space%23.mp4")
     assert s.path == "/data/with space#.mp4" and s.id == "with_space_" and not s.is_live
@@ -212,7 +212,7 @@ def test_unsupported_schemes_say_so_with_the_list(uri: str) -> None:
     assert "rtsp://" in str(e.value) and "http://" in str(e.value) and "pw" not in str(e.value)
 
 
-# -- hostile-input review: redaction never raises, hides query secrets, and unparsable URLs are refused --------
+# -- redaction never raises, hides query secrets, and unparsable URLs are refused ------------------------------
 UNPARSABLE = ["http://admin:TOPSECRET5@[::1:1/s", "rtsp://admin:TOPSECRET5@[::1/stream", "rtsp://u:TOPSECRET5@]x/s",
               "redis://:TOPSECRET5@[zz]:6379/0", "rtsp://u:TOPSECRET5@[notipv6]/s"]
 

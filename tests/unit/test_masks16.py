@@ -1,4 +1,4 @@
-"""Issue 10 item 2: more than 256 classes give 16-bit masks, never wrapped class ids."""
+"""More than 256 classes give 16-bit masks, never wrapped class ids."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from pipeline.sinks.encode import encode_png
-from pipeline.stages.postprocess import class_fractions, depth_summary, segment
+from pipeline.stages.depth import depth_summary
+from pipeline.stages.masks import class_fractions, segment
 
 
 def winning(cls: int, num: int, h: int = 12, w: int = 16) -> torch.Tensor:
@@ -43,7 +44,7 @@ def test_up_to_256_classes_stay_8_bit() -> None:
 
 
 def test_16_bit_masks_round_trip_through_png() -> None:
-    from pipeline.stages.postprocess import mask_array
+    from pipeline.stages.masks import mask_array
 
     mask = mask_array(segment(winning(299, 300), (12, 16)))
     assert mask.dtype == np.uint16
@@ -63,7 +64,7 @@ def test_16_bit_masks_get_colours_in_pictures() -> None:
 
 
 def test_class_ids_past_65535_raise_rather_than_wrap() -> None:
-    from pipeline.stages.postprocess import mask_array
+    from pipeline.stages.masks import mask_array
 
     assert mask_array(torch.tensor([[3, 65535]], dtype=torch.int32)).dtype == np.uint16
     with pytest.raises(ValueError, match="16-bit"):
@@ -73,7 +74,7 @@ def test_class_ids_past_65535_raise_rather_than_wrap() -> None:
 def test_a_nan_depth_output_is_published_as_null_never_nan() -> None:
     import json
 
-    from pipeline.stages.postprocess import has_nonfinite
+    from pipeline.stages.depth import has_nonfinite
 
     depth = torch.arange(12 * 16, dtype=torch.float32).reshape(12, 16)
     depth[0, 0] = float("nan")

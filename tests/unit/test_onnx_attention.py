@@ -1,4 +1,4 @@
-"""The export-only attention module accepts both transformers 4.x's and 5.x's calling conventions (issue 12, item 4)."""
+"""The export-only attention module accepts both transformers 4.x's and 5.x's calling conventions."""
 
 from __future__ import annotations
 

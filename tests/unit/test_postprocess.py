@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.stages.postprocess import class_fractions, depth_summary, mask_size, segment
+from pipeline.stages.depth import depth_summary
+from pipeline.stages.masks import class_fractions, mask_size, segment
 
 
 def test_mask_size_rules() -> None:
@@ -48,7 +49,7 @@ def test_zone_stats_match_a_numpy_reference() -> None:
     """Per-zone class counts, lower median and nearest depth (both depth kinds), overlapping zones included."""
     import numpy as np
 
-    from pipeline.stages.postprocess import _zone_stats_numpy, _zone_stats_torch, zone_layout, zone_results
+    from pipeline.stages.zoning import _zone_stats_numpy, _zone_stats_torch, zone_layout, zone_results
     from pipeline.zones import Zone, rasterize
 
     g = torch.Generator().manual_seed(3)

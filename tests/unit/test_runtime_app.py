@@ -1,4 +1,4 @@
-"""``create_engines``: every engine is warmed up before the pipeline starts (issue 12, item 12)."""
+"""``create_engines``: every engine is warmed up before the pipeline starts."""
 
 from __future__ import annotations
 

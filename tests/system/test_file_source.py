@@ -1,4 +1,4 @@
-"""Issue 10 items 4, 5, 6: file sources on real clips — display rotation, every decodable frame of a truncated
+"""File sources (``pipeline/sources/file.py``) on real clips — display rotation, every decodable frame of a truncated
 file, truncation judged from the video stream alone. The source runs in-process on real video (no models)."""
 
 from __future__ import annotations
@@ -51,9 +51,11 @@ def test_truncated_mp4_publishes_every_frame_ffmpeg_can_decode(tmp_path: Path) -
     cut.write_bytes(data[: len(data) // 2])
     expect = complete_packets(full, len(data) // 2)
     assert 10 < expect < 48
-    frames, eos, _ = decode_all(cut)
+    frames, eos, src = decode_all(cut)
     assert [f.id.index for f in frames] == list(range(expect))
     assert eos.truncated and eos.error is None
+    # the cut-off last packet is the one skipped, and it is counted
+    assert eos.bad_packets == 1 and src.metrics.skipped_packets.labels(stream="s")._value.get() == 1
 
 
 def test_a_file_cut_inside_a_packet_keeps_the_frames_before_it(tmp_path: Path) -> None:
