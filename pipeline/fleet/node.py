@@ -135,7 +135,7 @@ class FleetNode:
                     log.debug("%s: release failed (%s); the lease expires", cam, error_reason(e))
             self.held.clear()
             self._gauge.set(0)
-        with contextlib.suppress(REDIS_DOWN):
+        with contextlib.suppress(*REDIS_DOWN):
             self.nodes.leave()
         self.pipeline.request_stop()
 
