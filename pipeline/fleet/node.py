@@ -329,7 +329,7 @@ def start_node(cfg: PipelineConfig) -> NodeRun:
     for a config a node cannot run, or a fleet whose checkpoints differ."""
     from pipeline.runtime import Pipeline
     from pipeline.runtime.app import start_runtime
-    from pipeline.runtime.plan import RunPlan, plan_source
+    from pipeline.runtime.plan import RunPlan, SourcePlan, plan_source
 
     if cfg.sources:
         raise ConfigError("a fleet node takes its cameras from the registry, not from sources: remove sources: "
@@ -358,7 +358,13 @@ def start_node(cfg: PipelineConfig) -> NodeRun:
         store = rt.store
 
         def plan(src: SourceConfig) -> Any:
-            return plan_source(cfg, src, rt.engines, store, record=True)
+            if not src.is_live or store is None:
+                return plan_source(cfg, src, rt.engines, store, record=True)
+            # a camera moving between nodes continues its stream: frame numbers after the last published one,
+            # and the rules' debounce state saved with it (a new camera starts at frame 0)
+            saved = store.saved_progress(src.id)
+            start = saved.last_frame + 1
+            return SourcePlan(src, None, start, saved.rule_state if start else None)
 
         node = FleetNode(cfg, node_id, pipeline, sink, rt.metrics, plan)
         pipeline.start()

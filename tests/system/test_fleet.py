@@ -55,10 +55,10 @@ def import_cameras(fleet: Fleet, cameras: RtspServer, cams: list[str], tmp_path:
     assert r.returncode == 0, r.stderr
 
 
-def entries(client: Any, cam: str) -> list[tuple[int, float, str, int]]:
-    """(entry ms, ts, node, token) of each entry of ``cam``, in stream order."""
-    return [(int(i.decode().split("-")[0]), float(f[b"ts"]), f[b"node"].decode(), int(f[b"fence"]))
-            for i, f in client.xrange(f"dpt:stream:{cam}:frames")]
+def entries(client: Any, cam: str) -> list[tuple[int, float, str, int, int]]:
+    """(entry ms, ts, node, token, frame) of each entry of ``cam``, in stream order."""
+    return [(int(i.decode().split("-")[0]), float(f[b"ts"]), f[b"node"].decode(), int(f[b"fence"]),
+             int(f[b"frame"])) for i, f in client.xrange(f"dpt:stream:{cam}:frames")]
 
 
 def assert_one_writer_at_a_time(client: Any, cams: list[str]) -> None:
@@ -67,11 +67,13 @@ def assert_one_writer_at_a_time(client: Any, cams: list[str]) -> None:
         tokens = [e[3] for e in es]
         assert tokens == sorted(tokens), f"{cam}: a stale token was written after a newer one"
         by_token: dict[int, set[str]] = {}
-        for _, _, node, tok in es:
+        for _, _, node, tok, _ in es:
             by_token.setdefault(tok, set()).add(node)
         assert all(len(n) == 1 for n in by_token.values()), (cam, by_token)
         ts = [e[1] for e in es]
         assert all(b > a for a, b in itertools.pairwise(ts)), f"{cam}: ts went back"
+        frames = [e[4] for e in es]  # a camera that moves continues its frame numbers
+        assert all(b > a for a, b in itertools.pairwise(frames)), f"{cam}: frame numbers went back"
 
 
 def running_everywhere(client: Any, cams: list[str], since_ms: int = 0) -> dict[str, str] | None:
