@@ -229,56 +229,46 @@ def test_cameras_commands_refuse_bad_input_and_never_show_secrets(redis_server: 
     assert r.returncode == 0 and c.hget("dpt:cameras", "yard") is None
 
 
-def _http(method: str, url: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
-    import json
-    import urllib.error
-    import urllib.request
-
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Authorization": f"Bearer {token}"} if token else {})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        raw = e.read()
-        return e.code, json.loads(raw) if raw.startswith(b"{") else raw.decode()
-    except OSError:
-        return 0, None
-
-
 def test_view_camera_api_lists_adds_and_removes_behind_its_token(redis_server: RedisServer) -> None:
-    from tests.support.servers import cli_process, free_port
+    """The view's app (its token middleware included) on a real socket, against a real Redis."""
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from pipeline.view.hub import Hub, ViewSettings
+    from pipeline.view.server import build_app
 
     c = redis_server.client()
     token = "tok-" + "5" * 28
-    for tok in (None, token):
-        port = free_port()
-        args = ["view", "--port", str(port), "--redis", redis_server.url] + (["--token", tok] if tok else [])
-        with cli_process(*args) as proc:
-            base = f"http://127.0.0.1:{port}"
-            wait(lambda: _http("GET", base + "/api/cameras", token=tok)[0] == 200, 60,  # noqa: B023
-                 "the view answering")
-            entry = {"id": "gate", "uri": "rtsp://admin:hunter2@10.0.0.7/s1", "rtsp_transport": "udp"}
-            code, body = _http("POST", base + "/api/cameras", entry, tok)
-            if tok is None:  # no token, no writes, even on loopback
-                assert code == 403 and "need the view's token" in body["error"]
-                assert _http("DELETE", base + "/api/cameras/gate")[0] == 403
+    entry = {"id": "gate", "uri": "rtsp://admin:hunter2@10.0.0.7/s1", "rtsp_transport": "udp"}
+
+    async def call(client: TestClient, method: str, path: str, body: Any = None, tok: str | None = None
+                   ) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {tok}"} if tok else {}
+        r = await client.request(method, path, json=body, headers=headers)
+        return r.status, (await r.json() if r.content_type == "application/json" else await r.text())
+
+    async def scenario() -> None:
+        for tok in (None, token):
+            settings = ViewSettings(redis_server.url, token=tok)
+            async with TestClient(TestServer(build_app(Hub(settings), tok))) as client:
+                code, body = await call(client, "POST", "/api/cameras", entry, tok)
+                if tok is None:  # no token, no writes, even on loopback
+                    assert code == 403 and "need the view's token" in body["error"]
+                    assert (await call(client, "DELETE", "/api/cameras/gate"))[0] == 403
+                    assert c.hget("dpt:cameras", "gate") is None
+                    continue
+                assert code == 201, body
+                assert (await call(client, "POST", "/api/cameras", entry))[0] == 401  # without the token
+                assert (await call(client, "POST", "/api/cameras", entry, tok))[0] == 409
+                assert (await call(client, "POST", "/api/cameras", {**entry, "replace": True}, tok))[0] == 200
+                code, body = await call(client, "POST", "/api/cameras", {"id": "x", "uri": "ftp://h/x"}, tok)
+                assert code == 400 and "unsupported scheme" in body["error"]
+                code, body = await call(client, "GET", "/api/cameras", tok=tok)
+                assert [r["id"] for r in body["cameras"]] == ["gate"] and "hunter2" not in str(body)
+                assert body["cameras"][0]["state"] == "unassigned"
+                assert (await call(client, "DELETE", "/api/cameras/gate", tok=tok))[0] == 200
+                assert (await call(client, "DELETE", "/api/cameras/gate", tok=tok))[0] == 404
                 assert c.hget("dpt:cameras", "gate") is None
-                proc.terminate()
-                continue
-            assert code == 201, body
-            assert _http("POST", base + "/api/cameras", entry)[0] == 401  # writes without the token
-            assert _http("POST", base + "/api/cameras", entry, tok)[0] == 409
-            assert _http("POST", base + "/api/cameras", {**entry, "replace": True}, tok)[0] == 200
-            code, body = _http("POST", base + "/api/cameras", {"id": "x", "uri": "ftp://h/x"}, tok)
-            assert code == 400 and "unsupported scheme" in body["error"]
-            code, body = _http("GET", base + "/api/cameras", token=tok)
-            assert [r["id"] for r in body["cameras"]] == ["gate"] and "hunter2" not in str(body)
-            assert body["cameras"][0]["state"] == "unassigned"
-            assert _http("DELETE", base + "/api/cameras/gate", token=tok)[0] == 200
-            assert _http("DELETE", base + "/api/cameras/gate", token=tok)[0] == 404
-            assert c.hget("dpt:cameras", "gate") is None
-            proc.terminate()
-            _, err = proc.communicate(timeout=30)
-            assert "hunter2" not in err and token not in err
+
+    asyncio.run(scenario())
