@@ -7,7 +7,8 @@ processes' logs:
 
 * handover after SIGKILL / SIGTERM: from the signal to the first entry another node writes, per camera moved
   (two nodes, four cameras; the victim is started again and the fleet rebalanced between rounds);
-* add to first entry: from the registry write (``cameras add``) to the camera's first entry (one node);
+* add to first entry: from the registry write (``cameras add``) to the camera's first entry, and the other
+  cameras' longest gap between two entries around the add (against a quiet window before it);
 * published frames/s of 8 cameras over the same window, ``dptstream node`` (cameras from the registry) against
   ``dptstream run --source ...`` (the same cameras on the command line).
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import os
 import platform
@@ -94,18 +96,34 @@ def handovers(fleet: Fleet, client: Any, cams: list[str], rounds: int, sig: int)
     return out
 
 
-def add_latency(fleet: Fleet, client: Any, cameras: RtspServer, cam: str, rounds: int) -> list[float]:
+def max_gap_s(client: Any, cams: list[str], start_ms: int, end_ms: int) -> float:
+    """The longest time between two consecutive entries of any of ``cams`` within the window."""
+    gap = 0
+    for c in cams:
+        ms = [int(e[0].decode().split("-")[0])
+              for e in client.xrange(f"dpt:stream:{c}:frames", min=f"{start_ms}-0", max=f"{end_ms}-0")]
+        gap = max([gap, *(b - a for a, b in itertools.pairwise(ms))])
+    return gap / 1000.0
+
+
+def add_latency(fleet: Fleet, client: Any, cameras: RtspServer, cam: str, others: list[str],
+                rounds: int) -> tuple[list[float], list[float], list[float]]:
+    """Per round: add to first entry, and the other cameras' longest gap around the add (and in a quiet window
+    before it, for comparison)."""
     reg = CameraRegistry(client, FleetKeys("dpt"))
-    out = []
+    out, gaps, quiet = [], [], []
     for _ in range(rounds):
+        time.sleep(4.0)
         t0 = now_ms(client)
+        quiet.append(max_gap_s(client, others, t0 - 4000, t0))
         reg.add([{"id": cam, "uri": cameras.url(cam)}], replace=True)
         got = wait(lambda t=t0: first_entry_after(client, cam, t), 60, f"{cam}'s first entry")
         out.append((got - t0) / 1000.0)
+        time.sleep(2.0)
+        gaps.append(max_gap_s(client, others, t0, got + 2000))
         reg.remove(cam)
         wait(lambda: cam not in owners(client, [cam]), 60, f"{cam} released")
-        time.sleep(1.0)
-    return out
+    return out, gaps, quiet
 
 
 def window_fps(client: Any, cams: list[str], start_ms: int, end_ms: int) -> float:
@@ -190,8 +208,11 @@ def main() -> None:
             wait(lambda: settled(client, four, ["n1", "n2"], t), START_S, "two nodes streaming four cameras")
             if "add" not in a.skip:
                 print("add to first entry", flush=True)
-                results["add_to_first_entry"] = summary(add_latency(fleet, client, cameras, cams[7], a.add_rounds))
-                print(f"  {results['add_to_first_entry']}", flush=True)
+                lat, gaps, quiet = add_latency(fleet, client, cameras, cams[7], four, a.add_rounds)
+                results["add_to_first_entry"] = summary(lat)
+                results["other_cameras_max_gap_during_add"] = summary(gaps)
+                results["other_cameras_max_gap_before_add"] = summary(quiet)
+                print(f"  {results['add_to_first_entry']}; gaps {gaps} (before: {quiet})", flush=True)
             if "handover" not in a.skip:
                 print("handovers after SIGKILL", flush=True)
                 results["handover_sigkill"] = summary(handovers(fleet, client, four, a.rounds, signal.SIGKILL))
