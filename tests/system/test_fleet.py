@@ -143,6 +143,14 @@ def test_nodes_share_cameras_take_new_ones_drop_removed_ones_and_take_over_from_
     assert took_over == len(lost)
     assert_one_writer_at_a_time(c, six)
 
+    # the registry key vanishing (a flushed Redis) is not "remove everything": cameras keep running, one warning
+    c.delete("dpt:cameras")
+    gone_at = now_ms(c)
+    time.sleep(4 * 0.25 + 1)  # several reconciles
+    assert running_everywhere(c, six, gone_at) == after
+    for n in survivors:
+        assert fleet.nodes[n].stderr.count("the registry dpt:cameras is gone") == 1
+
 
 @pytest.mark.slow
 def test_a_paused_node_is_fenced_redis_restarts_and_sigterm_hands_over(
