@@ -133,6 +133,8 @@ class FleetNode:
                     self.leases.release(cam, h.token, "released")
                 except REDIS_DOWN as e:
                     log.debug("%s: release failed (%s); the lease expires", cam, error_reason(e))
+            if self.held:
+                self._announce()
             self.held.clear()
             self._gauge.set(0)
         with contextlib.suppress(*REDIS_DOWN):
@@ -268,10 +270,19 @@ class FleetNode:
         self._release_drained()
 
     def _release_drained(self) -> None:
+        released = False
         for cam, h in list(self.held.items()):
             if h.leaving and not self._draining(cam):
                 self.leases.release(cam, h.token, h.leaving)
                 del self.held[cam]
+                released = True
+        if released:
+            self._announce()
+
+    def _announce(self) -> None:
+        """Wake the other nodes now (a released camera is taken over on their next reconcile, not a period later)."""
+        with contextlib.suppress(*REDIS_DOWN):
+            self.client.publish(self.keys.changed, "released")
 
     def _stop_camera(self, cam: str) -> None:
         h = self.held.get(cam)
