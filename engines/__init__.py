@@ -77,7 +77,7 @@ def create_engine(cfg: EngineConfig) -> Engine:
         )
     if backend == "auto":
         backend = "tensorrt" if gpu and tensorrt_available() else "torch"
-    loaded = load_model(cfg.task, cfg.model, cfg.input_size)
+    loaded = load_model(cfg.task, cfg.model, cfg.input_size, max_side=cfg.max_side)
     if backend == "tensorrt":
         from engines.tensorrt_engine import TensorRTEngine
 

@@ -59,6 +59,9 @@ class PreprocessSpec:
     ensure_multiple_of: int = 1
     do_resize: bool = True
     pad_multiple: int | None = None
+    # engine.max_side: for a processor that does not resize, the longest side a source is resized to first
+    # (aspect ratio kept, the processor's resample); None runs at the source's own size, as transformers does
+    max_side: int | None = None
 
     @property
     def fixed_shape(self) -> tuple[int, int] | None:
@@ -70,7 +73,7 @@ class PreprocessSpec:
     def resized_shape(self, src_h: int, src_w: int) -> tuple[int, int]:
         """``(h, w)`` the source image is resized to (what transformers' DPT processor computes)."""
         if not self.do_resize:
-            return src_h, src_w
+            return self._within_max_side(src_h, src_w)
         scale_h, scale_w = self.height / src_h, self.width / src_w
         if self.keep_aspect_ratio:  # scale as little as possible
             if abs(1 - scale_w) < abs(1 - scale_h):
@@ -79,6 +82,12 @@ class PreprocessSpec:
                 scale_w = scale_h
         m = max(1, int(self.ensure_multiple_of))
         return _constrain_to_multiple_of(scale_h * src_h, m), _constrain_to_multiple_of(scale_w * src_w, m)
+
+    def _within_max_side(self, src_h: int, src_w: int) -> tuple[int, int]:
+        if not self.max_side or max(src_h, src_w) <= self.max_side:
+            return src_h, src_w
+        scale = self.max_side / max(src_h, src_w)
+        return max(1, round(src_h * scale)), max(1, round(src_w * scale))
 
     def padding(self, h: int, w: int) -> tuple[int, int, int, int]:
         """``(top, bottom, left, right)`` zero padding of a resized ``h x w`` input (centred, as transformers)."""
@@ -96,6 +105,17 @@ class PreprocessSpec:
         """``(h, w)`` of the network input for a ``src_h x src_w`` source (computed once per stream)."""
         return self._padded(self.resized_shape(src_h, src_w))
 
+    def describe(self) -> str:
+        """The network input in words, for the start-up log (``196x196``, or how it follows the source)."""
+        pad = f", padded to multiples of {self.pad_multiple}" if self.pad_multiple else ""
+        if not self.do_resize:
+            bound = f"longest side at most {self.max_side}" if self.max_side else "not resized"
+            return f"the source's size ({bound}{pad})"
+        if self.keep_aspect_ratio:
+            step = f" in multiples of {self.ensure_multiple_of}" if self.ensure_multiple_of > 1 else ""
+            return f"{self.width}x{self.height} with the source's aspect ratio{step}{pad}"
+        return f"{self.width}x{self.height}"
+
 
 @dataclass(frozen=True)
 class EngineSpec:
@@ -109,6 +129,7 @@ class EngineSpec:
     preprocess: PreprocessSpec
     labels: dict[int, str] = field(default_factory=dict)
     max_batch: int = 8
+    activations_per_pixel: float = 0.0  # floats held per network-input pixel per frame (engines.memory)
     model_type: str = "dpt"  # config.json's model_type: "dpt" or "depth_anything"
     architecture: str = ""  # e.g. "DPT (ViT)", "DPT (DINOv2 backbone)", "Depth Anything (metric, max 20 m)"
     depth_kind: DepthKind | None = None  # depth engines: "metric" (metres) or "relative_inverse"; else None
@@ -155,6 +176,7 @@ class EngineConfig:
     compile: bool = False
     cache_dir: str = "~/.cache/dptstream"
     input_size: int | None = None  # override the checkpoint's square input side
+    max_side: int | None = None  # resize larger sources to this longest side before a non-resizing processor
     threads: int | None = None
     # TensorRT FP16: the attention Softmax in float32 (Casts around it) or, False, in FP16 (no Casts: lets
     # TensorRT fuse the attention block where the Casts prevent it; see engines.tensorrt_engine.attention_report)

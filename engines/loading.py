@@ -24,7 +24,7 @@ import os
 import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,12 +95,14 @@ class LoadedModel:
     architecture: str = "DPT (ViT)"
     depth_kind: DepthKind | None = None  # depth: "metric" (metres) or "relative_inverse"
     max_depth: float | None = None  # metric checkpoints: the output's upper bound in metres
+    activations_per_pixel: float = 0.0  # memory estimate (engines.memory)
 
     def engine_spec(self, backend: str, device: str, dtype: torch.dtype, max_batch: int) -> EngineSpec:
         """The :class:`EngineSpec` of an engine running this model (what every backend reports alike)."""
         return EngineSpec(task=self.task, model_id=self.model_id, backend=backend, device=device, dtype=dtype,
                           preprocess=self.preprocess, labels=self.labels, max_batch=max_batch,
-                          model_type=self.model_type, architecture=self.architecture, depth_kind=self.depth_kind)
+                          model_type=self.model_type, architecture=self.architecture, depth_kind=self.depth_kind,
+                          activations_per_pixel=self.activations_per_pixel)
 
 
 @dataclass(frozen=True)
@@ -483,14 +485,21 @@ def _from_pretrained(task: Task, model_id: str, src: str, info: CheckpointInfo) 
     return model  # type: ignore[no-any-return]
 
 
-def load_model(task: Task, model_id: str, input_size: int | None = None) -> LoadedModel:
+def load_model(task: Task, model_id: str, input_size: int | None = None, max_side: int | None = None
+               ) -> LoadedModel:
     """Load a DPT-family checkpoint for ``task`` from a hub id or local directory (see the module's docstring).
 
-    Every refusal is one :class:`ModelLoadError` line naming the model type found and what is supported.
+    ``max_side`` (``engine.max_side``) bounds the longest side of a source before a processor that does not
+    resize; it changes nothing for processors that resize. Every refusal is one :class:`ModelLoadError` line
+    naming the model type found and what is supported.
     """
+    from engines.memory import activations_per_pixel
+
     src, _ = _resolve(task, model_id)
     info = inspect_config(task, model_id, read_config(task, model_id))
     spec = load_processor_spec(task, model_id, input_size)
+    if max_side:
+        spec = replace(spec, max_side=int(max_side))
     model = _from_pretrained(task, model_id, src, info)
     model.eval()
     if task == "segmentation":
@@ -512,4 +521,5 @@ def load_model(task: Task, model_id: str, input_size: int | None = None) -> Load
         architecture=info.architecture,
         depth_kind=info.depth_kind,
         max_depth=info.max_depth,
+        activations_per_pixel=activations_per_pixel(model.config, task),
     )

@@ -7,7 +7,7 @@ Bottom to top::
     engines/                                    (outside pipeline: one interface, a factory, a file per backend)
     frames queues config metrics progress overlay sample          base: data, policy, config, pure drawing,
         checkpoints zones                                         tiny checkpoints, zone geometry + debounce
-    sources/ (base file rtsp reconnect)                           the data flow, one file per stage/backend
+    sources/ (base file live reconnect)                           the data flow, one file per stage/backend
         stages/ (base preprocess infer postprocess masks depth zoning publish gpu)
         sinks/ (base encode redis rediskeys directory video)
     runtime/ (pipeline app degrade)                               wiring sources -> stages -> sinks

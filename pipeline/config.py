@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from engines.base import DEFAULT_MODELS, Task
-from pipeline.frames import valid_stream_id
+from pipeline.frames import STREAM_ID_RULE, valid_stream_id
 from pipeline.zones import polygon_problem, valid_name
 
 SINK_SCHEMES = ("redis", "rediss", "dir", "video")
@@ -111,6 +111,9 @@ class EngineSection(_Strict):
     compile: bool = False
     cache_dir: str = "~/.cache/dptstream"
     threads: int | None = Field(None, ge=1, le=1024)
+    # a checkpoint whose processor does not resize (facebook/dpt-dinov2-*) runs at the source's size: this
+    # resizes larger sources to this longest side first (no effect on processors that resize)
+    max_side: int | None = Field(None, ge=14, le=8192)
 
 
 class QueueSection(_Strict):
@@ -191,7 +194,7 @@ class FleetSection(_Strict):
     @classmethod
     def _node(cls, v: str | None) -> str | None:
         if v is not None and not valid_stream_id(v):
-            raise ValueError(f"invalid fleet node id {v!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+            raise ValueError(f"invalid fleet node id {v!r}: {STREAM_ID_RULE}")
         return v
 
 

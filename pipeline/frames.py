@@ -11,6 +11,9 @@ import numpy as np
 STREAM_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")  # whole-string match only: "$" would allow a final "\n"
 
 
+STREAM_ID_RULE = "use 1-64 of A-Z a-z 0-9 . _ -"  # the way out, in every line refusing an id
+
+
 def valid_stream_id(sid: str) -> bool:
     return bool(STREAM_ID_RE.fullmatch(sid)) and sid not in (".", "..")
 

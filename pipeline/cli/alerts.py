@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli.common import DebugOpt, reader_redis, setup_logging
-from pipeline.config import ConfigError, redact
+from pipeline.cli.common import DebugOpt, check_stream_id, reader_redis, setup_logging
+from pipeline.config import redact
 
 log = logging.getLogger("dptstream")
 
@@ -30,12 +30,11 @@ def alerts(
 
     import redis
 
-    from pipeline.frames import valid_stream_id
     from pipeline.sinks import RedisKeys, SinkError, error_reason, redis_client, redis_down
     from pipeline.zones import describe_alert
 
-    if stream is not None and not valid_stream_id(stream):
-        raise ConfigError(f"invalid stream id {stream!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+    if stream is not None:
+        check_stream_id(stream)
     url = reader_redis(redis_url, redis_prefix)
     keys = RedisKeys(redis_prefix)
     r = redis_client(url, timeout=10.0)

@@ -32,6 +32,7 @@ MaskSizeOpt = Annotated[str | None, typer.Option("--mask-size", help="WxH | netw
 MetricsPortOpt = Annotated[int | None, typer.Option("--metrics-port", help="Prometheus /metrics port (0 = any free port, -1 = off). Default 9108.")]
 PrefixOpt = Annotated[str | None, typer.Option("--redis-prefix", help="Key prefix (default dpt).")]
 ProgressOpt = Annotated[bool | None, typer.Option("--progress/--no-progress", help="Progress bars (default: on a terminal).")]
+MaxSideOpt = Annotated[int | None, typer.Option("--max-side", help="engine.max_side: for a checkpoint whose processor does not resize (facebook/dpt-dinov2-*), resize larger sources to this longest side first (not transformers' exact output).")]
 
 
 def setup_logging(debug: bool = False, quiet: bool = False) -> None:
@@ -76,6 +77,12 @@ class RedactFilter(logging.Filter):
         return True
 
 
+def set_max_side(o: dict[str, Any], max_side: int | None) -> None:
+    """``--max-side N`` into the overrides as ``engine.max_side`` (validated with the rest of the config)."""
+    if max_side is not None:
+        o.setdefault("engine", {})["max_side"] = max_side
+
+
 def build_overrides(sources: list[str] | None, sinks: list[str] | None, models: list[str] | None,
                     tasks: str | None, engine: str | None, device: str | None, batch_size: int | None,
                     mask_size: str | None, metrics_port: int | None, precision: str | None = None,
@@ -117,7 +124,7 @@ def build_overrides(sources: list[str] | None, sinks: list[str] | None, models: 
     return o
 
 
-class stop_on_signals:
+class StopOnSignals:
     """First SIGINT/SIGTERM: call ``target.request_stop()`` (stop reading; what was decoded drains to the
     sinks, and a sink that cannot write gives up after ``redis.retry_max_s``) and log ``what``. A second
     signal exits at once, saying how many results were not written (``target.unwritten()``, when it has one):
@@ -150,7 +157,7 @@ class stop_on_signals:
             # with SystemExit while they compute would kill the process mid-computation
             abort()
 
-    def __enter__(self) -> stop_on_signals:
+    def __enter__(self) -> StopOnSignals:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._old[sig] = signal.signal(sig, self._handler)
         return self
@@ -229,6 +236,14 @@ def connect(url: str, cfg: PipelineConfig, timeout: float = 5.0) -> Any:
         # a runtime failure (exit 1, as `run` gives), not a usage error: the same command works once Redis is up
         raise SinkError(f"cannot reach Redis at {redact(url)} ({error_reason(e)}); is redis-server running?") from e
     return client
+
+
+def check_stream_id(stream: str) -> None:
+    """A ``--stream`` / STREAM argument that cannot be a stream id is a usage error naming it."""
+    from pipeline.frames import STREAM_ID_RULE, valid_stream_id
+
+    if not valid_stream_id(stream):
+        raise ConfigError(f"invalid stream id {shorten(stream)!r}: {STREAM_ID_RULE}")
 
 
 def small_config(config: Path | None, redis_url: str | None, prefix: str | None) -> PipelineConfig:

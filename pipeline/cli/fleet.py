@@ -62,11 +62,11 @@ def remove(
     debug: DebugOpt = False,
 ) -> None:
     """Remove a camera from the fleet (its node stops it, draining what it decoded)."""
-    from pipeline.frames import valid_stream_id
+    from pipeline.frames import STREAM_ID_RULE, valid_stream_id
 
     setup_logging(debug, quiet=True)
     if not valid_stream_id(camera_id):
-        raise ConfigError(f"invalid camera id {camera_id[:80]!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+        raise ConfigError(f"invalid camera id {camera_id[:80]!r}: {STREAM_ID_RULE}")
     if not _registry(redis_url, redis_prefix).remove(camera_id):
         err(f"no camera {camera_id!r} in the registry (dptstream cameras list shows them)")
         raise typer.Exit(EXIT_FAIL)

@@ -18,6 +18,7 @@ from pipeline.cli.common import (
     DeviceOpt,
     EngineOpt,
     MaskSizeOpt,
+    MaxSideOpt,
     MetricsPortOpt,
     ModelOpt,
     PrecisionOpt,
@@ -29,7 +30,7 @@ from pipeline.cli.common import (
     queue_url,
     small_config,
 )
-from pipeline.config import ConfigError, PipelineConfig, load_config, redact
+from pipeline.config import ConfigError, PipelineConfig, load_config, redact, shorten
 
 log = logging.getLogger("dptstream")
 
@@ -92,15 +93,17 @@ def worker_cmd(
     until_empty: Annotated[bool, typer.Option("--until-empty", help="Exit when no job is queued or held by another worker (default: wait for jobs forever).")] = False,
     name: Annotated[str | None, typer.Option("--name", help="Consumer name in the group (default HOST-PID).")] = None,
     progress: ProgressOpt = None,
+    max_side: MaxSideOpt = None,
     debug: DebugOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Process queued jobs: engines load once, then one file at a time; SIGTERM hands the current job back."""
-    from pipeline.cli.common import build_overrides, setup_logging
+    from pipeline.cli.common import build_overrides, set_max_side, setup_logging
 
     setup_logging(debug, quiet)
     o = build_overrides(None, sink, model, tasks, engine, device, batch_size, mask_size, metrics_port,
                         precision, redis_prefix)
+    set_max_side(o, max_side)
     jobs: dict[str, Any] = {}
     if claim_idle is not None:
         jobs["claim_idle_s"] = claim_idle
@@ -118,7 +121,7 @@ def worker_cmd(
 
 def run_worker(cfg: PipelineConfig, queue: str | None = None, name: str | None = None,
                max_jobs: int | None = None, until_empty: bool = False) -> int:
-    from pipeline.cli.common import stop_on_signals
+    from pipeline.cli.common import StopOnSignals
     from pipeline.jobs.worker import Worker
     from pipeline.overlay import VIDEO_SUFFIXES
     from pipeline.runtime.app import start_runtime
@@ -146,12 +149,11 @@ def run_worker(cfg: PipelineConfig, queue: str | None = None, name: str | None =
                         until_empty=until_empty)
         holder["worker"] = worker
         for t, e in rt.engines.items():
-            log.info("%s: %s (%s) input %dx%d", t, e.spec.model_id, e.spec.backend,
-                     e.spec.preprocess.width, e.spec.preprocess.height)
+            log.info("%s: %s (%s) input %s", t, e.spec.model_id, e.spec.backend, e.spec.preprocess.describe())
         log.info("sinks: %s; job queue at %s", ", ".join(s.name for s in rt.sinks), redact(url))
         if rt.port is not None:
             log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, rt.port)
-        with stop_on_signals(worker, "the current job's decoded frames go to the sinks, then it is handed back"):
+        with StopOnSignals(worker, "the current job's decoded frames go to the sinks, then it is handed back"):
             outcomes = worker.run()
         done = sum(1 for o in outcomes if o.state == "done")
         failed = sum(1 for o in outcomes if o.state == "failed")
@@ -187,7 +189,7 @@ def status_cmd(
 ) -> None:
     """Jobs queued / running / done / failed, with per-job progress (frames, fps, ETA) and failure reasons."""
     from pipeline.cli.common import setup_logging
-    from pipeline.frames import valid_stream_id
+    from pipeline.frames import STREAM_ID_RULE, valid_stream_id
     from pipeline.jobs.keys import STATES, JobKeys
     from pipeline.jobs.status import active_workers, job_status
 
@@ -195,7 +197,7 @@ def status_cmd(
     cfg = small_config(config, redis_url, redis_prefix)
     for j in jobs or []:
         if not valid_stream_id(j):
-            raise ConfigError(f"invalid job id {j!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+            raise ConfigError(f"invalid job id {shorten(j)!r}: {STREAM_ID_RULE}")
     url = queue_url(cfg, redis_url)
     client = connect(url, cfg)
     keys = JobKeys(cfg.redis.prefix)

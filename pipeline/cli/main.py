@@ -33,9 +33,9 @@ def main(argv: list[str] | None = None) -> None:
     interrupted = _note_interrupts()
     try:
         rc = app(args=argv, prog_name="dptstream", standalone_mode=False)
-        if rc == EXIT_INTERRUPTED and interrupted.is_set():
+        if rc == EXIT_INTERRUPTED and interrupted.came:
             # typer turns a Ctrl-C (KeyboardInterrupt) into a silent exit 130: say it, as for any other stop
-            err("interrupted")
+            err(interrupted.line())
         sys.exit(rc if isinstance(rc, int) else 0)  # click returns typer.Exit's code here instead of raising
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
@@ -43,12 +43,12 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        err("interrupted")
+        err(interrupted.line())
         sys.exit(EXIT_INTERRUPTED)
     except Exception as e:
         kind = click_kind(e)
         if kind == "Abort":
-            err("interrupted")
+            err(interrupted.line())
             sys.exit(EXIT_INTERRUPTED)
         if kind == "ClickException":
             e.show()  # type: ignore[attr-defined]  # click's own message: usage line, hint, "Error: ..."
@@ -59,17 +59,33 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(report_error(e))
 
 
-def _note_interrupts() -> threading.Event:
-    """Keep Ctrl-C's KeyboardInterrupt (outside a command's own signal handling), and remember that it came."""
-    came = threading.Event()
+class _Interrupts:
+    """SIGINT and SIGTERM outside a command's own signal handling (model load, sample, bench): raised as
+    KeyboardInterrupt, so the command stops where it is and the user gets one line and exit 130, the code a
+    run's second signal exits with. Remembers which signal came."""
 
-    def on_sigint(signum: int, frame: Any) -> None:
-        came.set()
+    def __init__(self) -> None:
+        self.signal: str | None = None
+
+    @property
+    def came(self) -> bool:
+        return self.signal is not None
+
+    def line(self) -> str:
+        return "interrupted" if self.signal in (None, "SIGINT") else f"interrupted by {self.signal}"
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.signal = signal.Signals(signum).name
         raise KeyboardInterrupt
 
+
+def _note_interrupts() -> _Interrupts:
+    """Install :class:`_Interrupts` for SIGINT and SIGTERM (main thread only: signals are delivered there)."""
+    handler = _Interrupts()
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, on_sigint)
-    return came
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, handler)
+    return handler
 
 
 def click_kind(e: BaseException) -> str | None:

@@ -18,17 +18,19 @@ from pipeline.cli.common import (
     DeviceOpt,
     EngineOpt,
     MaskSizeOpt,
+    MaxSideOpt,
     MetricsPortOpt,
     ModelOpt,
     PrecisionOpt,
     PrefixOpt,
     ProgressOpt,
     QuietOpt,
+    StopOnSignals,
     TasksOpt,
     build_overrides,
     err,
+    set_max_side,
     setup_logging,
-    stop_on_signals,
 )
 from pipeline.config import ConfigError, PipelineConfig, load_config
 
@@ -50,6 +52,7 @@ def run(
     redis_prefix: PrefixOpt = None,
     no_resume: Annotated[bool, typer.Option("--no-resume", help="Publish files again from frame 0 even if already published.")] = False,
     progress: ProgressOpt = None,
+    max_side: MaxSideOpt = None,
     debug: DebugOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -59,6 +62,7 @@ def run(
                         precision, redis_prefix, no_resume)
     if progress is not None:
         o["progress"] = progress
+    set_max_side(o, max_side)
     cfg = load_config(config, o)  # --model entries merge over the file's models (load_config merges mappings)
     raise typer.Exit(run_pipeline(cfg))
 
@@ -90,8 +94,7 @@ def run_pipeline(cfg: PipelineConfig) -> int:
     rt = start_runtime(cfg, health=health)
     try:
         for t, e in rt.engines.items():
-            log.info("%s: %s (%s) input %dx%d", t, e.spec.model_id, e.spec.backend,
-                     e.spec.preprocess.width, e.spec.preprocess.height)
+            log.info("%s: %s (%s) input %s", t, e.spec.model_id, e.spec.backend, e.spec.preprocess.describe())
         log.info("sinks: %s", ", ".join(s.name for s in rt.sinks))
         if rt.port is not None:
             log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, rt.port)
@@ -100,7 +103,7 @@ def run_pipeline(cfg: PipelineConfig) -> int:
         holder["pipeline"] = pipeline
         show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
         view = ProgressView(rt.metrics, totals, pipeline.report, enabled=show)
-        with stop_on_signals(pipeline) as signals, view:
+        with StopOnSignals(pipeline) as signals, view:
             report = pipeline.run(tick=view.update)
         if signals.forced:  # a second signal: its line said what was not written
             return EXIT_INTERRUPTED

@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline.cli.common import DebugOpt, err, reader_redis, setup_logging
-from pipeline.config import ConfigError, redact, shorten
+from pipeline.cli.common import DebugOpt, check_stream_id, err, reader_redis, setup_logging
+from pipeline.config import redact
 
 
 def zone_summary(zones: dict[str, Any], labels: dict[str, str], depth_kind: str | None) -> str:
@@ -45,12 +45,11 @@ def show(
     setup_logging(debug, quiet=True)
     import redis
 
-    from pipeline.frames import valid_stream_id
     from pipeline.sinks import RedisKeys, error_reason, key_problem, redis_client
     from pipeline.sinks.entries import EntryError, check_entry, meta_labels
 
-    if stream is not None and not valid_stream_id(stream):
-        raise ConfigError(f"invalid stream id {shorten(stream)!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+    if stream is not None:
+        check_stream_id(stream)
     url = reader_redis(redis_url, redis_prefix)
     keys = RedisKeys(redis_prefix)
     try:

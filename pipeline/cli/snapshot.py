@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli.common import DebugOpt, PrefixOpt
+from pipeline.cli.common import DebugOpt, PrefixOpt, check_stream_id
 from pipeline.config import ConfigError, redact
 
 
@@ -26,7 +26,6 @@ def snapshot_cmd(
     from PIL import Image
 
     from pipeline.cli.common import connect, err, queue_url, setup_logging, small_config
-    from pipeline.frames import valid_stream_id
     from pipeline.overlay import render_entry
     from pipeline.sinks import RedisKeys, key_problem
     from pipeline.sinks.entries import EntryError, check_entry
@@ -34,8 +33,7 @@ def snapshot_cmd(
     from pipeline.view.stats import active_zones, parse_active_alerts, parse_labels, parse_zones
 
     setup_logging(debug, quiet=True)
-    if not valid_stream_id(stream):
-        raise ConfigError(f"invalid stream id {stream!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+    check_stream_id(stream)
     cfg = small_config(config, redis_url, redis_prefix)
     url = queue_url(cfg, redis_url)
     client = connect(url, cfg)

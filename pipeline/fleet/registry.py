@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from pipeline.config import ConfigError, SourceConfig, expand_env, first_error, redact, shorten
 from pipeline.fleet.keys import FleetKeys
-from pipeline.frames import valid_stream_id
+from pipeline.frames import STREAM_ID_RULE, valid_stream_id
 
 MARKER = "#"  # not a valid camera id
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -51,7 +51,7 @@ def validate_entry(raw: Any, where: str = "camera") -> dict[str, Any]:
     cam = raw.get("id")
     if not isinstance(cam, str) or not valid_stream_id(cam):
         shown = shorten(str(cam)) if cam is not None else "none"
-        raise ConfigError(f"{where}: invalid camera id {shown!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+        raise ConfigError(f"{where}: invalid camera id {shown!r}: {STREAM_ID_RULE}")
     uri = raw.get("uri")
     if not isinstance(uri, str):
         raise ConfigError(f"camera {cam!r}: give its uri (a file path or rtsp://...)")

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import redis
 
 from pipeline.config import ConfigError, id_from_name, redact, shorten, url_error
-from pipeline.frames import valid_stream_id
+from pipeline.frames import STREAM_ID_RULE, valid_stream_id
 from pipeline.jobs.keys import JobKeys
 
 GLOB_CHARS = re.compile(r"[*?\[]")
@@ -98,7 +98,7 @@ def expand_inputs(args: Iterable[str], id_from: str = "stem", check: bool = True
         for p in paths:
             jid = sid if sid is not None else job_id_for(p, id_from)
             if not valid_stream_id(jid):
-                raise ConfigError(f"invalid job id {jid!r} for {p}: use 1-64 of A-Z a-z 0-9 . _ -")
+                raise ConfigError(f"invalid job id {jid!r} for {p}: {STREAM_ID_RULE}")
             jobs.append(JobSpec(jid, os.path.abspath(p)))
     seen: dict[str, str] = {}
     for j in jobs:

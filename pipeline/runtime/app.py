@@ -30,7 +30,8 @@ def engine_config(cfg: PipelineConfig, task: str) -> EngineConfig:
     e = cfg.engine
     return EngineConfig(task=task, model=cfg.models[task],  # type: ignore[arg-type]
                         backend=e.backend, device=e.device, precision=e.precision, max_batch=e.batch_size,
-                        cuda_graphs=e.cuda_graphs, compile=e.compile, cache_dir=e.cache_dir, threads=e.threads)
+                        cuda_graphs=e.cuda_graphs, compile=e.compile, cache_dir=e.cache_dir, threads=e.threads,
+                        max_side=e.max_side)
 
 
 def create_engines(cfg: PipelineConfig) -> dict[str, Engine]:

@@ -208,16 +208,18 @@ class Pipeline:
         self._warm_shapes()
 
     def _warm_shapes(self) -> None:
-        """Engines whose network shape follows the source (checkpoints that keep the aspect ratio) prepare each
-        file source's shape now (CUDA graphs, TensorRT plans), before frames flow; a live source's shape is
-        known only once it streams, and is prepared on its first batch."""
+        """Engines whose network shape follows the source (checkpoints that keep the aspect ratio, or do not
+        resize) check each file source's shape against the device's memory (:func:`engines.memory.
+        check_network_shape`) and prepare it now (CUDA graphs, TensorRT plans), before frames flow; a live
+        source's shape is known only once it streams: the preprocess stage checks and logs every source's shape
+        on its first frame, and it is prepared on its first batch."""
+        from engines.memory import check_network_shape
         from pipeline.sources import SourceError, probe_file
 
-        todo = [e for e in self.engines.values()
-                if e.spec.preprocess.fixed_shape is None and getattr(e, "warmup", None) is not None]
-        if not todo:
+        varying = [e for e in self.engines.values() if e.spec.preprocess.fixed_shape is None]
+        if not varying:
             return
-        sizes: set[tuple[int, int]] = set()
+        by_source: dict[str, tuple[int, int]] = {}
         for s in self.cfg.sources:
             if s.is_live:
                 continue
@@ -226,8 +228,12 @@ class Pipeline:
             except SourceError:
                 continue  # the source reports it itself
             if facts.get("width") and facts.get("height"):
-                sizes.add((int(facts["height"]), int(facts["width"])))
-        for e in todo:
+                by_source[s.id] = (int(facts["height"]), int(facts["width"]))
+        for sid, (h, w) in by_source.items():  # refused before a graph or plan is built for it
+            for e in varying:
+                check_network_shape(e.spec, e.spec.network_shape(h, w), f"source {sid!r} ({w}x{h})")
+        sizes = set(by_source.values())
+        for e in (e for e in varying if getattr(e, "warmup", None) is not None):
             shapes = sorted({e.spec.network_shape(h, w) for h, w in sizes})
             if shapes:
                 e.warmup(shapes)  # type: ignore[attr-defined]

@@ -1,5 +1,5 @@
 """Sources: one backend per file behind :class:`~pipeline.sources.base.Source` — ``file`` (PyAV demux + decode of a
-file, truncation detection, display rotation, identity for resume) and ``rtsp`` (live network streams: rtsp(s),
+file, truncation detection, display rotation, identity for resume) and ``live`` (live network streams: rtsp(s),
 http(s) incl. HLS, rtmp(s), with the reconnect logic of ``reconnect``). The runtime
 creates them with :func:`create_source`."""
 
@@ -20,7 +20,7 @@ __all__ = ["FileSource", "Source", "SourceError", "SourceIdentity", "create_sour
 def create_source(cfg: SourceConfig, out: NamedQueue[Any], metrics: Metrics, start_index: int = 0,
                   **live_options: Any) -> Source:
     if cfg.scheme != "file":  # every network scheme is a live stream (config validation says so)
-        from pipeline.sources.rtsp import RtspSource
+        from pipeline.sources.live import LiveSource
 
-        return RtspSource(cfg, out, metrics, start_index, **live_options)
+        return LiveSource(cfg, out, metrics, start_index, **live_options)
     return FileSource(cfg, out, metrics, start_index)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -9,11 +10,14 @@ from typing import Any
 import torch
 
 from engines import Engine, Preprocessor
+from engines.memory import check_network_shape, gib
 from pipeline.frames import EndOfStream, Frame, Prepared, Shutdown
 from pipeline.metrics import Metrics
 from pipeline.queues import FanIn, NamedQueue
 from pipeline.stages.base import Stage
 from pipeline.stages.gpu import StageStream, device_of, pinned_image
+
+log = logging.getLogger(__name__)
 
 
 class PreprocessStage(Stage):
@@ -47,6 +51,7 @@ class PreprocessStage(Stage):
                 by_key[key] = task
                 self._pre[task] = Preprocessor(s.preprocess, s.device, s.dtype)
         self._stream = StageStream(device_of(engines))
+        self._shapes_seen: set[tuple[str, int, int]] = set()
 
     def next_item(self) -> Any:
         if self.expected is not None and self.ended >= self.expected:
@@ -60,6 +65,9 @@ class PreprocessStage(Stage):
         tasks = self.select_tasks(frame) if self.select_tasks else tuple(self.engines)
         if not tasks:
             return ()
+        h, w = frame.image.shape[:2]
+        if (frame.id.stream_id, h, w) not in self._shapes_seen:
+            self._new_shape(frame.id.stream_id, h, w)
         st = self._stream
         img = pinned_image(frame.image) if st.active else torch.from_numpy(frame.image)
         inputs: dict[str, torch.Tensor] = {}
@@ -76,6 +84,19 @@ class PreprocessStage(Stage):
             st.track(start, event)
         self.observe_gpu(st.elapsed())
         return (Prepared(frame.id, inputs, frame.image if self.keep_image else None, tuple(tasks), event),)
+
+    def _new_shape(self, stream: str, h: int, w: int) -> None:
+        """A stream's first frame of a size: log its network input shape for engines whose shape follows the
+        source, and refuse it (EngineError: the run stops with that line) if it would not fit in memory."""
+        for eng in self.engines.values():
+            spec = eng.spec
+            if spec.preprocess.fixed_shape is not None:
+                continue
+            shape = spec.network_shape(h, w)
+            need = check_network_shape(spec, shape, f"source {stream!r} ({w}x{h})")
+            log.info("source %r (%dx%d): %s network input %dx%d, estimated %s for a batch of %d", stream, w, h,
+                     spec.task, shape[1], shape[0], gib(need), spec.max_batch)
+        self._shapes_seen.add((stream, h, w))
 
     @property
     def timed_on_gpu(self) -> bool:

@@ -15,7 +15,7 @@ from pipeline.config import ConfigError
 from pipeline.fleet.keys import FleetKeys
 from pipeline.fleet.registry import CameraRegistry, validate_entry
 from pipeline.fleet.status import camera_rows
-from pipeline.frames import valid_stream_id
+from pipeline.frames import STREAM_ID_RULE, valid_stream_id
 from pipeline.sinks import redis_client
 from pipeline.sinks.base import error_reason
 from pipeline.view.hub import UNREACHABLE, ViewSettings
@@ -101,7 +101,7 @@ async def remove_camera(request: web.Request) -> web.Response:
         return _error(403, NO_TOKEN)
     cam = request.match_info["id"]
     if not valid_stream_id(cam):
-        return _error(400, f"invalid camera id {cam[:80]!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+        return _error(400, f"invalid camera id {cam[:80]!r}: {STREAM_ID_RULE}")
     s = request.app[SETTINGS]
 
     def delete() -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from pipeline.frames import valid_stream_id
+from pipeline.frames import STREAM_ID_RULE, valid_stream_id
 from pipeline.view.cameras import add_routes
 from pipeline.view.hub import UNREACHABLE, Hub, ViewSettings
 from pipeline.view.logs import quiet_server_logs
@@ -85,7 +85,7 @@ async def latest_jpg(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     sid = request.match_info["id"]
     if not valid_stream_id(sid):
-        return text(400, f"invalid stream id {sid[:80]!r}: use 1-64 of A-Z a-z 0-9 . _ -")
+        return text(400, f"invalid stream id {sid[:80]!r}: {STREAM_ID_RULE}")
     await hub.ready.wait()
     tile = hub.tiles.get(sid)
     if tile is None:

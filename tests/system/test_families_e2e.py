@@ -136,3 +136,43 @@ def test_bad_checkpoint_is_one_line_exit_1_and_nothing_published(bad: str, clip:
               "depth-as-seg": "'depth_anything'"}[bad]
     assert expect in lines[0], lines[0]
     assert redis_server.client().keys("*") == []  # nothing published, not even the meta hash
+
+
+@pytest.fixture(scope="module")
+def unresized_dinov2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny DINOv2-DPT whose processor does not resize, as facebook/dpt-dinov2-*'s say (do_resize false, do_pad
+    true, size_divisor 14): its network input is the source's own size, padded to multiples of 14."""
+    path = make_family_checkpoint(tmp_path_factory.mktemp("dinov2-unresized") / "ckpt", "dpt-dinov2")
+    cfg_path = path / "preprocessor_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.update(do_resize=False, do_pad=True, size_divisor=14)
+    cfg_path.write_text(json.dumps(cfg))
+    return path
+
+
+def test_a_network_shape_beyond_the_machine_is_refused_in_one_line(unresized_dinov2: Path, tmp_path: Path,
+                                                                     redis_server: RedisServer) -> None:
+    """A 4K file through a processor that does not resize: a 3850x2170 network input, refused before any frame
+    runs with one line naming the shape, the estimate and the way out."""
+    uhd = make_clip(tmp_path / "uhd.mp4", frames=2, width=3840, height=2160, seed=1)
+    p = cli("run", "-s", f"cam={uhd}", "-m", f"depth={unresized_dinov2}", "--tasks", "depth",
+            "--sink", redis_server.url, "--metrics-port", "-1", "--batch-size", "256")
+    assert p.returncode == 1, (p.returncode, p.stderr)
+    assert "Traceback" not in p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("dptstream: error: ")]
+    assert len(lines) == 1, p.stderr
+    assert "3850x2170" in lines[0] and "GiB" in lines[0] and "--max-side" in lines[0], lines[0]
+    assert redis_server.client().xlen("dpt:stream:cam:frames") == 0  # nothing published
+
+
+def test_max_side_resizes_before_a_processor_that_does_not_resize(unresized_dinov2: Path, tmp_path: Path,
+                                                                   redis_server: RedisServer) -> None:
+    """Each source's network shape is logged: the source's own size padded to 14 without ``--max-side``, the
+    source resized to the longest side given (then padded) with it; every frame is published either way."""
+    small = make_clip(tmp_path / "small.mp4", frames=3, width=320, height=180, seed=2)
+    for sid, extra, shape in (("full", (), "322x182"), ("bounded", ("--max-side", "98"), "98x56")):
+        p = cli("run", "-s", f"{sid}={small}", "-m", f"depth={unresized_dinov2}", "--tasks", "depth",
+                "--sink", redis_server.url, "--metrics-port", "-1", *extra)
+        assert p.returncode == 0, p.stderr
+        assert f"source '{sid}' (320x180): depth network input {shape}" in p.stderr, p.stderr
+        assert len(entries(redis_server.client(), sid)) == 3

@@ -30,8 +30,8 @@ from PIL import Image
 from pipeline.config import LiveSection
 from pipeline.metrics import Metrics
 from pipeline.queues import NamedQueue
+from pipeline.sources.live import LiveSource
 from pipeline.sources.reconnect import ConnectFailure
-from pipeline.sources.rtsp import RtspSource
 from tests.support.live import (
     FPS,
     NET,
@@ -216,7 +216,7 @@ def test_rtsps_cameras_are_read_over_tls_and_verified_when_asked(
         wait_for(lambda: published(lp, "tls") >= 10, 40, "frames over rtsps")
     assert_every_frame_accounted(lp, "tls")
     # a certificate from another CA is refused, with a hint
-    bad = RtspSource(cfg.sources[0], NamedQueue("decoded:tls", 2, "drop_oldest"), Metrics(),
+    bad = LiveSource(cfg.sources[0], NamedQueue("decoded:tls", 2, "drop_oldest"), Metrics(),
                      live=LiveSection.model_validate({"rtsps_ca_file": str(certs / "other-ca.crt")}))
     with pytest.raises(ConnectFailure) as e:
         bad._open()

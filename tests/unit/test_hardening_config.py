@@ -220,7 +220,7 @@ UNPARSABLE = ["http://admin:TOPSECRET5@[::1:1/s", "rtsp://admin:TOPSECRET5@[::1/
 @pytest.mark.parametrize("uri", UNPARSABLE)
 def test_redaction_never_raises_and_hides_the_whole_userinfo_of_an_unparsable_url(uri: str) -> None:
     from pipeline.config import redact_text
-    from pipeline.sources.rtsp import scrub
+    from pipeline.sources.live import scrub
 
     out = redact(uri)
     assert "TOPSECRET5" not in out and out.startswith(uri.split("://")[0] + "://***@")
@@ -233,7 +233,7 @@ def test_redaction_is_total_on_any_string() -> None:
     import random
 
     from pipeline.config import redact_text
-    from pipeline.sources.rtsp import scrub
+    from pipeline.sources.live import scrub
 
     rng = random.Random(7)
     alphabet = "ab:/@[]?#&=%\\\"' \t\n\x00é☃" + "password=token=".upper()
@@ -256,7 +256,7 @@ def test_redaction_is_total_on_any_string() -> None:
 ])
 def test_redact_hides_secret_query_parameters(uri: str, shown: str) -> None:
     from pipeline.config import redact_text
-    from pipeline.sources.rtsp import scrub
+    from pipeline.sources.live import scrub
 
     assert redact(uri) == shown
     assert "S3cr3t" not in redact_text(f"cannot open '{uri}': refused")

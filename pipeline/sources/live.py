@@ -1,4 +1,5 @@
-"""Live RTSP/RTSPS cameras through PyAV: reconnect with backoff, stall watchdog, frozen-picture detector.
+"""Live network streams through PyAV (RTSP/RTSPS cameras, HTTP(S) with HLS, RTMP(S)): reconnect with backoff,
+stall watchdog, frozen-picture detector.
 
 A camera is an explicit state machine guarded by one lock::
 
@@ -105,8 +106,9 @@ def scrub(text: str, uri: str) -> str:
     return redact_text(out)
 
 
-class RtspSource(Source):
-    """An RTSP/RTSPS camera (or any live URI FFmpeg reads) that reconnects by itself and never stalls."""
+class LiveSource(Source):
+    """A live stream (an RTSP/RTSPS camera, HTTP(S) or HLS, RTMP(S): any network URI FFmpeg reads) that
+    reconnects by itself and never stalls."""
 
     def __init__(self, cfg: SourceConfig, out: NamedQueue[Any], metrics: Metrics, start_index: int = 0,
                  live: LiveSection | None = None, rng: random.Random | None = None) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 from pipeline.config import LiveSection, SourceConfig, redact
 from pipeline.metrics import Metrics
 from pipeline.queues import NamedQueue
-from pipeline.sources.rtsp import FrozenDetector, RtspSource, scrub
+from pipeline.sources.live import FrozenDetector, LiveSource, scrub
 from tests.support.live import (
     H,
     W,
@@ -19,7 +19,7 @@ from tests.support.live import (
 def test_stream_up_follows_the_state() -> None:
     m = Metrics()
     q: NamedQueue[Any] = NamedQueue("decoded:cam", 2, "drop_oldest")
-    src = RtspSource(SourceConfig(id="cam", uri="rtsp://u:pw@127.0.0.1:1/x"), q, m,
+    src = LiveSource(SourceConfig(id="cam", uri="rtsp://u:pw@127.0.0.1:1/x"), q, m,
                      live=LiveSection.model_validate({}))
     up = m.registry.get_sample_value("dptstream_stream_up", {"stream": "cam"})
     assert src.state == "idle" and up == 0
