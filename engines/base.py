@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
@@ -151,13 +152,18 @@ class Engine(Protocol):
     Segmentation engines return ``{"logits": N x C x h x w}``; depth engines ``{"depth": N x h x w}``,
     on ``spec.device``, in the engine's compute dtype (float32 on CPU; float16/bfloat16 for torch on CUDA:
     the consumer resizes first and upcasts only what it keeps). ``infer`` may be called from one thread at a
-    time. ``warmup`` (optional: the runtime calls it when present, before any frame flows) does the first-run
-    work: CUDA graph capture, algorithm selection, lazy kernel loading.
+    time. Backends subclass this class, so they inherit the default of every optional hook.
     """
 
     spec: EngineSpec
 
     def infer(self, batch: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+    def warmup(self, shapes: Iterable[tuple[int, int]] | None = None) -> None:
+        """The first-run work (CUDA graph capture, algorithm selection, lazy kernel loading), called before any
+        frame flows: for the engine's own shape, or for each network shape in ``shapes`` (``(h, w)``, engines
+        whose shape follows the source). Nothing to do by default."""
+        return None
 
     def close(self) -> None: ...
 

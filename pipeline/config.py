@@ -171,7 +171,7 @@ class JobsSection(_Strict):
 
     group: str = "dptstream-workers"
     claim_idle_s: float = Field(60.0, gt=0, le=7 * 86400)  # a job whose worker is silent this long goes to another worker
-    max_attempts: int = Field(3, ge=1, le=1000)  # deliveries of one job before it is marked failed
+    max_attempts: int = Field(3, ge=1, le=1000)  # attempts ending without progress (not hand-backs) before a job fails
     poll_s: float = Field(2.0, gt=0, le=3600)  # how long an idle worker blocks waiting for a job
 
     @field_validator("group")

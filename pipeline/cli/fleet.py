@@ -145,7 +145,7 @@ def node(
     quiet: QuietOpt = False,
 ) -> None:
     """Run this machine's share of the fleet's cameras (see `dptstream cameras`); SIGTERM hands them over."""
-    from pipeline.cli.common import EXIT_INTERRUPTED, EXIT_OK, build_overrides, stop_on_signals
+    from pipeline.cli.common import EXIT_INTERRUPTED, EXIT_OK, StopOnSignals, build_overrides
     from pipeline.config import load_config
     from pipeline.fleet.node import start_node
 
@@ -157,7 +157,7 @@ def node(
     cfg = load_config(config, o)
     run = start_node(cfg)
     try:
-        with stop_on_signals(run.node, "handing the cameras over and draining") as signals:
+        with StopOnSignals(run.node, "handing the cameras over and draining") as signals:
             report = run.wait()
     finally:
         run.close()

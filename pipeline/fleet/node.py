@@ -129,6 +129,7 @@ class FleetNode:
         self._wake.set()
         with self._lock:
             for cam, h in list(self.held.items()):
+                self._stop_camera(cam)  # a handover: the next owner continues its rules
                 try:
                     self.leases.release(cam, h.token, "released")
                 except REDIS_DOWN as e:
@@ -265,7 +266,7 @@ class FleetNode:
     def _let_go(self, cam: str, reason: str) -> None:
         """Stop reading ``cam``; its lease is released once what it decoded is written (:meth:`_release_drained`),
         so the next owner starts after the last frame of this one and nothing is refused on the way."""
-        self._stop_camera(cam)
+        self._stop_camera(cam, handover=reason != "removed")
         self.held[cam].leaving = reason
         self._release_drained()
 
@@ -284,12 +285,14 @@ class FleetNode:
         with contextlib.suppress(*REDIS_DOWN):
             self.client.publish(self.keys.changed, "released")
 
-    def _stop_camera(self, cam: str) -> None:
+    def _stop_camera(self, cam: str, handover: bool = True) -> None:
+        """Stop reading ``cam``. Unless it leaves the fleet (``handover`` False), it continues on another node:
+        its end leaves its zone rules' state to the next owner instead of ending them."""
         h = self.held.get(cam)
         if h is not None and h.running:
             h.running = False
             try:
-                self.pipeline.remove_source(cam)
+                self.pipeline.remove_source(cam, handover=handover)
             except Exception as e:  # it ended on its own meanwhile
                 log.debug("%s: %s", cam, e)
 

@@ -3,7 +3,6 @@ pipelined; the key names and client it shares with the readers are in :mod:`pipe
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import threading
@@ -11,10 +10,10 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from pipeline.config import PipelineConfig, redact
+from pipeline.config import PipelineConfig, SourceConfig, redact
 from pipeline.frames import EndOfStream, Result, mask_dtype_for
 from pipeline.metrics import Metrics
-from pipeline.sinks.base import SinkError, error_reason
+from pipeline.sinks.base import ProgressStore, SavedProgress, Sink, SinkError, error_reason
 from pipeline.sinks.encode import encode_depth_png, encode_png, encode_thumbnail, summary
 from pipeline.sinks.rediskeys import (
     SCHEMA_VERSION,
@@ -24,9 +23,11 @@ from pipeline.sinks.rediskeys import (
     redis_client,
     redis_down,
 )
-from pipeline.zones import RuleError, alert_fields, resolve
+from pipeline.zones import RuleError, ZonePlan, alert_fields, resolve
 
 log = logging.getLogger(__name__)
+
+_PROGRESS_OWN = ("frame", "id", "rules", "ended")  # the progress hash's own fields; the rest is the source identity
 
 
 # XADD only frames newer than the stream's progress marker: writes are idempotent per frame, so a resumed
@@ -102,7 +103,7 @@ return n
 """
 
 
-class RedisSink:
+class RedisSink(Sink, ProgressStore):
     """Writes per the Redis contract with pipelined round trips.
 
     File jobs (``block``): a failed write is retried with backoff until it succeeds (backpressure pauses the
@@ -112,6 +113,7 @@ class RedisSink:
 
     def __init__(self, url: str, cfg: PipelineConfig, metrics: Metrics, labels: dict[int, str] | None = None,
                  models: dict[str, str] | None = None, stop: threading.Event | None = None) -> None:
+        super().__init__()
         self.url = url
         self.name = redact(url)
         self.cfg = cfg
@@ -119,6 +121,7 @@ class RedisSink:
         self.metrics = metrics
         self.labels = labels or {}
         self.models = models or {}
+        self.zones: ZonePlan | None = None
         self._stop = stop or threading.Event()
         self._abandon = threading.Event()  # set by a second stop signal: give up a waiting write at once
         self._errors = metrics.sink_errors.labels(sink=urlsplit(url).scheme)
@@ -134,8 +137,6 @@ class RedisSink:
         self._probe_ok = False
         self._live = {s.id for s in cfg.sources if s.is_live}
         self._refused_streams: set[str] = set()  # live streams whose writes Redis refused (warned once)
-        self.published = 0
-        self.published_by: collections.Counter[str] = collections.Counter()  # per stream id
         self.duplicates = 0
         self.wants_images = cfg.redis.thumbnail > 0  # the pipeline keeps the frame for the JPEG thumbnail
         self._fences: dict[str, tuple[int, str]] = {}  # fleet streams: stream id -> (fencing token, node id)
@@ -156,18 +157,21 @@ class RedisSink:
         self._end_script = self._client.register_script(_END_LUA)
         self._reset_script = self._client.register_script(_RESET_LUA)
 
-    def describe(self, labels: dict[int, str], models: dict[str, str]) -> None:
-        """Write ``{prefix}:meta`` once the engines are loaded."""
+    def describe(self, labels: dict[int, str], models: dict[str, str], zones: ZonePlan | None = None) -> None:
+        """Write ``{prefix}:meta`` once the engines are loaded (``zones``: the run's resolved zones; without, the
+        config's are resolved against ``labels``)."""
         self.labels, self.models = labels, models
-        try:
-            zones = resolve(self.cfg.zones, self.cfg.rules, labels).meta()
-        except RuleError as e:
-            raise SinkError(str(e)) from e
+        if zones is None:
+            try:
+                zones = resolve(self.cfg.zones, self.cfg.rules, labels)
+            except RuleError as e:
+                raise SinkError(str(e)) from e
+        self.zones = zones
         self._call("writing the labels", {self.keys.meta: "hash"}, self._client.hset, self.keys.meta, mapping={
             "schema": SCHEMA_VERSION,
             "labels": json.dumps({str(k): v for k, v in sorted(self.labels.items())}),
             "models": json.dumps(self.models),
-            **zones,
+            **zones.meta(),
             "mask_dtype": mask_dtype_for(max(self.labels, default=-1) + 1),  # uint8, or uint16 past 256 classes
         })
 
@@ -222,6 +226,21 @@ class RedisSink:
         raw = self._call(f"reading the resume point of stream {sid!r}", self._progress_types(sid), self._client.hgetall,
                          self.keys.progress(sid))
         return {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
+
+    def saved_progress(self, sid: str) -> SavedProgress:
+        """The resume point, the recorded source identity and the rule state of ``sid``, in one read. A ``frame``
+        that is not an integer is a corrupt resume point (:class:`~pipeline.config.ConfigError`)."""
+        f = self.progress_fields(sid)
+        last = parse_resume_point(self.keys.progress(sid), f["frame"]) if "frame" in f else -1
+        identity = {k: v for k, v in f.items() if k not in _PROGRESS_OWN}
+        return SavedProgress(last, identity, f.get("rules") or None)
+
+    def progress_store(self) -> ProgressStore:
+        return self
+
+    def begin_stream(self, source: SourceConfig) -> None:
+        if source.is_live:  # its results wait in the bounded buffer during an outage instead of blocking
+            self._live.add(source.id)
 
     def record_source(self, sid: str, fields: dict[str, str]) -> None:
         """Record which source the resume point of ``sid`` belongs to (next to ``frame`` / ``id``)."""
@@ -410,7 +429,7 @@ class RedisSink:
         self._buffer_gauge.set(0)
         if self.labels or self.models:  # a restarted Redis may have lost {prefix}:meta
             try:
-                self.describe(self.labels, self.models)
+                self.describe(self.labels, self.models, self.zones)
             except Exception as e:  # the next write will see the next outage
                 log.debug("Redis at %s: rewriting meta failed (%s)", self.name, error_reason(e))
 

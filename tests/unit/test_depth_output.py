@@ -159,7 +159,8 @@ def test_pipeline_prepares_each_file_sources_network_shape(tmp_path) -> None:  #
 
     class Warmed:
         def __init__(self, spec: PreprocessSpec) -> None:
-            self.spec = SimpleNamespace(preprocess=spec, network_shape=spec.network_shape)
+            self.spec = SimpleNamespace(preprocess=spec, network_shape=spec.network_shape, task="depth",
+                                        device="cpu", dtype=torch.float32, max_batch=1, activations_per_pixel=1.0)
             self.shapes: list[tuple[int, int]] = []
 
         def warmup(self, shapes: list[tuple[int, int]]) -> None:
