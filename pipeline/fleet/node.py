@@ -108,6 +108,7 @@ class FleetNode:
         self._down = False
         self._registry_gone = False
         self._unrunnable: dict[str, str] = {}  # camera -> why this node cannot run it (warned once)
+        self._start_errors: dict[str, str] = {}  # camera -> why its last start failed (warned once)
         self._gauge = metrics.fleet_cameras.labels(node=node_id)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
@@ -311,12 +312,14 @@ class FleetNode:
                 self.sink.fence(cam, h.token, self.node_id)
                 self.pipeline.add_source(self.plan(src))
                 h.running = True
-            except (ConfigError, SinkError) as e:
-                log.warning("%s: cannot start it (%s)", cam, e)
+                self._start_errors.pop(cam, None)
             except REDIS_DOWN:
                 raise
-            except Exception as e:
-                log.warning("%s: cannot start it yet (%s)", cam, error_reason(e))
+            except Exception as e:  # retried on every reconcile, said once per reason
+                why = str(e) if isinstance(e, ConfigError | SinkError) else error_reason(e)
+                if self._start_errors.get(cam) != why:
+                    self._start_errors[cam] = why
+                    log.warning("%s: cannot start it (%s); retrying", cam, why)
 
 
 @dataclass
