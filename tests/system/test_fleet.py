@@ -7,6 +7,7 @@ each token belongs to one node, which is "never two writers" read from what was 
 from __future__ import annotations
 
 import itertools
+import json
 import signal
 import time
 from collections import Counter
@@ -106,6 +107,10 @@ def test_nodes_share_cameras_take_new_ones_drop_removed_ones_and_take_over_from_
 
     for name in ("n1", "n2", "n3"):  # /readyz lists what each node runs
         wait(lambda: lists_its_cameras(name), 10, f"{name} /readyz")  # noqa: B023
+    listed = fleet.cli("cameras", "list", "--json", "--lease-s", str(fleet.lease_s))
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert {r["id"]: r["node"] for r in rows} == owners(c, six)
+    assert all(r["state"] == "running" and r["fps"] > 0 and r["age_s"] is not None for r in rows), rows
 
     # a node with other checkpoints refuses to join, in one line, before loading anything
     odd = fleet.start("odd", "-m", f"segmentation={fleet.assets.depth}")
