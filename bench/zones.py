@@ -49,7 +49,7 @@ def zone_work_ms(n: int, width: int, height: int, calls: int = 300) -> dict[str,
 
     import torch
 
-    from pipeline.config import load_config
+    from pipeline.configfile import load_config
     from pipeline.stages.zoning import zone_layout, zone_results, zone_stats
     from pipeline.zones import StreamRules, resolve
 

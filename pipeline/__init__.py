@@ -5,8 +5,9 @@ modules of a lower layer or of its own folder, never a higher layer and never a 
 Bottom to top::
 
     engines/                                    (outside pipeline: one interface, a factory, a file per backend)
-    frames queues config metrics progress overlay sample          base: data, policy, config, pure drawing,
-        checkpoints zones                                         tiny checkpoints, zone geometry + debounce
+    frames queues redact config configfile metrics progress       base: data, policy, redaction, config and
+        overlay sample checkpoints zones                          its reading, pure drawing, tiny checkpoints,
+                                                                  zone geometry + debounce
     sources/ (base file live reconnect)                           the data flow, one file per stage/backend
         stages/ (base preprocess infer postprocess masks depth zoning publish gpu)
         sinks/ (base encode redis rediskeys directory video)

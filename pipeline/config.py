@@ -1,14 +1,13 @@
-"""One typed, validated config: YAML -> defaults merged -> :class:`PipelineConfig`. Unknown keys are errors."""
+"""One typed, validated config, :class:`PipelineConfig`: defaults, limits and cross-field checks; unknown keys are
+errors. Reading it from YAML, flags and the environment is :mod:`pipeline.configfile`."""
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -22,6 +21,7 @@ from pydantic import (
 
 from engines.base import DEFAULT_MODELS, Task
 from pipeline.frames import STREAM_ID_RULE, valid_stream_id
+from pipeline.redact import redact, shorten, uri_scheme, userinfo_end
 from pipeline.zones import polygon_problem, valid_name
 
 SINK_SCHEMES = ("redis", "rediss", "dir", "video")
@@ -358,110 +358,6 @@ class PipelineConfig(_Strict):
         return self
 
 
-_SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
-_URI_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
-
-
-def uri_scheme(uri: str) -> str | None:
-    """The lower-case scheme of ``scheme://...``, or None for a plain path (``C:\\x`` or ``a:b`` are paths)."""
-    m = _SCHEME_RE.match(uri)
-    return m.group(1).lower() if m else None
-
-
-# query (or fragment) parameters whose value is a secret: redis-py reads ?password=, cameras take ?token= etc.
-SECRET_PARAMS = frozenset({"password", "passwd", "pwd", "pass", "token", "access_token", "auth", "key", "api_key",
-                           "apikey", "secret", "signature", "sig", "credential", "credentials"})
-_SECRET_SUFFIXES = ("password", "passwd", "token", "secret", "apikey", "signature", "credential", "credentials")
-_QUERY_PARAM = re.compile(r"(?<=[?&#])([^=&#?\s]+)=([^&#\s\"']*)")
-
-
-def secret_param(name: str) -> bool:
-    """Whether a query parameter's name looks secret: ``password``, ``Token``, ``X-Amz-Signature``, ``apiKey``..."""
-    n = unquote(name).lower()
-    return n in SECRET_PARAMS or n.endswith(_SECRET_SUFFIXES) or any(
-        part in SECRET_PARAMS for part in re.split(r"[-_.]", n))
-
-
-def _secret_spans(uri: str) -> list[tuple[int, int]]:
-    """Where the secrets of ``uri`` lie: the userinfo's password (the whole userinfo when the URL cannot be
-    parsed) and the values of secret-looking query parameters. Empty for anything without ``scheme://``."""
-    m = _SCHEME_RE.match(uri)
-    if not m:
-        return []
-    start = m.end()
-    rest = uri[start:]
-    try:
-        urlsplit(uri)
-        parsed = True
-    except ValueError:  # e.g. an unbalanced "[": the generic syntax only
-        parsed = False
-    spans: list[tuple[int, int]] = []
-    after = start  # the query is looked for after the userinfo
-    netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
-    if "@" in netloc:
-        authority_end = len(netloc)
-    else:
-        # no "@" before the first "/": a raw "/" in the password may have ended the parser's authority early
-        authority_end = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
-    at = rest.rfind("@", 0, authority_end)
-    if at >= 0 and ("@" in netloc or ":" in rest[:at]):
-        colon = rest.find(":", 0, at)
-        if not parsed:
-            spans.append((start, start + at))
-        elif colon >= 0:
-            spans.append((start + colon + 1, start + at))
-        after = start + at
-    for q in _QUERY_PARAM.finditer(uri, after):
-        if secret_param(q.group(1)) and q.group(2):
-            spans.append(q.span(2))
-    return spans
-
-
-def redact(uri: str) -> str:
-    """Hide the secrets of a URI of any scheme: ``scheme://user:***@host/...?password=***``. Never raises.
-
-    The userinfo ends at the *last* ``@`` of the authority, so a password holding ``@``, ``:``, ``/``, ``%40`` or
-    any other character is hidden whole (a raw ``/`` in a password would end the authority for a URL parser:
-    then everything up to the last ``@`` before the query counts as userinfo, erring on the side of hiding).
-    A user name without a password (``rediss://writer@host``) is kept; when the URL cannot be parsed (an
-    unbalanced ``[``) the whole userinfo is hidden. The values of query parameters named like a secret
-    (:data:`SECRET_PARAMS`, ``...token``, ``X-Amz-Signature``) are hidden too.
-    """
-    try:
-        out = uri
-        for a, b in sorted(_secret_spans(uri), reverse=True):
-            out = f"{out[:a]}***{out[b:]}"
-        return out
-    except Exception:  # never: but a redaction that raises would print what it was hiding
-        m = _SCHEME_RE.match(uri) if isinstance(uri, str) else None
-        return f"{uri[: m.end()]}***" if m else "***"
-
-
-def uri_secrets(uri: str) -> set[str]:
-    """The secrets of ``uri`` as they are written and percent-decoded (to hide wherever a message echoes them)."""
-    try:
-        found = {uri[a:b] for a, b in _secret_spans(uri)}
-        found |= {raw.partition(":")[2] for raw in found}  # the password of a whole hidden userinfo
-        return {s for raw in found for s in (raw, unquote(raw)) if s}
-    except Exception:
-        return set()
-
-
-def redact_text(text: str) -> str:
-    """``text`` with every URI in it redacted (for log lines and error messages of any origin). Never raises."""
-    if "://" not in text:
-        return text
-    return _URI_IN_TEXT.sub(lambda m: redact(m.group(0)), text)  # redact() never raises
-
-
-def shorten(text: str, limit: int = 120) -> str:
-    """``text`` cut in the middle to at most ``limit`` characters (a 5000-character path stays one short line)."""
-    if len(text) <= limit:
-        return text
-    keep = (limit - 1) // 2
-    return f"{text[:keep]}…{text[-keep:]}"
-
-
 def _url_problem(uri: str) -> str:
     """Why ``urlsplit`` refuses ``uri``, in our words (its own message may quote the host and userinfo)."""
     netloc = re.split(r"[/?#]", uri.partition("://")[2], maxsplit=1)[0]
@@ -472,8 +368,23 @@ def _url_problem(uri: str) -> str:
     return "its host cannot be parsed"
 
 
+RAW_IN_PASSWORD = "its password holds a raw '/', '?' or '#': percent-encode them (%2F, %3F, %23)"
+
+
+def _password_cut(uri: str) -> bool:
+    """Whether a URL parser would end the authority of ``uri`` before its userinfo does: a raw ``/``, ``?`` or
+    ``#`` in the password (a URL client then reads part of the password as the host, port or path)."""
+    rest = uri.partition("://")[2]
+    return userinfo_end(rest) > len(re.split(r"[/?#]", rest, maxsplit=1)[0])
+
+
 def url_error(uri: str) -> str | None:
     """Why a ``scheme://`` URI cannot be parsed as a URL, or None when it can (a plain path: None)."""
+    problem = _url_error(uri)
+    return RAW_IN_PASSWORD if problem and _password_cut(uri) else problem
+
+
+def _url_error(uri: str) -> str | None:
     if uri_scheme(uri) is None:
         return None
     try:
@@ -496,6 +407,8 @@ def url_error(uri: str) -> str | None:
 def check_redis_url(url: str) -> None:
     """A ``redis://`` / ``rediss://`` URL a client can use: host, port 1..65535, integer database."""
     safe = shorten(redact(url))
+    if _password_cut(url):  # the path of a Redis URL is a database number: an "@" after it ends a password
+        raise ValueError(f"sink {safe!r}: {RAW_IN_PASSWORD}")
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -559,122 +472,3 @@ def first_error(e: ValidationError) -> str:
         return f"unknown config key {shorten(loc)!r}"
     msg = str(err["msg"]).removeprefix("Value error, ")
     return f"{loc}: {msg}" if loc else msg
-
-
-class _NoAliasLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses aliases (``*name``): a few hundred bytes of nested aliases expand to
-    gigabytes (the "billion laughs"), and a config never needs them. Duplicate keys are refused too."""
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(
-                None, None, f"YAML aliases (*{event.anchor}) are not allowed in a config", event.start_mark)
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-        """A key given twice is an error, not a silent override of the first."""
-        seen: set[Any] = set()
-        for key_node, _value in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"the key {str(key)[:80]!r} is given twice", key_node.start_mark)
-                seen.add(key)
-            except TypeError:  # an unhashable key: the base class says so
-                break
-        return super().construct_mapping(node, deep)
-
-
-def read_yaml(p: Path) -> Any:
-    """The YAML document in ``p``: at most 1 MiB, text, no aliases; every problem is one ConfigError line."""
-    shown = shorten(str(p))
-    try:
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {shown}")
-        with p.open("rb") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {shown} ({e.strerror or type(e).__name__})") from e
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config file {shown} is larger than 1 MiB: a config is a short YAML file")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"config file {shown} is not a text YAML file (binary data at byte {e.start}): "
-                          "pass the config first, sources with --source") from e
-    if "\x00" in text:
-        raise ConfigError(f"config file {shown} is not a text YAML file (it holds NUL bytes)")
-    try:
-        return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader subclass
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"config file {shown} is not valid YAML: {problem}{where}") from e
-
-
-def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """Read YAML (optional), apply CLI overrides (already nested), validate once."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        loaded = read_yaml(p) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {shorten(str(p))} must be a mapping of keys")
-        data = loaded
-        if isinstance(data.get("sources"), list):
-            data["sources"] = [_source_entry(s) for s in data["sources"]]
-    for key, value in (overrides or {}).items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key] = {**data[key], **value}
-        else:
-            data[key] = value
-    if isinstance(data.get("sources"), list):
-        data["sources"] = [_expand_source_env(s) for s in data["sources"]]
-    env_url = os.environ.get("REDIS_URL")
-    if env_url and "sinks" not in (overrides or {}) and "sinks" not in data:
-        data["sinks"] = [env_url]
-    try:
-        return PipelineConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(first_error(e)) from e
-
-
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def expand_env(uri: str, where: str = "source") -> str:
-    """Replace ``${NAME}`` in a URI with the environment variable (camera credentials stay out of configs).
-
-    In a URL the value is percent-encoded whole (a password holding ``@``, ``:`` or ``/`` stays in the userinfo);
-    in a ``file://`` URI every character but ``/`` is (the path is percent-decoded again when opened); in a plain
-    path, or a URI that is all one variable, it is put as it is."""
-    from urllib.parse import quote
-
-    scheme = uri_scheme(uri)
-
-    def sub(m: re.Match[str]) -> str:
-        value = os.environ.get(m.group(1))
-        if value is None:
-            raise ConfigError(f"{where}: environment variable {m.group(1)} is not set (the URI refers to it)")
-        if scheme is None:
-            return value
-        return quote(value, safe="/" if scheme == "file" else "")
-
-    return _ENV_REF.sub(sub, uri)
-
-
-def _expand_source_env(s: Any) -> Any:
-    if isinstance(s, dict) and isinstance(s.get("uri"), str) and "${" in s["uri"]:
-        return {**s, "uri": expand_env(s["uri"], f"source {s.get('id', '?')!r}")}
-    return s
-
-
-def _source_entry(s: Any) -> Any:
-    if isinstance(s, str):
-        return parse_source(s).model_dump()
-    if isinstance(s, dict) and "uri" in s and "id" not in s:
-        return {**parse_source(str(s["uri"])).model_dump(include={"id"}), **s}
-    return s

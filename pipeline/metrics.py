@@ -10,7 +10,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import MetricsHandler
 
-from pipeline.config import redact_text
+from pipeline.redact import redact_data
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0)
 STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -88,7 +88,7 @@ class Metrics:
                 if path in ("/healthz", "/readyz"):
                     alive, ready, detail = health() if health else (True, True, {})
                     ok = alive if path == "/healthz" else ready
-                    body = redact_text(json.dumps({"ok": ok, **detail})).encode()  # no password, whatever the detail
+                    body = json.dumps(redact_data({"ok": ok, **detail})).encode()  # no password, whatever the detail
                     self.send_response(200 if ok else 503)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(body)))

@@ -17,8 +17,9 @@ from pathlib import Path
 # one entry of a layer: a base module or a subpackage). Groups of the same layer never import each other.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("engines",),  # see pipeline/__init__.py for the picture
-    ("pipeline", "pipeline.frames", "pipeline.queues", "pipeline.config", "pipeline.metrics", "pipeline.progress",
-     "pipeline.overlay", "pipeline.sample", "pipeline.checkpoints", "pipeline.zones"),
+    ("pipeline", "pipeline.frames", "pipeline.queues", "pipeline.redact", "pipeline.config", "pipeline.configfile",
+     "pipeline.metrics", "pipeline.progress", "pipeline.overlay", "pipeline.sample", "pipeline.checkpoints",
+     "pipeline.zones"),
     ("pipeline.sources", "pipeline.stages", "pipeline.sinks"),
     ("pipeline.runtime",),
     ("pipeline.fleet",),  # below the applications: the view's camera API uses the registry

@@ -59,7 +59,7 @@ def run_e2e(engines: dict[str, Any], base: dict[str, Any], clip: Path, streams: 
     """One run of the full pipeline over ``streams`` copies of ``clip``; engines already loaded and warm."""
     import torch
 
-    from pipeline.config import load_config
+    from pipeline.configfile import load_config
     from pipeline.metrics import Metrics
     from pipeline.runtime import Pipeline
     from pipeline.runtime.app import describe_sinks, open_sinks
@@ -151,7 +151,7 @@ def _drop_keys(sink: Any, prefix: str) -> None:
 
 
 def check_redis(url: str) -> None:
-    from pipeline.config import redact
+    from pipeline.redact import redact
     from pipeline.sinks import error_reason, redis_client
 
     try:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from pipeline.cli.common import DebugOpt, check_stream_id, reader_redis, setup_logging
-from pipeline.config import redact
+from pipeline.redact import printable, redact
 
 log = logging.getLogger("dptstream")
 
@@ -44,7 +44,8 @@ def alerts(
 
     def line(entry_id: bytes, ev: dict[str, str]) -> str:
         ts = ev.get("ts", "")
-        return f"{float(ts):.3f}  {describe_alert(ev)}" if ts else describe_alert(ev)
+        text = f"{float(ts):.3f}  {describe_alert(ev)}" if ts else describe_alert(ev)
+        return printable(text, lines=False)  # fields written by another program cannot drive the terminal
 
     try:
         if active:
@@ -53,7 +54,7 @@ def alerts(
             rows = [e for e in rows if wanted(e)]
             print(f"{len(rows)} active" + (":" if rows else ""))
             for e in rows:
-                print(f"  {describe_alert(e)}")
+                print(f"  {printable(describe_alert(e), lines=False)}")
         last = b"$"
         entries = r.xrevrange(keys.alerts, count=count * 20 if stream else count) if count else []
         if entries:

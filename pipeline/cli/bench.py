@@ -56,7 +56,7 @@ def register(app: typer.Typer) -> None:
 
         setup_logging(debug, quiet)
         from pipeline.benchmark.run import BenchRequest, bench
-        from pipeline.config import redact
+        from pipeline.redact import redact
 
         args = sys.argv[1:] if sys.argv[1:2] == ["bench"] else ["bench"]
         req = BenchRequest(

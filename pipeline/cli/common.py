@@ -11,7 +11,9 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline.config import ConfigError, PipelineConfig, load_config, parse_source, redact, redact_text, shorten
+from pipeline.config import ConfigError, PipelineConfig, parse_source
+from pipeline.configfile import load_config
+from pipeline.redact import printable, redact, redact_text, shorten
 
 log = logging.getLogger("dptstream")
 
@@ -64,14 +66,15 @@ def setup_logging(debug: bool = False, quiet: bool = False) -> None:
 
 
 class RedactFilter(logging.Filter):
-    """Hides the password of every URI in every log record, whichever module logged it."""
+    """Hides the password of every URI in every log record, whichever module logged it, and escapes its control
+    characters."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             msg = record.getMessage()
         except Exception:  # a malformed record: let logging report it as it would
             return True
-        clean = redact_text(msg)
+        clean = printable(redact_text(msg))  # a name read from Redis or a file cannot drive the terminal
         if clean != msg:
             record.msg, record.args = clean, None
         return True
@@ -168,8 +171,8 @@ class StopOnSignals:
 
 
 def err(msg: str) -> None:
-    """The one error line; every URI in it is redacted, whatever produced the message."""
-    print(f"dptstream: error: {redact_text(msg)}", file=sys.stderr, flush=True)
+    """The one error line; every URI in it is redacted and control characters escaped, whatever produced it."""
+    print(f"dptstream: error: {printable(redact_text(msg), lines=False)}", file=sys.stderr, flush=True)
 
 
 def report_error(e: Exception) -> int:

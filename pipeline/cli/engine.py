@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
         from pipeline.cli.common import build_overrides, setup_logging
 
         setup_logging(debug, quiet)
-        from pipeline.config import load_config
+        from pipeline.configfile import load_config
 
         o = build_overrides(None, None, model, tasks, None, None, None, None, None)
         cfg = load_config(config, o)

@@ -10,7 +10,8 @@ from typing import Annotated, Any
 import typer
 
 from pipeline.cli.common import EXIT_FAIL, DebugOpt, QuietOpt, err, reader_redis, setup_logging
-from pipeline.config import ConfigError, redact
+from pipeline.config import ConfigError
+from pipeline.redact import redact
 
 log = logging.getLogger("dptstream")
 
@@ -106,8 +107,10 @@ def import_(
     debug: DebugOpt = False,
 ) -> None:
     """Add every camera of a YAML file's sources: list (all or none)."""
-    from pipeline.config import parse_source, read_yaml, shorten
+    from pipeline.config import parse_source
+    from pipeline.configfile import read_yaml
     from pipeline.fleet.registry import validate_entry
+    from pipeline.redact import shorten
 
     setup_logging(debug, quiet=True)
     data = read_yaml(file)
@@ -146,7 +149,7 @@ def node(
 ) -> None:
     """Run this machine's share of the fleet's cameras (see `dptstream cameras`); SIGTERM hands them over."""
     from pipeline.cli.common import EXIT_INTERRUPTED, EXIT_OK, StopOnSignals, build_overrides
-    from pipeline.config import load_config
+    from pipeline.configfile import load_config
     from pipeline.fleet.node import start_node
 
     setup_logging(debug, quiet)

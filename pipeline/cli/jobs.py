@@ -30,7 +30,9 @@ from pipeline.cli.common import (
     queue_url,
     small_config,
 )
-from pipeline.config import ConfigError, PipelineConfig, load_config, redact, shorten
+from pipeline.config import ConfigError, PipelineConfig
+from pipeline.configfile import load_config
+from pipeline.redact import redact, shorten
 
 log = logging.getLogger("dptstream")
 
@@ -181,14 +183,18 @@ def status_cmd(
     redis_url: RedisOpt = None,
     redis_prefix: PrefixOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object: counts and every job.")] = False,
-    limit: Annotated[int, typer.Option("--limit", "-n", help="Most jobs listed (running and failed first); 0 = all.")] = 50,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=0, max=10**9, help="Most jobs listed (running and failed first); 0 = all.")] = 50,
     debug: DebugOpt = False,
 ) -> None:
     """Jobs queued / running / done / failed, with per-job progress (frames, fps, ETA) and failure reasons."""
-    from pipeline.cli.common import setup_logging
+    import redis
+
+    from pipeline.cli.common import err, setup_logging
     from pipeline.frames import STREAM_ID_RULE, valid_stream_id
     from pipeline.jobs.keys import STATES, JobKeys
     from pipeline.jobs.status import active_workers, job_status
+    from pipeline.redact import printable
+    from pipeline.sinks import key_problem
 
     setup_logging(debug, quiet=True)
     cfg = small_config(config, redis_url, redis_prefix)
@@ -198,17 +204,27 @@ def status_cmd(
     url = queue_url(cfg, redis_url)
     client = connect(url, cfg)
     keys = JobKeys(cfg.redis.prefix)
-    infos = job_status(client, keys, jobs or None, cfg.jobs.claim_idle_s)
+    problems: list[str] = []
+    infos = job_status(client, keys, jobs or None, cfg.jobs.claim_idle_s, problems)
     # an idle worker checks in every poll_s, a busy one at every heartbeat (at most 2 s apart)
-    workers = len(active_workers(client, keys, 15.0 + 3 * cfg.jobs.poll_s))
+    try:
+        workers: int | None = len(active_workers(client, keys, 15.0 + 3 * cfg.jobs.poll_s))
+    except redis.ResponseError as e:
+        problems.append(key_problem(client, e, {keys.workers: "zset"}, "counting the workers"))
+        workers = None
+    for line in problems:  # one line per unreadable key; the jobs that can be read are listed all the same
+        err(line)
     counts = {s: sum(1 for i in infos if i.state == s) for s in STATES}
     if as_json:
         print(json.dumps({"queue": keys.queue, "group": cfg.jobs.group, "workers": workers, "counts": counts,
-                          "jobs": [i.as_dict() for i in infos]}, indent=2))
+                          "jobs": [i.as_dict() for i in infos], "problems": problems}, indent=2))
+        if problems:
+            raise typer.Exit(1)
         return
     missing = [j for j in jobs or [] if j not in {i.id for i in infos}]
     print(f"{keys.queue} at {redact(url)}: {len(infos)} job(s): "
-          + ", ".join(f"{counts[s]} {s}" for s in STATES) + f"; {workers} worker(s) active")
+          + ", ".join(f"{counts[s]} {s}" for s in STATES)
+          + f"; {'?' if workers is None else workers} worker(s) active")
     order = {"running": 0, "failed": 1, "queued": 2, "done": 3}
     shown = sorted(infos, key=lambda i: (order.get(i.state, 4), i.submitted or 0.0))
     if limit > 0 and len(shown) > limit:
@@ -238,7 +254,8 @@ def status_cmd(
             fps = f"{i.fps:.1f}" if i.fps else ""
             eta = _dur(i.eta_s) if i.eta_s is not None else ""
             worker = i.worker if i.state == "running" else ""
-            rows.append((i.id, state, frames, pct, fps, eta, worker or "", detail))
+            rows.append((i.id, state, frames, pct, fps, eta, printable(worker or "", lines=False),
+                         printable(detail, lines=False)))
         widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
         for r in rows:
             print("  ".join(v.ljust(w) for v, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1])
@@ -246,6 +263,7 @@ def status_cmd(
         print(f"... {rest} more job(s) (--limit 0 lists all)")
     if missing:
         print(f"unknown job(s): {', '.join(missing)}", file=sys.stderr)
+    if missing or problems:
         raise typer.Exit(1)
 
 

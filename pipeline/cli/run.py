@@ -32,7 +32,8 @@ from pipeline.cli.common import (
     set_max_side,
     setup_logging,
 )
-from pipeline.config import ConfigError, PipelineConfig, load_config
+from pipeline.config import ConfigError, PipelineConfig
+from pipeline.configfile import load_config
 
 if TYPE_CHECKING:
     from pipeline.runtime import RunReport

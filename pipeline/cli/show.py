@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from pipeline.cli.common import DebugOpt, check_stream_id, err, reader_redis, setup_logging
-from pipeline.config import redact
+from pipeline.redact import printable, redact
 
 
 def zone_summary(zones: dict[str, Any], labels: dict[str, str], depth_kind: str | None) -> str:
@@ -45,6 +45,7 @@ def show(
     setup_logging(debug, quiet=True)
     import redis
 
+    from pipeline.frames import valid_stream_id
     from pipeline.sinks import RedisKeys, error_reason, key_problem, redis_client
     from pipeline.sinks.entries import EntryError, check_entry, meta_labels
 
@@ -52,23 +53,41 @@ def show(
         check_stream_id(stream)
     url = reader_redis(redis_url, redis_prefix)
     keys = RedisKeys(redis_prefix)
+    bad = False
+
+    def read(kind: str, key: str, what: str, fn: Any, *args: Any) -> Any:
+        """``fn(*args)``, or None after one line naming ``key`` when it holds another type (the rest goes on)."""
+        nonlocal bad
+        try:
+            return fn(*args)
+        except redis.ResponseError as e:
+            err(key_problem(r, e, {key: kind}, what))
+            bad = True
+            return None
+
     try:
         r = redis_client(url)
-        meta = r.hgetall(keys.meta)
-        ids = [stream] if stream else sorted(x.decode() for x in r.smembers(keys.streams))
+        meta = read("hash", keys.meta, "reading the class names", r.hget, keys.meta, "labels")
+        members = [stream.encode()] if stream else read("set", keys.streams, "listing the streams", r.smembers,
+                                                        keys.streams)
     except Exception as e:
         from pipeline.sinks import SinkError
 
         raise SinkError(f"cannot read Redis at {redact(url)} ({error_reason(e)})") from e  # exit 1
-    bad = False
+    ids = sorted(x.decode("utf-8", "backslashreplace") for x in members or ())
     try:
-        labels = meta_labels(meta.get(b"labels"))
+        labels = meta_labels(meta)
     except ValueError as e:
         err(f"{keys.meta}: {e}; classes are shown by id")
         labels, bad = {}, True
-    if not ids:
+    if not ids and members is not None:
         print(f"no streams under {redis_prefix}: in {redact(url)}")
     for sid in ids:
+        if not valid_stream_id(sid):
+            err(f"Redis key {keys.streams} lists '{printable(sid[:80], lines=False)}', which is no stream id: "
+                f"SREM it from {keys.streams}")
+            bad = True
+            continue
         try:
             entries = r.xrevrange(keys.frames(sid), count=count)
         except redis.ResponseError as e:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from pipeline.cli.common import DebugOpt, PrefixOpt, check_stream_id
-from pipeline.config import ConfigError, redact
+from pipeline.config import ConfigError
+from pipeline.redact import printable, redact
 
 
 def snapshot_cmd(
@@ -43,10 +44,27 @@ def snapshot_cmd(
     except redis.ResponseError as e:
         err(f"stream {stream!r}: " + key_problem(client, e, {keys.frames(stream): "stream"}, "reading it"))
         raise typer.Exit(1) from None
+    bad = False
+
+    def read(kind: str, key: str, what: str, fn: Any, *args: Any) -> Any:
+        """``fn(*args)``, or None after one line naming ``key`` when it holds another type (the rest goes on)."""
+        nonlocal bad
+        try:
+            return fn(*args)
+        except redis.ResponseError as e:
+            err(key_problem(client, e, {key: kind}, what))
+            bad = True
+            return None
+
     if not entries:
-        known = sorted(x.decode() for x in client.smembers(keys.streams))
+        members = read("set", keys.streams, "listing the streams", client.smembers, keys.streams) or set()
+        known = sorted(printable(x.decode("utf-8", "backslashreplace"), lines=False) for x in members)
         hint = f"; known streams: {', '.join(known[:10])}" if known else ""
-        raise ConfigError(f"no entries for stream {stream!r} under {cfg.redis.prefix}: at {redact(url)}{hint}")
+        missing = f"no entries for stream {stream!r} under {cfg.redis.prefix}: at {redact(url)}{hint}"
+        if bad:  # a wrong-typed key is the trouble to fix first (exit 1, as show and status give)
+            err(missing)
+            raise typer.Exit(1)
+        raise ConfigError(missing)
     eid, raw = entries[0]
     try:
         check_entry(stream, eid.decode(), raw, images=True)
@@ -54,10 +72,13 @@ def snapshot_cmd(
         err(str(e))
         raise typer.Exit(1) from None
     fields = {k.decode(): v for k, v in raw.items()}
-    labels = parse_labels(client.hget(keys.meta, "labels"))
+    meta = read("hash", keys.meta, "reading the labels and zones", client.hmget, keys.meta, ["labels", "zones"])
+    labels_raw, zones_raw = meta if meta is not None else (None, None)
+    labels = parse_labels(labels_raw)
     # zones and active alerts read as the view reads them (one parser, one drawing: the pictures agree)
-    zones = [z for z in parse_zones(client.hget(keys.meta, "zones")) if z.applies_to(stream)]
-    active = active_zones(parse_active_alerts(client.hgetall(keys.alerts_active)).get(stream, []))
+    zones = [z for z in parse_zones(zones_raw) if z.applies_to(stream)]
+    alerts = read("hash", keys.alerts_active, "reading the active alerts", client.hgetall, keys.alerts_active)
+    active = active_zones(parse_active_alerts(alerts or {}).get(stream, []))
     picture = render_entry(fields, labels, zones=zone_drawings(zones, active))
     target = out or Path(f"{stream}.png")
     try:
@@ -67,6 +88,8 @@ def snapshot_cmd(
     frame = int(fields["frame"])
     extra = "" if "thumb" in fields else " (no frame thumbnail in Redis: set redis.thumbnail to include one)"
     print(f"{target}: {stream} frame {frame}, {picture.shape[1]}x{picture.shape[0]}{extra}")
+    if bad:
+        raise typer.Exit(1)
 
 
 def register(app: typer.Typer) -> None:

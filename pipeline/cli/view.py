@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from pipeline.cli.common import DebugOpt
-from pipeline.config import ConfigError, redact
+from pipeline.config import ConfigError
+from pipeline.redact import redact
 
 if TYPE_CHECKING:
     from pipeline.view import ViewSettings
@@ -24,8 +25,8 @@ def view_cmd(
     host: Annotated[str, typer.Option("--host", help="Address to listen on. Anything but loopback needs a token.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on (0 = any free port).", min=0, max=65535)] = 8088,
     token: Annotated[str | None, typer.Option("--token", envvar="DPTSTREAM_VIEW_TOKEN", show_envvar=True, show_default=False, help="Token viewers must send (Authorization: Bearer TOKEN or ?token=TOKEN).")] = None,
-    stale_after: Annotated[float, typer.Option("--stale-after", help="Seconds without a new entry before a tile says stale.", min=0.1)] = 5.0,
-    write_timeout: Annotated[float, typer.Option("--write-timeout", help="Seconds a browser may take to accept one update (its buffers full) before it is dropped.", min=0.1)] = 5.0,
+    stale_after: Annotated[float, typer.Option("--stale-after", help="Seconds without a new entry before a tile says stale (0.1..86400).", min=0.1, max=86400)] = 5.0,
+    write_timeout: Annotated[float, typer.Option("--write-timeout", help="Seconds a browser may take to accept one update (its buffers full) before it is dropped (0.1..3600).", min=0.1, max=3600)] = 5.0,
     debug: DebugOpt = False,
 ) -> None:
     """Serve a live wall of every stream in Redis: masks over the frame, depth, zones, alerts, fps, latency."""

@@ -18,9 +18,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from pipeline.config import ConfigError, SourceConfig, expand_env, first_error, redact, shorten
+from pipeline.config import ConfigError, SourceConfig, first_error
+from pipeline.configfile import expand_env
 from pipeline.fleet.keys import FleetKeys
 from pipeline.frames import STREAM_ID_RULE, valid_stream_id
+from pipeline.redact import redact, shorten
 
 MARKER = "#"  # not a valid camera id
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

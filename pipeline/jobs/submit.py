@@ -14,9 +14,10 @@ from urllib.parse import urlsplit
 
 import redis
 
-from pipeline.config import ConfigError, id_from_name, redact, shorten, url_error
+from pipeline.config import ConfigError, id_from_name, url_error
 from pipeline.frames import STREAM_ID_RULE, valid_stream_id
 from pipeline.jobs.keys import JobKeys
+from pipeline.redact import redact, shorten
 
 GLOB_CHARS = re.compile(r"[*?\[]")
 

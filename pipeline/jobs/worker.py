@@ -16,6 +16,7 @@ from typing import Any
 
 import redis
 
+from engines import EngineError
 from pipeline.config import ConfigError, PipelineConfig, SourceConfig
 from pipeline.jobs.keys import REDIS_DOWN, JobKeys
 from pipeline.jobs.status import active_workers
@@ -386,15 +387,17 @@ class Worker:
         self.client.hdel(self.keys.job(d.job), "error", "note", "fps", "skipped_packets")
         try:
             plan = self._plan(d, h.get("uri", ""))
-        except (ConfigError, SourceError, ValueError) as e:
+            if plan.total_frames:
+                self.client.hset(self.keys.job(d.job), "frames", plan.total_frames)
+            # building refuses a network shape the device has no memory for (engines.memory): that file fails,
+            # the next may fit
+            run = _JobRun(self, d, plan)
+        except (ConfigError, SourceError, EngineError, ValueError) as e:
             return self._fail(d, error_reason(e))
-        if plan.total_frames:
-            self.client.hset(self.keys.job(d.job), "frames", plan.total_frames)
         if plan.start_frame:
             log.info("job %s: resuming after frame %d", d.job, plan.start_frame - 1)
         else:
             log.info("job %s: %s (%s frames)", d.job, plan.source.path, plan.total_frames or "?")
-        run = _JobRun(self, d, plan)
         self.current = run.pipeline
         try:
             if self.stop.is_set():

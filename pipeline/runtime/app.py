@@ -11,7 +11,7 @@ import engines as eng
 from engines import Engine, EngineConfig
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.metrics import Metrics
-from pipeline.runtime.plan import RunPlan, find_progress_store, plan_run, resolve_zones
+from pipeline.runtime.plan import RunPlan, find_progress_store, plan_run, resolve_zones, warn_unknown_zone_streams
 from pipeline.sinks import ProgressStore, Sink, create_sink
 from pipeline.zones import ZonePlan
 
@@ -126,6 +126,7 @@ def start_runtime(cfg: PipelineConfig, serve_metrics: bool = True, health: Any =
         engines = create_engines(cfg)
         try:
             zones = resolve_zones(cfg, engines)  # class names and metric depth checked once the engines are loaded
+            warn_unknown_zone_streams(cfg)
             describe_sinks(sinks, engines, zones)
         except BaseException:
             for e in engines.values():

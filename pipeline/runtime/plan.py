@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from engines import Engine
-from pipeline.config import ConfigError, PipelineConfig, SourceConfig, shorten
+from pipeline.config import ConfigError, PipelineConfig, SourceConfig
+from pipeline.redact import shorten
 from pipeline.sinks import ProgressStore, SavedProgress, Sink
 from pipeline.sources import FileFacts, SourceIdentity, inspect_file
 from pipeline.zones import RuleError, ZonePlan, resolve
@@ -92,6 +93,19 @@ def resolve_zones(cfg: PipelineConfig, engines: Mapping[str, Engine]) -> ZonePla
         return resolve(cfg.zones, cfg.rules, labels, metric, depth.spec.model_id if depth is not None else "")
     except RuleError as e:
         raise ConfigError(str(e)) from e
+
+
+def warn_unknown_zone_streams(cfg: PipelineConfig) -> None:
+    """One warning per zone whose ``streams`` names a stream no source of this run has (a typo, or a zone list
+    shared by several runs): legal, but it does nothing for that name. Not for a worker (its sources are its
+    jobs, unknown at start)."""
+    ids = {s.id for s in cfg.sources}
+    for z in cfg.zones if ids else ():
+        unknown = [sid for sid in z.streams or () if sid not in ids]
+        if unknown:
+            log.warning("zone %r names stream(s) %s that no source of this run has (sources: %s): it applies to "
+                        "%s", z.name, ", ".join(repr(u) for u in unknown), ", ".join(sorted(ids)),
+                        "no stream" if len(unknown) == len(z.streams or ()) else "the others only")
 
 
 def plan_source(cfg: PipelineConfig, source_cfg: SourceConfig, engines: Mapping[str, Engine] | None,

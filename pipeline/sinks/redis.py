@@ -10,9 +10,10 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from pipeline.config import PipelineConfig, SourceConfig, redact
+from pipeline.config import PipelineConfig, SourceConfig
 from pipeline.frames import EndOfStream, Result, mask_dtype_for
 from pipeline.metrics import Metrics
+from pipeline.redact import redact
 from pipeline.sinks.base import ProgressStore, SavedProgress, Sink, SinkError, error_reason
 from pipeline.sinks.encode import encode_depth_png, encode_png, encode_thumbnail, summary
 from pipeline.sinks.rediskeys import (
@@ -364,15 +365,22 @@ class RedisSink(Sink, ProgressStore):
             return False
         self._came_back()
         refused: str | None = None
+        applied: dict[str, int] = {}
         for r, ok in zip(batch, replies, strict=True):
             if isinstance(ok, redis.ResponseError):
                 refused = refused or self._refused(r, ok)
-                continue
-            if ok == -1:  # fenced: the camera belongs to another node now
+                # a script stopped by an error keeps what it wrote before it (an ACL that refuses the PUBLISH
+                # after the frame's XADD): such a frame is in Redis, and counts as written
+                sid = r.id.stream_id
+                if sid not in applied:
+                    applied[sid] = self._applied_frame(sid)
+                if r.id.index > applied[sid]:
+                    continue
+            elif ok == -1:  # fenced: the camera belongs to another node now
                 self._fenced(r)
                 continue
             # after a failed round trip, a frame already applied by it is ours, written once
-            if ok or retried:
+            if ok or retried or isinstance(ok, redis.ResponseError):
                 self.published += 1
                 self.published_by[r.id.stream_id] += 1
                 self.metrics.frames.labels(stream=r.id.stream_id, stage="published").inc()
@@ -391,6 +399,14 @@ class RedisSink(Sink, ProgressStore):
             self._fence_warned[sid] = token
             log.warning("%s: another node holds the camera now (token %d is stale); dropping this node's frames",
                         sid, token)
+
+    def _applied_frame(self, sid: str) -> int:
+        """The last frame of ``sid`` Redis holds (its progress hash), or -1 when that cannot be read."""
+        try:
+            v = self._client.hget(self.keys.progress(sid), "frame")
+            return int(v) if v is not None else -1
+        except Exception:  # refused or unreadable too: nothing is counted as written
+            return -1
 
     def _refused(self, r: Result, e: Exception) -> str | None:
         """A frame Redis answered with an error (a wrong-typed key, a corrupt progress hash): counted; a live

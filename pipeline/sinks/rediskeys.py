@@ -86,6 +86,9 @@ def key_problem(client: Any, e: Exception, kinds: dict[str, str], what: str) -> 
         if found is not None:
             return f"Redis key {found} ({what}): {WAY_OUT}"
         return f"a Redis key {what} uses has the wrong type ({', '.join(kinds)}): {WAY_OUT}"
+    if "publish to the channel" in reason:  # Redis 7 ACL users get no channel unless granted (resetchannels)
+        return (f"Redis refused {what}: its ACL user may not publish to the events and alerts channels (grant "
+                f"them: ACL SETUSER USER '&PREFIX:*', with the redis.prefix, default dpt)")
     return f"Redis refused {what} ({reason.split(' script: ')[0]})"
 
 

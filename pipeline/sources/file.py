@@ -19,7 +19,8 @@ from typing import Any, ClassVar
 import av
 import numpy as np
 
-from pipeline.config import SourceConfig, shorten
+from pipeline.config import SourceConfig
+from pipeline.redact import shorten
 from pipeline.sources.base import Source, SourceError, av_reason
 
 log = logging.getLogger(__name__)

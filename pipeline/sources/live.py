@@ -33,10 +33,11 @@ from typing import Any
 import av
 import numpy as np
 
-from pipeline.config import LiveSection, SourceConfig, redact, redact_text, uri_secrets
+from pipeline.config import LiveSection, SourceConfig
 from pipeline.frames import EndOfStream
 from pipeline.metrics import Metrics
 from pipeline.queues import NamedQueue
+from pipeline.redact import redact, scrub
 from pipeline.sources.base import Source
 from pipeline.sources.reconnect import (
     BACKING_OFF,
@@ -95,15 +96,6 @@ class FrozenDetector:
             self._ref, self._since = t, now
             return False
         return now - self._since >= self.timeout
-
-
-def scrub(text: str, uri: str) -> str:
-    """``text`` with the URI's credentials hidden (also when FFmpeg echoes the URI or the bare password, and
-    whatever other URI the text holds). Never raises, whatever the URI."""
-    out = text.replace(uri, redact(uri)) if uri else text
-    for secret in sorted(uri_secrets(uri), key=len, reverse=True):
-        out = out.replace(secret, "***")
-    return redact_text(out)
 
 
 class LiveSource(Source):

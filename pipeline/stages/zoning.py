@@ -5,6 +5,7 @@ metrics (:class:`ZoneRules`)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from pipeline.frames import EndOfStream, FrameId
 from pipeline.metrics import Metrics
 from pipeline.stages.masks import histogram
 from pipeline.zones import StreamRules, Zone, ZonePlan, ZoneStats, rasterize
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,7 @@ class ZoneRules:
         self._ends_rules = ends_rules  # whether a stream's end ends its active rules (default: always)
         self._layouts: dict[tuple[str, int, int], ZoneLayout | None] = {}
         self._rules: dict[str, StreamRules] = {}
+        self._empty_warned: set[str] = set()  # zones said to hold no pixel (once per zone)
         # distance rules on classes need each class's nearest depth in each zone (metric depth only)
         self.per_class_depth = plan.metric and any(r.classes and r.max_distance_m is not None for r in plan.rules)
 
@@ -172,7 +176,13 @@ class ZoneRules:
         key = (sid, w, h)
         if key not in self._layouts:
             zones = self.plan.zones_for(sid)
-            self._layouts[key] = zone_layout(zones, w, h, like.device) if zones else None
+            layout = self._layouts[key] = zone_layout(zones, w, h, like.device) if zones else None
+            for name, area in zip(layout.names if layout else (), layout.areas if layout else (), strict=True):
+                if area == 0 and name not in self._empty_warned:
+                    self._empty_warned.add(name)
+                    log.warning("zone %r holds no pixel centre of the %dx%d mask of stream %r: its coverage stays 0 "
+                                "and its rules never start (make the polygon larger, or the mask with --mask-size)",
+                                name, w, h, sid)
         return self._layouts[key]
 
     def restore(self, sid: str, state: str | None) -> None:

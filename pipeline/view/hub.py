@@ -22,9 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.config import redact
 from pipeline.frames import valid_stream_id
 from pipeline.overlay import PALETTE
+from pipeline.redact import redact
 from pipeline.sinks import WAY_OUT, RedisKeys, error_reason, key_type, redis_client
 from pipeline.view.render import render_tile
 from pipeline.view.stats import (

@@ -43,6 +43,19 @@ def check_bind(host: str, token: str | None) -> None:
                           f"--token TOKEN or set {TOKEN_ENV} (or bind 127.0.0.1)")
 
 
+def credential_problem(authorization: str | None, query_token: str | None) -> str | None:
+    """Why the credential a request carries is malformed (its bytes are not UTF-8, which the HTTP server hands on
+    as lone surrogates), or None. A malformed credential is refused like a wrong one."""
+    for where, value in (("the Authorization header", authorization), ("the token parameter", query_token)):
+        if value is None:
+            continue
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"{where} is not UTF-8"
+    return None
+
+
 def request_token(authorization: str | None, query_token: str | None) -> str | None:
     """The token a request carries: ``Authorization: Bearer TOKEN`` first, else ``?token=TOKEN``."""
     if authorization:
@@ -56,4 +69,5 @@ def token_matches(given: str | None, expected: str) -> bool:
     """Constant-time comparison (the time taken does not tell how much of a guess was right)."""
     if given is None:
         return False
-    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+    # surrogateescape: a header's bytes that are not UTF-8 compare as those bytes (never an exception)
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape"))

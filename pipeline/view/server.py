@@ -24,7 +24,7 @@ from pipeline.frames import STREAM_ID_RULE, valid_stream_id
 from pipeline.view.cameras import add_routes
 from pipeline.view.hub import UNREACHABLE, Hub, ViewSettings
 from pipeline.view.logs import quiet_server_logs
-from pipeline.view.security import check_bind, request_token, token_matches
+from pipeline.view.security import check_bind, credential_problem, request_token, token_matches
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,11 @@ def text(status: int, line: str, **headers: str) -> web.Response:
 async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
     expected = request.app.get(TOKEN)
     if expected and request.path != "/healthz":
-        given = request_token(request.headers.get("Authorization"), request.query.get("token"))
+        authorization, query_token = request.headers.get("Authorization"), request.query.get("token")
+        problem = credential_problem(authorization, query_token)
+        if problem is not None:  # refused like a wrong token; one line, never what was sent
+            log.warning("bad credential from %s: %s", request.remote, problem)
+        given = None if problem else request_token(authorization, query_token)
         if not token_matches(given, expected):
             return text(401, UNAUTHORIZED, **{"WWW-Authenticate": 'Bearer realm="dptstream view"'})
     return await handler(request)

@@ -361,7 +361,7 @@ def test_k8s_deployments() -> None:
 
 
 def test_k8s_configmap_is_a_valid_pipeline_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.config import load_config
+    from pipeline.configfile import load_config
 
     monkeypatch.setenv("REDIS_URL", "redis://redis.test:6379/0")
     for cm in k8s_objects("ConfigMap").values():
@@ -378,7 +378,7 @@ def test_k8s_configmap_is_a_valid_pipeline_config(tmp_path: Path, monkeypatch: p
 def test_k8s_fleet_nodes() -> None:
     """Fleet nodes: several replicas with no per-pod configuration, a disruption budget that keeps all but one,
     and a SIGTERM grace longer than a drain (leases go at once; decoded frames drain in seconds)."""
-    from pipeline.config import load_config
+    from pipeline.configfile import load_config
 
     node = k8s_objects("Deployment")["dptstream-node"]
     args = _container(node)["args"]

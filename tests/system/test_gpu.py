@@ -364,7 +364,7 @@ def _run_pipeline(clip: Path, seg: Path, depth: Path, out_dir: Path, device: str
 
     from PIL import Image
 
-    from pipeline.config import load_config
+    from pipeline.configfile import load_config
     from pipeline.runtime import Pipeline
     from pipeline.runtime.app import create_engines
     from pipeline.sinks import create_sink
@@ -421,7 +421,7 @@ def test_cuda_stream_pipeline_gives_the_cpu_masks(assets: dict[str, Path], tmp_p
 def test_stages_queue_gpu_work_without_synchronising(assets: dict[str, Path]) -> None:
     """Preprocess, infer and postprocess launches make no synchronising CUDA call (sync debug mode = error);
     results come back through their own events, equal to the synchronous computation."""
-    from pipeline.config import load_config
+    from pipeline.configfile import load_config
     from pipeline.frames import Frame
     from pipeline.queues import FanIn
     from pipeline.runtime.app import create_engines

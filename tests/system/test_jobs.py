@@ -172,7 +172,7 @@ def test_submit_queues_once_and_refuses_a_second_file_under_one_id(redis_server:
 # -- one worker in this process (real engines, real Redis) -----------------------------------------------
 
 def _runtime(assets: dict[str, Path], redis: RedisServer, **jobs: Any) -> Any:
-    from pipeline.config import load_config
+    from pipeline.configfile import load_config
     from pipeline.runtime.app import start_runtime
 
     cfg = load_config(None, {
@@ -250,6 +250,36 @@ def test_done_never_hides_a_skipped_packet(assets: dict[str, Path], redis_server
     assert job(r, "cut")["skipped_packets"] == "1"
     assert "skipped 1 packet(s) that could not be decoded" in job(r, "cut")["note"]
     assert stream_frames(r, "cut") == list(range(int(job(r, "cut")["published"])))
+
+
+def test_a_file_too_large_for_the_network_fails_alone(redis_server: RedisServer, tmp_path: Path) -> None:
+    """A checkpoint whose processor does not resize (facebook/dpt-dinov2-*) runs at each file's size: a 4K file
+    whose network input the machine cannot hold fails with the line that says so; the small file is done."""
+    from pipeline.checkpoints import make_family_checkpoint
+    from pipeline.configfile import load_config
+    from pipeline.jobs.worker import Worker
+    from pipeline.runtime.app import start_runtime
+    from pipeline.sample import make_clip
+
+    ckpt = make_family_checkpoint(tmp_path / "dinov2", "dpt-dinov2")
+    proc = json.loads((ckpt / "preprocessor_config.json").read_text())
+    (ckpt / "preprocessor_config.json").write_text(json.dumps({**proc, "do_resize": False, "do_pad": True,
+                                                               "size_divisor": 14}))
+    uhd = make_clip(tmp_path / "uhd.mp4", frames=2, width=3840, height=2160, seed=1)
+    small = make_clip(tmp_path / "small.mp4", frames=3, width=320, height=180, seed=2)
+    _submit(redis_server, str(uhd), str(small))
+    cfg = load_config(None, {"sinks": [redis_server.url], "tasks": ["depth"], "models": {"depth": str(ckpt)},
+                             "engine": {"device": "cpu", "batch_size": 256}, "metrics": {"port": None},
+                             "progress": False, "jobs": {"poll_s": 0.2}})
+    rt = start_runtime(cfg, serve_metrics=False)
+    try:
+        out = Worker(cfg, rt, redis_server.client(), name="w1", until_empty=True).run()
+    finally:
+        rt.close()
+    r = redis_server.client()
+    assert {o.job: o.state for o in out} == {"uhd": "failed", "small": "done"}
+    assert "3850x2170" in job(r, "uhd")["error"] and "--max-side" in job(r, "uhd")["error"]
+    assert stream_frames(r, "small") == [0, 1, 2] and stream_frames(r, "uhd") == []
 
 
 def test_stopped_worker_hands_the_job_back_and_the_next_resumes_exactly_once(

@@ -16,7 +16,7 @@ from tests.support.servers import RedisServer
 def test_a_file_is_opened_once_to_probe_and_once_to_decode_and_hashed_once(
         assets: dict[str, Path], redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
     from pipeline.cli.run import run_pipeline
-    from pipeline.config import load_config
+    from pipeline.configfile import load_config
 
     clip = assets["clip360"].resolve()
     opens: Counter[str] = Counter()

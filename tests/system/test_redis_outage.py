@@ -308,3 +308,21 @@ def test_a_redis_password_in_the_query_string_is_hidden_in_logs_and_errors(asset
         s = cli(*args, timeout=60)
         assert s.returncode != 0
         assert secret not in s.stdout + s.stderr and "password=***" in one_error_line(s.stderr)
+
+
+def test_an_acl_without_channels_stops_the_run_counting_exactly_what_was_not_written(
+        assets: dict[str, Path], redis_server: RedisServer) -> None:
+    """Redis 7 gives a new ACL user no channel: the write script's PUBLISH is refused after its XADD, so the
+    first frame is in Redis although its reply is an error. The line names the way out, and its count of results
+    not written is what Redis lacks."""
+    r = redis_server.client()
+    r.execute_command("ACL", "SETUSER", "writer", "on", ">writer-pass-1", "~*", "+@all")
+    url = f"redis://writer:writer-pass-1@127.0.0.1:{redis_server.port}/0"
+    p = cli("run", "-s", f"cam={assets['clip360']}", *model_args(assets), "--sink", url, "--metrics-port", "-1")
+    assert p.returncode == 1, p.stderr
+    line = one_error_line(p.stderr)
+    assert "may not publish" in line and "ACL SETUSER" in line and "writer-pass-1" not in p.stderr, line
+    decoded = int(p.stderr.split("cam: ", 1)[1].split(" frames decoded", 1)[0])
+    written = r.xlen("dpt:stream:cam:frames")
+    assert 0 < written < decoded
+    assert f"; {decoded - written} results not written" in line, line

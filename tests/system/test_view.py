@@ -65,7 +65,9 @@ class Proc:
     """A ``dptstream`` subprocess whose output is collected (and checked for secrets) while it runs."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        e = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # PYTHONPATH: the installed command runs this tree's code (an editable install may point at another)
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        e = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, **(env or {})}
         self.proc = subprocess.Popen([*dptstream(), *args], cwd=str(ROOT), env=e,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: list[str] = []
@@ -556,6 +558,26 @@ def test_a_bad_http_request_is_one_log_line_without_the_token(redis_server: Redi
         assert "Traceback" not in view.output
         warnings = [ln for ln in view.lines if "WARNING" in ln or "ERROR" in ln]
         assert len(warnings) == len(bad) and all("bad HTTP request from 127.0.0.1: " in w for w in warnings)
+
+
+def test_a_credential_that_is_not_utf8_is_a_401_and_one_warning(redis_server: RedisServer) -> None:
+    token = "tok-SECRET-9"
+    view = View(redis_server.url, "--token", token)
+    try:
+        for auth in (b"Bearer \xff\xfe", b"\xff\xfe", b"Bearer " + token.encode() + b"\xff"):
+            reply = raw_request(view.port, b"GET /api/streams HTTP/1.1\r\nHost: x\r\nAuthorization: " + auth
+                                + b"\r\nConnection: close\r\n\r\n")
+            assert reply.split(b"\r\n", 1)[0] == b"HTTP/1.1 401 Unauthorized", reply[:200]
+            assert reply.rstrip().endswith(b"?token=TOKEN"), reply  # the one-line answer of a wrong token
+        assert get(view.base + "/api/streams?token=%ff%fe")[0] == 401
+        assert view.api(f"?token={token}")["streams"] == []  # and it serves on
+        wait_for(lambda: view.output.count("bad credential from 127.0.0.1") == 3, 10, "the log lines")
+    finally:
+        assert view.stop() == 0, view.output
+    warnings = [ln for ln in view.lines if "WARNING" in ln or "ERROR" in ln]
+    assert [w.split(" - ")[-1].partition(" WARNING ")[2] for w in warnings if "credential" in w] == [
+        "pipeline.view.server: bad credential from 127.0.0.1: the Authorization header is not UTF-8"] * 3
+    assert "ERROR" not in view.output and "Traceback" not in view.output, view.output
 
 
 # -- a viewer that never reads is dropped; the others keep getting updates; the server's memory stays bounded ----

@@ -402,3 +402,25 @@ def test_a_distance_rule_with_a_metric_depth_checkpoint(assets: dict[str, Path],
         if a.get("reason") != "eof":
             assert float(a["distance"]) == pytest.approx(near2[int(a["frame"])], abs=2e-6)
             assert "coverage" not in a  # a distance-only rule
+
+
+def test_a_zone_for_no_configured_stream_and_a_zone_without_a_pixel_are_warned_once(
+        assets: dict[str, Path], tmp_path: Path) -> None:
+    """Both are legal (a zone list shared by several runs; a mask size chosen later) but do nothing here: each is
+    one warning, once per run, and the run goes on."""
+    speck = [[0.0001, 0.0001], [0.002, 0.0001], [0.0001, 0.002]]  # between the first pixel centres of any mask
+    path = tmp_path / "zones.yaml"
+    path.write_text(yaml.safe_dump({"zones": [{"name": "elsewhere", "streams": ["frnot"], "polygon": BAY},
+                                              {"name": "speck", "polygon": speck},
+                                              {"name": "door", "polygon": DOOR}]}))
+    p = cli("run", str(path), "-s", f"cam={assets['clip360']}", *model_args(assets), "--sink", f"dir:{tmp_path}/o",
+            "--metrics-port", "-1", "--batch-size", "4")
+    assert p.returncode == 0, p.stderr
+    unknown = [ln for ln in p.stderr.splitlines() if "zone 'elsewhere'" in ln]
+    assert len(unknown) == 1 and "'frnot'" in unknown[0] and "sources: cam" in unknown[0], p.stderr
+    assert "applies to no stream" in unknown[0]
+    empty = [ln for ln in p.stderr.splitlines() if "zone 'speck'" in ln]
+    assert len(empty) == 1 and "holds no pixel centre" in empty[0] and "'cam'" in empty[0], p.stderr
+    assert not [ln for ln in p.stderr.splitlines() if "zone 'door'" in ln]
+    frames = (tmp_path / "o" / "cam.jsonl").read_text().splitlines()
+    assert len(frames) == 20 and json.loads(frames[0])["zones"]["speck"] == {"coverage": {}}

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, expand_env, load_config, parse_source, redact
+from pipeline.config import ConfigError, parse_source
+from pipeline.configfile import expand_env, load_config
+from pipeline.redact import redact
 from tests.support.servers import ROOT
 
 

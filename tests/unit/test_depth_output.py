@@ -150,7 +150,7 @@ def test_pipeline_prepares_each_file_sources_network_shape(tmp_path) -> None:  #
     from types import SimpleNamespace
 
     from engines.base import PreprocessSpec
-    from pipeline.config import load_config
+    from pipeline.configfile import load_config
     from pipeline.runtime import Pipeline
     from pipeline.sample import make_clip
 

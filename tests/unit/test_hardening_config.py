@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli.common import build_overrides
-from pipeline.config import ConfigError, SourceConfig, load_config, parse_source, redact
+from pipeline.config import ConfigError, SourceConfig, parse_source
+from pipeline.configfile import load_config
+from pipeline.redact import redact
 
 
 # -- one redact() for every scheme; the userinfo ends at the authority's last "@" -------------------------------
@@ -41,7 +43,7 @@ def test_redact_leaves_uris_without_a_password_alone(uri: str) -> None:
 
 def test_redact_text_and_the_log_filter_hide_passwords_inside_any_message() -> None:
     from pipeline.cli.common import RedactFilter
-    from pipeline.config import redact_text
+    from pipeline.redact import redact_text
 
     msg = "cannot open http://u:pw123@h/x and rtsp://a:cam@Secret9@c/s (refused)"
     assert redact_text(msg) == "cannot open http://u:***@h/x and rtsp://a:***@c/s (refused)"
@@ -219,8 +221,7 @@ UNPARSABLE = ["http://admin:TOPSECRET5@[::1:1/s", "rtsp://admin:TOPSECRET5@[::1/
 
 @pytest.mark.parametrize("uri", UNPARSABLE)
 def test_redaction_never_raises_and_hides_the_whole_userinfo_of_an_unparsable_url(uri: str) -> None:
-    from pipeline.config import redact_text
-    from pipeline.sources.live import scrub
+    from pipeline.redact import redact_text, scrub
 
     out = redact(uri)
     assert "TOPSECRET5" not in out and out.startswith(uri.split("://")[0] + "://***@")
@@ -232,8 +233,7 @@ def test_redaction_never_raises_and_hides_the_whole_userinfo_of_an_unparsable_ur
 def test_redaction_is_total_on_any_string() -> None:
     import random
 
-    from pipeline.config import redact_text
-    from pipeline.sources.live import scrub
+    from pipeline.redact import redact_text, scrub
 
     rng = random.Random(7)
     alphabet = "ab:/@[]?#&=%\\\"' \t\n\x00é☃" + "password=token=".upper()
@@ -255,8 +255,7 @@ def test_redaction_is_total_on_any_string() -> None:
     ("http://h/x?apiKey=S3cr3t-pw", "http://h/x?apiKey=***"),
 ])
 def test_redact_hides_secret_query_parameters(uri: str, shown: str) -> None:
-    from pipeline.config import redact_text
-    from pipeline.sources.live import scrub
+    from pipeline.redact import redact_text, scrub
 
     assert redact(uri) == shown
     assert "S3cr3t" not in redact_text(f"cannot open '{uri}': refused")

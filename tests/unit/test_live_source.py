@@ -6,10 +6,11 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import LiveSection, SourceConfig, redact
+from pipeline.config import LiveSection, SourceConfig
 from pipeline.metrics import Metrics
 from pipeline.queues import NamedQueue
-from pipeline.sources.live import FrozenDetector, LiveSource, scrub
+from pipeline.redact import redact, scrub
+from pipeline.sources.live import FrozenDetector, LiveSource
 from tests.support.live import (
     H,
     W,

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from pipeline.config import load_config
+from pipeline.configfile import load_config
 from pipeline.runtime import app
 
 

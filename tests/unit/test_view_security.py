@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline.config import ConfigError
-from pipeline.view.security import check_bind, is_loopback, request_token, token_matches
+from pipeline.view.security import check_bind, credential_problem, is_loopback, request_token, token_matches
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"])
@@ -48,3 +48,11 @@ def test_token_matches() -> None:
     assert not token_matches("s3cre", "s3cret") and not token_matches("s3cretX", "s3cret")
     assert not token_matches(None, "s3cret") and not token_matches("", "s3cret")
     assert token_matches("ünïcode", "ünïcode")
+
+
+def test_a_credential_whose_bytes_are_not_utf8_is_malformed_never_an_exception() -> None:
+    bad = b"Bearer \xff\xfe".decode("utf-8", "surrogateescape")  # what the HTTP server hands on
+    assert credential_problem(bad, None) == "the Authorization header is not UTF-8"
+    assert credential_problem(None, "\udcff") == "the token parameter is not UTF-8"
+    assert credential_problem("Bearer ünïcode", "x") is None and credential_problem(None, None) is None
+    assert not token_matches(request_token(bad, None), "s3cret-s3cret")
