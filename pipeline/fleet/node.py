@@ -28,6 +28,7 @@ from pipeline.fleet.keys import FleetKeys
 from pipeline.fleet.leases import Leases
 from pipeline.fleet.nodes import NodeRegistry, live_nodes, read_nodes
 from pipeline.fleet.registry import CameraRegistry, expand
+from pipeline.redact import redact
 from pipeline.sinks import RedisKeys, RedisSink, SinkError, redis_client, redis_down
 from pipeline.sinks.base import error_reason
 
@@ -358,7 +359,7 @@ def start_node(cfg: PipelineConfig) -> NodeRun:
     try:
         check_models(probe, FleetKeys(cfg.redis.prefix), cfg, node_id)
     except REDIS_DOWN as e:
-        raise SinkError(f"cannot reach Redis ({error_reason(e)}); is redis-server running?") from e
+        raise SinkError(f"cannot reach Redis at {redact(url)} ({error_reason(e)}); is redis-server running?") from e
     finally:
         probe.close()
     holder: dict[str, FleetNode] = {}
