@@ -98,9 +98,14 @@ def test_nodes_share_cameras_take_new_ones_drop_removed_ones_and_take_over_from_
     import_cameras(fleet, cameras, six, tmp_path)
     for n in ("n1", "n2", "n3"):
         fleet.start(n)
-    own = wait(lambda: running_everywhere(c, six), START_S, "all six cameras streaming")
+    def balanced(cams: list[str], nodes: set[str]) -> dict[str, str] | None:
+        """The owners once every camera streams and every node has joined (nodes start at different times)."""
+        own = running_everywhere(c, cams)
+        return own if own is not None and set(own.values()) == nodes else None
+
+    own = wait(lambda: balanced(six, {"n1", "n2", "n3"}), START_S, "all six cameras streaming on three nodes")
     loads = Counter(own.values())
-    assert set(loads) == {"n1", "n2", "n3"} and all(1 <= v <= 3 for v in loads.values()), loads
+    assert all(1 <= v <= 3 for v in loads.values()), loads
     def lists_its_cameras(name: str) -> bool:
         mine = sorted(k for k, n in owners(c, six).items() if n == name)
         return (fleet.nodes[name].ready() or {}).get("cameras") == mine
@@ -169,7 +174,8 @@ def test_a_paused_node_is_fenced_redis_restarts_and_sigterm_hands_over(
         import_cameras(fleet, cameras, four, tmp_path)
         fleet.start("n1")
         fleet.start("n2")
-        own = wait(lambda: running_everywhere(c, four), START_S, "four cameras streaming")
+        own = wait(lambda: (o := running_everywhere(c, four)) and set(o.values()) == {"n1", "n2"} and o, START_S,
+                   "four cameras streaming on two nodes")
         assert Counter(own.values()) == {"n1": 2, "n2": 2}
 
         # SIGSTOP past three leases: n1 takes over; n2 wakes, writes nothing for what it lost, counts the drops
