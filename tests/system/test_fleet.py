@@ -101,7 +101,10 @@ def test_nodes_share_cameras_take_new_ones_drop_removed_ones_and_take_over_from_
     def balanced(cams: list[str], nodes: set[str]) -> dict[str, str] | None:
         """The owners once every camera streams and every node has joined (nodes start at different times)."""
         own = running_everywhere(c, cams)
-        return own if own is not None and set(own.values()) == nodes else None
+        if own is None or set(own.values()) != nodes:
+            return None
+        fair = len(cams) / len(nodes)  # 2 ± 1 for six cameras on three nodes
+        return own if all(abs(n - fair) <= 1 for n in Counter(own.values()).values()) else None
 
     own = wait(lambda: balanced(six, {"n1", "n2", "n3"}), START_S, "all six cameras streaming on three nodes")
     loads = Counter(own.values())
@@ -174,8 +177,8 @@ def test_a_paused_node_is_fenced_redis_restarts_and_sigterm_hands_over(
         import_cameras(fleet, cameras, four, tmp_path)
         fleet.start("n1")
         fleet.start("n2")
-        own = wait(lambda: (o := running_everywhere(c, four)) and set(o.values()) == {"n1", "n2"} and o, START_S,
-                   "four cameras streaming on two nodes")
+        own = wait(lambda: (o := running_everywhere(c, four)) and Counter(o.values()) == {"n1": 2, "n2": 2} and o,
+                   START_S, "four cameras streaming, two on each node")
         assert Counter(own.values()) == {"n1": 2, "n2": 2}
 
         # SIGSTOP past three leases: n1 takes over; n2 wakes, writes nothing for what it lost, counts the drops
