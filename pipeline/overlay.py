@@ -13,6 +13,7 @@ import colorsys
 import io
 import json
 import logging
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov")
 MAX_PANEL_SIDE = 960  # long side of each half of the video (the source is scaled down to it)
 ALPHA = 0.5  # mask opacity over the frame
+MAX_RENDER_SIDE = 1920  # long side of each half of render_entry's picture (snapshot, the view's tiles)
+MAX_PICTURE_PIXELS = 8192 * 8192  # the largest legal mask (--mask-size 8192x8192); a larger picture is refused
 
 
 def class_palette(n: int = 256) -> np.ndarray:
@@ -193,32 +196,66 @@ def depth_units(kind: str) -> str:
     return "metres" if kind == "metric" else "relative inverse depth, larger = nearer"
 
 
+def render_size(width: int, height: int, min_side: int = 480, max_side: int = MAX_RENDER_SIDE) -> tuple[int, int]:
+    """The size of each half of :func:`render_entry`'s picture for a ``width`` x ``height`` mask: scaled up so the
+    long side is at least ``min_side``, down so it is at most ``max_side``."""
+    s = max(1.0, min_side / max(width, height))
+    s = min(s, max_side / max(width, height))
+    return max(1, round(width * s)), max(1, round(height * s))
+
+
+def open_picture(data: bytes, name: str) -> Image.Image:
+    """An entry's picture (PNG or JPEG) opened, its header read but nothing decoded; a picture of more pixels than
+    :data:`MAX_PICTURE_PIXELS` (the largest legal mask, 8192x8192) is refused (ValueError, one line)."""
+    with warnings.catch_warnings():  # the size is checked here, in our words
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError:
+            raise ValueError(f"{name} is over {MAX_PICTURE_PIXELS // 10**6} Mpx, the most a picture may have "
+                             "(8192x8192): not drawn") from None
+    w, h = im.size
+    if w * h > MAX_PICTURE_PIXELS:
+        raise ValueError(f"{name} is {w}x{h}, over {MAX_PICTURE_PIXELS // 10**6} Mpx, the most a picture may "
+                         "have (8192x8192): not drawn")
+    return im
+
+
+def _decimated(a: np.ndarray, size_wh: tuple[int, int]) -> np.ndarray:
+    """Every k-th row and column of ``a`` when it is at least twice ``size_wh`` (cheap before a resize)."""
+    k = min(a.shape[1] // size_wh[0], a.shape[0] // size_wh[1])
+    return a[::k, ::k] if k >= 2 else a
+
+
 def render_entry(fields: dict[str, bytes], labels: dict[int, str], min_side: int = 480,
-                 zones: Sequence[ZoneDrawing] = ()) -> np.ndarray:
+                 zones: Sequence[ZoneDrawing] = (), max_side: int | None = None) -> np.ndarray:
     """Picture of one Redis entry (with ``zones`` outlined, red where a rule is active). Redis holds the mask
     (PNG) and a depth *summary*, not the frame and not the
     depth map, so: left = the mask's class colours, blended over the frame's JPEG thumbnail when the entry has
     one (``redis.thumbnail``); right = depth from the summary, each class region painted with its median depth
-    (``per_class``), or the coarse near-field ``grid`` when there is no mask."""
-    mask = np.asarray(Image.open(io.BytesIO(fields["mask"]))) if "mask" in fields else None
+    (``per_class``), or the coarse near-field ``grid`` when there is no mask. Each half is at most ``max_side``
+    (:data:`MAX_RENDER_SIDE`) on its long side, so the largest legal mask costs what a 1080p one does."""
+    max_side = max_side or MAX_RENDER_SIDE
+    mask_im = open_picture(fields["mask"], "mask") if "mask" in fields else None
     depth = json.loads(fields["depth"]) if "depth" in fields else None
-    if mask is not None:
-        mh, mw = mask.shape[:2]
+    if mask_im is not None:
+        mw, mh = mask_im.size
     elif depth is not None:
-        mh, mw = 270, 480
+        mw, mh = 480, 270
     else:
         raise ValueError("the entry has neither a mask nor depth")
-    s = max(1.0, min_side / max(mh, mw))
-    size = (round(mw * s), round(mh * s))
+    size = render_size(mw, mh, min_side, max_side)
+    # the mask is decoded once and scaled at once (nearest: class ids stay ids); nothing at its full size is kept
+    mask = np.asarray(mask_im.resize(size, Image.Resampling.NEAREST)) if mask_im is not None else None
     thumb = None
     if "thumb" in fields:
-        thumb = np.asarray(Image.open(io.BytesIO(fields["thumb"])).convert("RGB"))
-        thumb = _resize(thumb, size)
+        thumb_im = open_picture(fields["thumb"], "thumb")
+        thumb_im.draft("RGB", size)  # a JPEG decodes at 1/2, 1/4 or 1/8 scale when that still covers the panel
+        thumb = _resize(np.asarray(thumb_im.convert("RGB")), size)
     halves = []
     if mask is not None:
         classes = {int(k): float(v) for k, v in json.loads(fields.get("classes", b"{}")).items()}
-        left = blend_mask(thumb, _resize(mask, size, nearest=True)) if thumb is not None else class_colours(
-            _resize(mask, size, nearest=True))
+        left = blend_mask(thumb, mask) if thumb is not None else class_colours(mask)
         left = draw_legend(np.ascontiguousarray(left), classes, labels)
         halves.append(caption(left, "classes over frame thumbnail" if thumb is not None else "classes (mask)"))
     elif thumb is not None:
@@ -234,7 +271,8 @@ def render_entry(fields: dict[str, bytes], labels: dict[int, str], min_side: int
         per_class = depth.get("per_class")
         units = depth_units(kind)
         if "depth_map" in fields:  # the full map (redis.depth_map): decoded back to depth values
-            raw = np.asarray(Image.open(io.BytesIO(fields["depth_map"])), dtype=np.float32)
+            raw = _decimated(np.asarray(open_picture(fields["depth_map"], "depth_map")), size)
+            raw = raw.astype(np.float32)
             full = raw / 1000.0 if kind == "metric" else lo + raw / 65535.0 * (hi - lo)
             dm = np.asarray(Image.fromarray(full, mode="F").resize(size, Image.Resampling.BILINEAR))
             text = f"depth map, {units}"
@@ -242,7 +280,7 @@ def render_entry(fields: dict[str, bytes], labels: dict[int, str], min_side: int
             lut = np.full(max(256, int(mask.max()) + 1), np.nan, np.float32)
             for c, v in per_class.items():
                 lut[int(c)] = float(v["median"] if isinstance(v, dict) else v)
-            dm = lut[_resize(mask, size, nearest=True)]
+            dm = lut[mask]
             dm = np.where(np.isnan(dm), lo, dm)
             text = f"depth: median per class region, {units}"
         else:

@@ -182,11 +182,14 @@ class Pipeline:
         sized = [(p.stream_id, p.size, p.network_shapes) for p in self._planned().sources if p.size is not None]
         varying = {t: e for t, e in self.engines.items() if e.spec.preprocess.fixed_shape is None}
         shapes: dict[str, set[tuple[int, int]]] = {t: set() for t in varying}
+        checked: dict[tuple[str, int, int], int] = {}
         for sid, (h, w), planned in sized:  # every shape refused before a graph or plan is built for any
             for t, e in varying.items():
                 shape = planned.get(t) or e.spec.network_shape(h, w)
-                check_network_shape(e.spec, shape, f"source {sid!r} ({w}x{h})")
+                checked[(e.spec.task, *shape)] = check_network_shape(e.spec, shape, f"source {sid!r} ({w}x{h})")
                 shapes[t].add(shape)
+        if self._pre is not None:  # the stage judges each shape once: not again on its first frame
+            self._pre.estimates.update(checked)
         for t, e in varying.items():
             if shapes[t]:
                 e.warmup(sorted(shapes[t]))

@@ -4,7 +4,6 @@ reader (``show``, ``snapshot``) says which field of which entry is unreadable in
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Any
 
@@ -37,10 +36,12 @@ def _number(fields: dict[str, bytes], name: str, kind: type = float) -> float:
 
 
 def _png(fields: dict[str, bytes], name: str) -> None:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
+
+    from pipeline.overlay import open_picture
 
     try:
-        with Image.open(io.BytesIO(fields[name])) as im:
+        with open_picture(fields[name], name) as im:  # refused over the pixel budget before it is decoded
             if im.format != "PNG":
                 raise ValueError(f"{name} is not a PNG")
             im.load()
@@ -77,10 +78,12 @@ def check_entry(sid: str, entry_id: str, raw: dict[Any, bytes], images: bool = F
         if "zones" in fields:
             _json(fields, "zones", dict)
         if images and "thumb" in fields:
-            from PIL import Image, UnidentifiedImageError
+            from PIL import UnidentifiedImageError
+
+            from pipeline.overlay import open_picture
 
             try:
-                with Image.open(io.BytesIO(fields["thumb"])) as im:
+                with open_picture(fields["thumb"], "thumb") as im:
                     im.load()
             except (UnidentifiedImageError, OSError, SyntaxError):
                 raise ValueError("thumb is not an image") from None

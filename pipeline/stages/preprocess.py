@@ -25,8 +25,8 @@ class PreprocessStage(Stage):
 
     Tasks whose engines want the same input share one tensor. Emits :class:`Shutdown` once every source
     has ended (it counts :class:`EndOfStream` markers; :meth:`admit` counts one more source, joining a running
-    pipeline), or, with ``hold_open``, once :meth:`release` was called too. On CUDA the frame goes through pinned host memory,
-    is copied once, asynchronously, and resized on this stage's own stream; the item carries the event.
+    pipeline), or, with ``hold_open``, once :meth:`release` was called too. On CUDA the frame goes through pinned
+    host memory, is copied once, asynchronously, and resized on this stage's own stream; the item carries the event.
     """
 
     name = "preprocess"
@@ -58,6 +58,9 @@ class PreprocessStage(Stage):
                 self._pre[task] = Preprocessor(s.preprocess, s.device, s.dtype)
         self._stream = StageStream(device_of(engines))
         self._shapes_seen: set[tuple[str, int, int]] = set()
+        # (task, h, w) of network shapes checked against the device's memory -> the estimate: each shape is
+        # judged once (the runtime fills in the file sources' shapes at start), whatever runs meanwhile
+        self.estimates: dict[tuple[str, int, int], int] = {}
 
     def admit(self) -> bool:
         """Count one more source, whose frames and end marker will come; False once this stage has ended."""
@@ -126,7 +129,10 @@ class PreprocessStage(Stage):
             if spec.preprocess.fixed_shape is not None:
                 continue
             shape = spec.network_shape(h, w)
-            need = check_network_shape(spec, shape, f"source {stream!r} ({w}x{h})")
+            key = (spec.task, *shape)
+            need = self.estimates.get(key)
+            if need is None:
+                need = self.estimates[key] = check_network_shape(spec, shape, f"source {stream!r} ({w}x{h})")
             log.info("source %r (%dx%d): %s network input %dx%d, estimated %s for a batch of %d", stream, w, h,
                      spec.task, shape[1], shape[0], gib(need), spec.max_batch)
         self._shapes_seen.add((stream, h, w))

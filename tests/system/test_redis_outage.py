@@ -316,7 +316,7 @@ def test_an_acl_without_channels_stops_the_run_counting_exactly_what_was_not_wri
     first frame is in Redis although its reply is an error. The line names the way out, and its count of results
     not written is what Redis lacks."""
     r = redis_server.client()
-    r.execute_command("ACL", "SETUSER", "writer", "on", ">writer-pass-1", "~*", "+@all")
+    r.execute_command("ACL", "SETUSER", "writer", "on", ">writer-pass-1", "~*", "resetchannels", "+@all")
     url = f"redis://writer:writer-pass-1@127.0.0.1:{redis_server.port}/0"
     p = cli("run", "-s", f"cam={assets['clip360']}", *model_args(assets), "--sink", url, "--metrics-port", "-1")
     assert p.returncode == 1, p.stderr

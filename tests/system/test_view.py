@@ -25,6 +25,7 @@ import pytest
 from PIL import Image
 
 from pipeline.overlay import ACTIVE_COLOUR, ZONE_COLOUR
+from tests.support.entries import png_claiming
 from tests.support.servers import ROOT, RedisServer, cli, free_port
 
 pytestmark = pytest.mark.slow
@@ -698,3 +699,60 @@ def test_a_wrong_typed_frames_key_marks_only_its_tile(assets: dict[str, Path], r
         view.stop()
     assert "Traceback" not in view.output, view.output
     assert view.output.count("dpt:stream:bad:frames") == 1, view.output  # one warning, not one per poll
+
+
+# -- one legal entry cannot exhaust the view ---------------------------------------------------------------
+
+def _mask_entry(side: int) -> dict[str, bytes]:
+    """A legal entry whose mask is ``side`` x ``side`` (three class regions: a few hundred KB of PNG)."""
+    mask = np.zeros((side, side), np.uint8)
+    mask[:, side // 2:] = 7
+    mask[side // 3: side // 2, :] = 3
+    buf = io.BytesIO()
+    Image.fromarray(mask).save(buf, format="PNG")
+    depth = {"kind": "relative_inverse", "min": 0.0, "max": 5.0, "p05": 1.0, "p50": 2.0, "p95": 3.0,
+             "per_class": {"0": 1.0, "7": 3.0, "3": 2.0}}
+    return {"frame": b"1", "pts": b"0.0", "latency_ms": b"5", "mask": buf.getvalue(), "mask_w": str(side).encode(),
+            "mask_h": str(side).encode(), "classes": json.dumps({"0": 0.5, "7": 0.4, "3": 0.1}).encode(),
+            "depth": json.dumps(depth).encode()}
+
+
+def peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+def test_the_largest_legal_mask_renders_within_the_views_memory_limit(redis_server: RedisServer) -> None:
+    import yaml
+
+    docs = list(yaml.safe_load_all((ROOT / "deploy" / "k8s" / "view.yaml").read_text()))
+    pod = next(d for d in docs if d and d.get("kind") == "Deployment")["spec"]["template"]["spec"]
+    limit = pod["containers"][0]["resources"]["limits"]["memory"]
+    assert limit == "1Gi", limit
+    rd = redis_server.client()
+    rd.xadd("dpt:stream:big:frames", _mask_entry(8192))  # 8192 is the largest --mask-size side
+    # written by something else: over any legal size (refused from its header, as a real one would be)
+    rd.xadd("dpt:stream:huge:frames", {**_mask_entry(64), "mask": png_claiming(12000, 12000)})
+    rd.sadd("dpt:streams", "big", "huge")
+    view = View(redis_server.url)
+    try:
+        def rendered() -> dict[str, Any] | None:
+            tiles = {s["id"]: s for s in view.api()["streams"]}
+            done = tiles.get("big", {}).get("image") and tiles.get("huge", {}).get("render_error")
+            return tiles if done else None
+
+        tiles = wait_for(rendered, 120, "both tiles rendered or refused", interval=0.5)
+        assert "mask is 12000x12000, over 67 Mpx" in tiles["huge"]["render_error"], tiles["huge"]
+        code, _, body = get(f"{view.base}/streams/big/latest.jpg")
+        assert code == 200
+        assert jpeg_array(body).shape[:2] == (1920, 3840)  # each half at most 1920 on its long side
+        code, _, body = get(f"{view.base}/streams/huge/latest.jpg")
+        assert code == 503 and b"over 67 Mpx" in body, body
+        peak = peak_rss_kib(view.proc.pid)
+        # the whole process (Python, aiohttp, redis-py, numpy, PIL) at its peak, well under the pod's limit
+        assert peak < 512 * 1024, f"peak RSS {peak // 1024} MiB"
+    finally:
+        assert view.stop() == 0, view.output
+    assert "Traceback" not in view.output and "DecompressionBomb" not in view.output, view.output

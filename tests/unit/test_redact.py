@@ -70,7 +70,8 @@ def _leaks(out: str, password: str, visible: str) -> list[str]:
     return sorted(r for r in runs if r in out and r not in visible)
 
 
-_SETTINGS = settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+_SETTINGS = settings(max_examples=600, deadline=None, database=None,  # nothing written to the tree
+                     suppress_health_check=[HealthCheck.too_slow])
 
 
 @_SETTINGS

@@ -10,7 +10,7 @@ from PIL import Image
 from pipeline.overlay import ACTIVE_COLOUR, ZONE_COLOUR, render_entry
 from pipeline.view.render import render_tile, zone_drawings
 from pipeline.view.stats import Zone
-from tests.support.entries import split_mask_entry
+from tests.support.entries import png_claiming, split_mask_entry
 
 
 def entry() -> dict[str, bytes]:
@@ -54,3 +54,21 @@ def test_zone_drawings_mark_only_the_active_zones() -> None:
     bay = Zone("bay", ("a",), ((0.6, 0.6), (0.9, 0.6), (0.9, 0.9)))
     assert zone_drawings([door, bay], {"bay"}) == [("door", door.polygon, False), ("bay", bay.polygon, True)]
     assert zone_drawings([], {"bay"}) == []
+
+
+def test_the_largest_legal_mask_renders_small_and_a_larger_picture_is_refused() -> None:
+    import pytest
+
+    from pipeline.sinks.entries import EntryError, check_entry
+
+    depth = {"kind": "relative_inverse", "min": 0.0, "max": 5.0, "p05": 1.0, "p50": 2.0, "p95": 3.0,
+             "per_class": {"0": 1.0, "7": 3.0}}
+    big = split_mask_entry(8192, 8192, 7, depth, frame=b"1", pts=b"0", mask_w=b"8192", mask_h=b"8192")
+    picture = render_entry(big, {})
+    assert picture.shape == (1920, 3840, 3)  # each half at most 1920 on its long side, whatever the mask
+    assert (picture[1900, 100] != picture[1900, 1800]).any()  # both class regions are there
+    huge = {**big, "mask": png_claiming(12000, 12000), "mask_w": b"12000", "mask_h": b"12000"}
+    with pytest.raises(ValueError, match="mask is 12000x12000, over 67 Mpx"):
+        render_entry(huge, {})
+    with pytest.raises(EntryError, match="over 67 Mpx"):
+        check_entry("a", "1-0", huge, images=True)
