@@ -28,6 +28,19 @@ MARKER = "#"  # not a valid camera id
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
+# KEYS: the registry hash. ARGV: replace ("1"/"0"), marker field, marker value, then id/entry pairs.
+# Returns the first id already there (nothing written), or false when all were written.
+ADD_LUA = """
+if ARGV[1] == '0' then
+  for i = 4, #ARGV, 2 do
+    if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 then return ARGV[i] end
+  end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return false
+"""
+
+
 def parse_options(options: Iterable[str]) -> dict[str, Any]:
     """``key=value`` flags -> the fields of a ``sources:`` entry (values read as YAML scalars: ``live=true``)."""
     out: dict[str, Any] = {}
@@ -117,16 +130,14 @@ class CameraRegistry:
         self.client.publish(self.keys.changed, "1")
 
     def add(self, entries: list[dict[str, Any]], replace: bool = False) -> None:
-        """Store validated ``entries`` (all or none); an id already there needs ``replace``."""
-        if not replace:
-            cams = [e["id"] for e in entries]
-            taken = [c for c, there in zip(cams, self.client.hmget(self.keys.cameras, cams) if cams else [],
-                                           strict=True) if there is not None]
-            if taken:
-                raise ConfigError(f"camera {taken[0]!r} is already in the registry: pass --replace to replace it")
-        mapping = {MARKER: json.dumps({"schema": 1})}
-        mapping.update({e["id"]: json.dumps(e, sort_keys=True) for e in entries})
-        self.client.hset(self.keys.cameras, mapping=mapping)
+        """Store validated ``entries`` (all or none, in one script: two adds of one id cannot both win); an id
+        already there needs ``replace``."""
+        args: list[str] = ["1" if replace else "0", MARKER, json.dumps({"schema": 1})]
+        for e in entries:
+            args += [e["id"], json.dumps(e, sort_keys=True)]
+        taken = self.client.eval(ADD_LUA, 1, self.keys.cameras, *args)
+        if taken:
+            raise ConfigError(f"camera {_text(taken)!r} is already in the registry: pass --replace to replace it")
         self._notify()
 
     def remove(self, cam: str) -> bool:
