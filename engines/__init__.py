@@ -18,6 +18,7 @@ from engines.base import (
     ModelLoadError,
     PreprocessSpec,
     Task,
+    UnsupportedPrecision,
 )
 
 if TYPE_CHECKING:
@@ -38,7 +39,9 @@ __all__ = [
     "PreprocessSpec",
     "Preprocessor",
     "Task",
+    "UnsupportedPrecision",
     "create_engine",
+    "openvino_available",
     "tensorrt_available",
 ]
 
@@ -59,15 +62,25 @@ def tensorrt_available() -> bool:
     )
 
 
+def openvino_available() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
 def create_engine(cfg: EngineConfig) -> Engine:
-    """Return an engine for ``cfg``: ``tensorrt``, ``torch``, or ``auto`` (TensorRT if importable and a GPU
-    is present, else torch on CUDA, else torch on CPU). Raises :class:`EngineError` subclasses."""
+    """Return an engine for ``cfg``: ``tensorrt``, ``openvino``, ``torch``, or ``auto`` (TensorRT if importable
+    and a GPU is present, else torch on CUDA, else OpenVINO on the CPU if importable, else torch on CPU).
+    Raises :class:`EngineError` subclasses."""
     import torch
 
     from engines.loading import load_model
 
     backend = cfg.backend
     gpu = torch.cuda.is_available() and cfg.device != "cpu"
+    if backend == "openvino" and cfg.device == "cuda":
+        raise BackendUnavailable("--engine openvino runs on the CPU; use --device cpu (or auto), or --engine torch")
+    if backend == "openvino" and not openvino_available():
+        raise BackendUnavailable("--engine openvino asked for, but the openvino package is not installed "
+                                 "(pip install openvino, or use --engine torch)")
     if backend == "tensorrt" and not gpu:
         raise BackendUnavailable("--engine tensorrt needs an NVIDIA GPU, and torch sees none")
     if backend == "tensorrt" and not tensorrt_available():
@@ -76,16 +89,25 @@ def create_engine(cfg: EngineConfig) -> Engine:
             "(pip install 'dptstream[tensorrt]', or use --engine torch)"
         )
     if backend == "auto":
-        backend = "tensorrt" if gpu and tensorrt_available() else "torch"
+        if gpu or cfg.device == "cuda":  # torch says so in one line when --device cuda finds no GPU
+            backend = "tensorrt" if gpu and tensorrt_available() else "torch"
+        else:
+            backend = "openvino" if openvino_available() else "torch"
     loaded = load_model(cfg.task, cfg.model, cfg.input_size, max_side=cfg.max_side)
-    if backend == "tensorrt":
+    if backend == "openvino":
+        from engines.openvino_engine import OpenVINOEngine
+
+        engine: Engine = OpenVINOEngine(loaded, cfg)
+    elif backend == "tensorrt":
         from engines.tensorrt_engine import TensorRTEngine
 
-        engine: Engine = TensorRTEngine(loaded, cfg)
+        engine = TensorRTEngine(loaded, cfg)
     else:
         from engines.torch_engine import TorchEngine
 
         engine = TorchEngine(loaded, cfg)
     if cfg.backend == "auto":
         log.info("engine for %s: %s on %s", cfg.task, engine.spec.backend, engine.spec.device)
+    if engine.spec.backend.startswith("openvino"):  # which precision runs, per task, in every start-up log
+        log.info("%s runs in %s on OpenVINO", cfg.task, engine.spec.precision.upper())
     return engine

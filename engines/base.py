@@ -32,6 +32,10 @@ class BackendUnavailable(EngineError):
     """The requested backend (e.g. TensorRT, CUDA) is not usable on this machine."""
 
 
+class UnsupportedPrecision(EngineError):
+    """The requested precision cannot run here (e.g. BF16 on a CPU without it): a usage error (exit 2)."""
+
+
 def _constrain_to_multiple_of(val: float, multiple: int) -> int:
     """transformers' DPT rounding (``get_resize_output_image_size``): nearest multiple, at least one."""
     x = round(val / multiple) * multiple
@@ -124,7 +128,7 @@ class EngineSpec:
 
     task: Task
     model_id: str
-    backend: str  # e.g. "torch-cpu-fp32", "torch-cuda-fp16-graphs", "tensorrt-fp16"
+    backend: str  # e.g. "openvino-cpu-bf16", "torch-cpu-fp32", "torch-cuda-fp16-graphs", "tensorrt-fp16"
     device: str  # "cpu" or "cuda[:N]"
     dtype: torch.dtype
     preprocess: PreprocessSpec
@@ -134,6 +138,12 @@ class EngineSpec:
     model_type: str = "dpt"  # config.json's model_type: "dpt" or "depth_anything"
     architecture: str = ""  # e.g. "DPT (ViT)", "DPT (DINOv2 backbone)", "Depth Anything (metric, max 20 m)"
     depth_kind: DepthKind | None = None  # depth engines: "metric" (metres) or "relative_inverse"; else None
+
+    @property
+    def precision(self) -> str:
+        """The precision the network computes in ("fp32", "fp16", "bf16"), as the backend name says it."""
+        parts = self.backend.split("-")
+        return next((p for p in ("bf16", "fp16", "fp32") if p in parts), str(self.dtype).removeprefix("torch."))
 
     @property
     def metric(self) -> bool:
@@ -174,7 +184,7 @@ class EngineConfig:
 
     task: Task
     model: str
-    backend: Literal["auto", "tensorrt", "torch"] = "auto"
+    backend: Literal["auto", "tensorrt", "openvino", "torch"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     max_batch: int = 8

@@ -446,8 +446,14 @@ def load_processor_spec(task: Task, model_id: str, input_size: int | None = None
 
 
 def weights_hash(module: nn.Module) -> str:
-    """A stable hash of the weights (shapes + a strided sample of every tensor), cheap on big models."""
+    """A stable hash of the weights (shapes + a strided sample of every tensor), cheap on big models, and of
+    the model's config: the same weights under another config (relative vs metric Depth Anything, another
+    ``max_depth``) are another graph. Where the checkpoint lives is not part of it."""
     h = hashlib.sha256()
+    config = getattr(module, "config", None) or getattr(getattr(module, "model", None), "config", None)
+    if config is not None:
+        d = {k: v for k, v in config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
+        h.update(json.dumps(d, sort_keys=True, default=str).encode())
     for name, t in sorted(module.state_dict().items()):
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())

@@ -260,3 +260,51 @@ def rename_weight_key(path: str | Path, index: int = 5) -> str:
     tensors[key + "_renamed"] = tensors.pop(key)
     save_file(tensors, str(f), metadata={"format": "pt"})
     return key
+
+
+# ---- realistic-size random checkpoints for CPU benchmarks ----
+
+REALISTIC: dict[str, str] = {
+    "depth-anything-v2-small": "depth-anything/Depth-Anything-V2-Small-hf",
+    "dpt-base-ade": "a DPT-Base (ViT-B/16) ADE20K checkpoint at 384",
+}
+
+
+def make_realistic_checkpoint(path: str | Path, which: str, seed: int = 0) -> Path:
+    """Random weights of a real architecture at its real size (speed measurements; outputs mean nothing):
+    ``depth-anything-v2-small`` (DINOv2 ViT-S/14 at 518, the source's aspect kept) or ``dpt-base-ade``
+    (ViT-B/16 DPT at 384, 150 ADE20K classes)."""
+    import torch
+    import transformers
+    from transformers.utils import logging as hf_logging
+
+    from engines.labels import ADE20K_LABELS
+
+    tf: Any = transformers
+    hf_logging.disable_progress_bar()
+    torch.manual_seed(seed)
+    if which == "depth-anything-v2-small":
+        dino = tf.Dinov2Config(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
+                               image_size=518, patch_size=14, out_indices=[3, 6, 9, 12], reshape_hidden_states=False)
+        cfg = tf.DepthAnythingConfig(backbone_config=dino, neck_hidden_sizes=[48, 96, 192, 384], fusion_hidden_size=64,
+                                     head_hidden_size=32, reassemble_hidden_size=384)
+        model: Any = tf.DepthAnythingForDepthEstimation(cfg)
+        proc = _processor(518, IMAGENET_MEAN, IMAGENET_STD, keep_aspect_ratio=True, ensure_multiple_of=14)
+        task = "depth"
+    elif which == "dpt-base-ade":
+        labels = dict(enumerate(ADE20K_LABELS))
+        cfg = tf.DPTConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                           image_size=384, patch_size=16, backbone_out_indices=[2, 5, 8, 11],
+                           neck_hidden_sizes=[96, 192, 384, 768], fusion_hidden_size=256, num_labels=150,
+                           id2label=labels, label2id={v: k for k, v in labels.items()}, use_auxiliary_head=False)
+        model = tf.DPTForSemanticSegmentation(cfg)
+        proc = _processor(384, [0.5] * 3, [0.5] * 3)
+        task = "segmentation"
+    else:
+        raise ValueError(f"unknown realistic checkpoint {which!r} (one of {', '.join(REALISTIC)})")
+    path = Path(path)
+    model.eval().save_pretrained(path)
+    proc.save_pretrained(path)
+    (path / "dptstream-sample.json").write_text(json.dumps({
+        "random_weights": True, "task": task, "family": which, "stands_for": REALISTIC[which]}))
+    return path

@@ -102,7 +102,7 @@ class SourceConfig(_Strict):
 
 
 class EngineSection(_Strict):
-    backend: Literal["auto", "tensorrt", "torch"] = "auto"
+    backend: Literal["auto", "tensorrt", "openvino", "torch"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     batch_size: int = Field(8, ge=1, le=256)

@@ -90,6 +90,10 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     env_url = os.environ.get("REDIS_URL")
     if env_url and "sinks" not in (overrides or {}) and "sinks" not in data:
         data["sinks"] = [env_url]
+    env_cache = os.environ.get("DPTSTREAM_CACHE_DIR")  # where compiled engines live (tests share one per session)
+    engine = data.get("engine")
+    if env_cache and (engine is None or (isinstance(engine, dict) and "cache_dir" not in engine)):
+        data["engine"] = {**(engine or {}), "cache_dir": env_cache}
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as e:

@@ -32,3 +32,19 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "depth": make_checkpoint(d / "depth", "depth"),
         "dir": d,
     }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def engine_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One engine cache (ONNX exports, compiled OpenVINO models) for the whole session, inherited by every
+    ``dptstream`` subprocess: the tiny checkpoints are deterministic, so each shape compiles once per session."""
+    import os
+
+    d = tmp_path_factory.mktemp("engine-cache")
+    old = os.environ.get("DPTSTREAM_CACHE_DIR")
+    os.environ["DPTSTREAM_CACHE_DIR"] = str(d)
+    yield d
+    if old is None:
+        os.environ.pop("DPTSTREAM_CACHE_DIR", None)
+    else:
+        os.environ["DPTSTREAM_CACHE_DIR"] = old

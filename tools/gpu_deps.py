@@ -35,7 +35,8 @@ MODULES: dict[str, str] = {
 # imported by the code but not needed by the GPU check (the run says what it skips without them)
 OPTIONAL: dict[str, str] = {"tensorrt": "the tensorrt bench variants and TensorRT tests are skipped",
                             "gi": "GStreamer, only for the RTSP tests, which the GPU check does not run",
-                            "aiohttp": "only for `dptstream view`, which the GPU check does not run"}
+                            "aiohttp": "only for `dptstream view`, which the GPU check does not run",
+                            "openvino": "the CPU engine; on a GPU, auto picks TensorRT or torch"}
 # exactly what the H200 image lacks
 CARRY = ("av", "redis", "pydantic", "pydantic-core", "annotated-types", "typing-inspection")
 

@@ -29,7 +29,10 @@ class Inputs:
 
 
 def prepare_inputs(work: Path, tasks: list[str], models: dict[str, str], random_large: bool, clip: Path | None,
-                   clip_size: tuple[int, int], clip_frames: int) -> Inputs:
+                   clip_size: tuple[int, int], clip_frames: int, device: str = "cuda") -> Inputs:
+    """``random_large``: random weights of real architectures: DPT-Large (ADE at 480, depth at 384) on CUDA;
+    on CPU the sizes CPU users run, DPT-Base ADE at 384 and Depth-Anything-V2-Small at 518."""
+    from pipeline.checkpoints import REALISTIC, make_realistic_checkpoint
     from pipeline.sample import make_checkpoint, make_clip, make_sample
     from pipeline.sources import probe_file
 
@@ -41,6 +44,14 @@ def prepare_inputs(work: Path, tasks: list[str], models: dict[str, str], random_
         if task in models:
             chosen[task] = models[task]
             names[task] = models[task]
+        elif random_large and device == "cpu":
+            which = "dpt-base-ade" if task == "segmentation" else "depth-anything-v2-small"
+            path = work / f"{which}-random"
+            if not (path / "config.json").exists():
+                log.info("building random-weight %s in %s", REALISTIC[which], path)
+                make_realistic_checkpoint(path, which)
+            chosen[task] = str(path)
+            names[task] = f"{REALISTIC[which]} (random weights)"
         elif random_large:
             path = work / f"dpt-large-{task}-random"
             if not (path / "config.json").exists():

@@ -19,7 +19,7 @@ def run_naive(models: dict[str, str], clip: Path, device: str, limit: int, net_s
     ``precision`` fp16 (CUDA): the model in half precision and its input cast to half, as a user would write
     it (``model.half()``), so the pipeline's FP16 engines are compared with an FP16 loop too."""
     import torch
-    from transformers import AutoImageProcessor, DPTForDepthEstimation, DPTForSemanticSegmentation
+    from transformers import AutoImageProcessor, AutoModelForDepthEstimation, AutoModelForSemanticSegmentation
     from transformers.utils import logging as hf_logging
 
     from pipeline.stages.masks import mask_size
@@ -32,7 +32,8 @@ def run_naive(models: dict[str, str], clip: Path, device: str, limit: int, net_s
     try:
         for task, path in models.items():
             procs[task] = AutoImageProcessor.from_pretrained(path)
-            cls: Any = DPTForSemanticSegmentation if task == "segmentation" else DPTForDepthEstimation
+            # the Auto classes: the checkpoint's own class (Depth Anything is not a DPTForDepthEstimation)
+            cls: Any = AutoModelForSemanticSegmentation if task == "segmentation" else AutoModelForDepthEstimation
             nets[task] = cls.from_pretrained(path).to(dev, dtype).eval()
     finally:
         hf_logging.enable_progress_bar()

@@ -9,7 +9,8 @@ from pipeline.config import ConfigError
 COMBINED = "segmentation+depth"
 
 
-VARIANTS = ("fp32", "fp16", "fp16-graphs", "bf16", "bf16-graphs", "tensorrt", "tensorrt-fp16softmax")
+VARIANTS = ("fp32", "fp16", "fp16-graphs", "bf16", "bf16-graphs", "tensorrt", "tensorrt-fp16softmax", "ov-fp32", "ov-bf16")
+CPU_VARIANTS = ("fp32", "ov-fp32", "ov-bf16")  # torch FP32 and OpenVINO
 
 
 GPU_BATCHES = "1,2,4,8,16"
@@ -41,10 +42,10 @@ class Variant:
     """One engine configuration to measure."""
 
     name: str  # "fp32", "fp16-graphs", "tensorrt", ...
-    backend: str  # "torch" | "tensorrt"
+    backend: str  # "torch" | "tensorrt" | "openvino"
     precision: str  # "fp32" | "fp16" | "bf16"
     cuda_graphs: bool
-    threads: int | None = None  # torch intra-op threads (CPU)
+    threads: int | None = None  # torch intra-op threads / OpenVINO's INFERENCE_NUM_THREADS (CPU)
     fp32_softmax: bool = True  # TensorRT: the attention Softmax in float32 (False: FP16, no Casts around it)
 
     @property
@@ -59,8 +60,15 @@ def parse_variants(text: str, device: str, threads: list[int] | None) -> list[Va
         raise ConfigError(f"--variants: unknown variant {bad[0] if bad else text!r} (use {', '.join(VARIANTS)})")
     out: list[Variant] = []
     for n in names:
-        if device == "cpu" and n != "fp32":
-            raise ConfigError(f"--variants {n}: on CPU only fp32 is measured (FP16/BF16 and TensorRT need CUDA)")
+        if device == "cpu" and n not in CPU_VARIANTS:
+            raise ConfigError(f"--variants {n}: on CPU {', '.join(CPU_VARIANTS)} are measured (torch FP16/BF16 and "
+                              "TensorRT need CUDA)")
+        if device != "cpu" and n.startswith("ov-"):
+            raise ConfigError(f"--variants {n}: OpenVINO variants run on CPU (--device cpu)")
+        if n.startswith("ov-"):
+            for t in threads or [None]:  # type: ignore[list-item]
+                out.append(Variant(n, "openvino", n.removeprefix("ov-"), False, t))
+            continue
         if n.startswith("tensorrt"):
             out.append(Variant(n, "tensorrt", "fp16", False, fp32_softmax=n == "tensorrt"))
             continue

@@ -20,11 +20,16 @@ def machine_info() -> dict[str, Any]:
     import torch
 
     cpu = platform.processor() or platform.machine()
+    flags: list[str] = []
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
                     cpu = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    # the ones that decide CPU inference speed (BF16 / INT8 matrix units, AVX-512 widths)
+                    flags = sorted(x for x in line.split(":", 1)[1].split() if x.startswith(("amx", "avx512", "avx2")))
+                if flags and cpu != (platform.processor() or platform.machine()):
                     break
     except OSError:
         pass
@@ -38,7 +43,7 @@ def machine_info() -> dict[str, Any]:
         except (OSError, subprocess.SubprocessError):
             driver = None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu, "cores": cores, "gpu": gpu, "driver": driver,
+    return {"cpu": cpu, "cpu_flags": flags, "cores": cores, "gpu": gpu, "driver": driver,
             "cuda": torch.version.cuda if torch.cuda.is_available() else None}
 
 
@@ -48,7 +53,7 @@ def versions() -> dict[str, str | None]:
     from pipeline.runtime.app import version as dpt_version
 
     out: dict[str, str | None] = {"dptstream": dpt_version()}
-    for name in ("torch", "transformers", "tensorrt", "av"):
+    for name in ("torch", "transformers", "tensorrt", "openvino", "av"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:

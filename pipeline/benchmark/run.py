@@ -94,10 +94,11 @@ def run_bench(plan: Plan, inp: Inputs, progress: Progress | None = None,
         release_gpu_memory()
         if progress is not None:
             progress(results, pairs + ratios(results, with_engine=not pairs), notes)
-    if "engine" in plan.modes and (plan.families or plan.random_large):
+    large_family = plan.random_large and plan.device == "cuda"  # CPU: the realistic models are the main rows
+    if "engine" in plan.modes and (plan.families or large_family):
         from pipeline.benchmark.families import bench_family_rows, family_models
 
-        fmodels = family_models(inp.clip.parent, plan.families, plan.random_large)
+        fmodels = family_models(inp.clip.parent, plan.families, large_family)
         results += bench_family_rows(fmodels, frames, plan.variants, plan.device, plan.batches, plan.warmup,
                                      plan.min_calls, plan.min_seconds, plan.cache_dir, eng.tensorrt_available())
         release_gpu_memory()
@@ -316,7 +317,8 @@ def bench(r: BenchRequest) -> Path:
         raise ConfigError(f"--modes {r.modes!r}: use engine, e2e and/or naive")
     names = [v.name for v in vlist]
     e2e_vs: list[str] = [v.strip() for v in r.e2e_variants.split(",")] if r.e2e_variants is not None else \
-        [next(n for n in ("tensorrt", "fp16-graphs", "bf16-graphs", "fp16", "fp32", "bf16") if n in names)]
+        [next(n for n in ("tensorrt", "fp16-graphs", "bf16-graphs", "fp16", "fp32", "bf16", "ov-bf16", "ov-fp32")
+              if n in names)]
     if "tensorrt" in e2e_vs and not tensorrt_available():
         e2e_vs = [v for v in e2e_vs if v != "tensorrt"] or ["fp16-graphs" if "fp16-graphs" in names else names[0]]
     if r.streams is not None and r.streams < 1:
@@ -344,7 +346,7 @@ def bench(r: BenchRequest) -> Path:
     if "e2e" in mode_list:  # a dead Redis fails now, not after minutes of engine-only measurements
         check_redis(redis_url)
     inp = prepare_inputs(Path(os.path.expanduser(str(r.work_dir))), r.tasks, r.models, r.random_large, r.clip, size,
-                         r.clip_frames)
+                         r.clip_frames, device=dev)
     log.info("bench on %s: %s; clip %s (%dx%d, %d frames)", dev, ", ".join(v.label for v in vlist), inp.clip,
              inp.width, inp.height, inp.frames)
     path = r.out or default_out(dev)

@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
         soak_seconds: Annotated[float, typer.Option("--soak-seconds", help="Also run looping streams this long, sampling RSS every second (0 = off).")] = 0.0,
         memory_per_stream: Annotated[bool, typer.Option("--memory-per-stream", help="CUDA: also run one stream to report GPU memory per extra stream.")] = False,
         work_dir: Annotated[Path, typer.Option("--work-dir", help="Generated clips and checkpoints (reused).")] = Path("~/.cache/dptstream/bench"),
-        cache_dir: Annotated[str, typer.Option("--cache-dir", help="Engine cache (ONNX, TensorRT plans).")] = "~/.cache/dptstream",
+        cache_dir: Annotated[str, typer.Option("--cache-dir", envvar="DPTSTREAM_CACHE_DIR", help="Engine cache (ONNX, TensorRT plans, OpenVINO models).")] = "~/.cache/dptstream",
         out: Annotated[Path | None, typer.Option("--out", "-o", help="JSON output (default bench/results/{cpu,gpu}-DATE.json).")] = None,
         debug: DebugOpt = False,
         quiet: QuietOpt = False,

@@ -26,7 +26,7 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and
 ConfigArg = Annotated[Path | None, typer.Argument(help="YAML config (see configs/). Flags override it.")]
 ModelOpt = Annotated[list[str] | None, typer.Option("--model", "-m", help="TASK=ID|PATH, e.g. segmentation=Intel/dpt-large-ade or depth=./ckpt. Repeatable.")]
 TasksOpt = Annotated[str | None, typer.Option("--tasks", help="segmentation,depth (default both).")]
-EngineOpt = Annotated[str | None, typer.Option("--engine", help="auto | tensorrt | torch.")]
+EngineOpt = Annotated[str | None, typer.Option("--engine", help="auto | tensorrt | openvino | torch.")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda.")]
 PrecisionOpt = Annotated[str | None, typer.Option("--precision", help="auto | fp32 | fp16 | bf16.")]
 BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", help="Max frames per inference batch.")]
@@ -176,12 +176,12 @@ def err(msg: str) -> None:
 
 
 def report_error(e: Exception) -> int:
-    from engines import EngineError
+    from engines import EngineError, UnsupportedPrecision
     from pipeline.runtime import PipelineError
     from pipeline.sinks import SinkError, error_reason
     from pipeline.sources import SourceError
 
-    if isinstance(e, ConfigError):
+    if isinstance(e, ConfigError | UnsupportedPrecision):
         err(str(e))
         return EXIT_USAGE
     if isinstance(e, SourceError | EngineError | SinkError | PipelineError):

@@ -140,6 +140,7 @@ def start_runtime(cfg: PipelineConfig, serve_metrics: bool = True, health: Any =
         "version": version(),
         "backends": ",".join(f"{t}={e.spec.backend}" for t, e in engines.items()),
         "models": ",".join(f"{t}={e.spec.model_id}" for t, e in engines.items()),
+        "precisions": ",".join(f"{t}={e.spec.precision}" for t, e in engines.items()),
     })
     rt = Runtime(cfg, engines, sinks, metrics, stop, plan=RunPlan(zones, checked.sources))
     if serve_metrics and cfg.metrics.port is not None:

@@ -62,3 +62,19 @@ def decode_depth_png(data: bytes, kind: str, lo: float, hi: float) -> np.ndarray
     if kind == "metric":
         return raw / 1000.0
     return lo + raw / 65535.0 * (hi - lo)
+
+
+class SegmentationOracle:
+    """transformers' processor + model + ``post_process_semantic_segmentation`` for one segmentation checkpoint."""
+
+    def __init__(self, path: Path) -> None:
+        from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+        self.proc = AutoImageProcessor.from_pretrained(path)
+        self.model = AutoModelForSemanticSegmentation.from_pretrained(path).eval()
+
+    @torch.inference_mode()
+    def mask(self, image: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+        out = self.model(**self.proc(images=image, return_tensors="pt"))
+        m = self.proc.post_process_semantic_segmentation(out, target_sizes=[size_hw])[0]
+        return m.numpy().astype(np.int64)

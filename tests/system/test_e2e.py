@@ -168,6 +168,14 @@ def test_metrics_are_served_and_pass_promtool(assets: dict[str, Path], redis_ser
                      "dptstream_build_info"):
             assert name in text, name
         assert 'dptstream_stream_up{stream="looped"} 1.0' in text
+        # the CPU default is OpenVINO, and build_info says which precision runs per task
+        import openvino as ov
+
+        from engines.openvino_engine import cpu_supports_bf16
+
+        depth = "bf16" if cpu_supports_bf16(ov.Core()) else "fp32"
+        assert 'backends="segmentation=openvino-cpu-fp32,depth=openvino-cpu-' + depth + '"' in text, text
+        assert f'precisions="segmentation=fp32,depth={depth}"' in text
         assert 'queue="decoded:looped"' in text
         promtool = shutil.which("promtool")
         assert promtool, "promtool missing (Debian package prometheus)"

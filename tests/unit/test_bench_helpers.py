@@ -88,3 +88,14 @@ def test_variant_batches() -> None:
             parse_variant_batches(bad, ["fp16-graphs", "fp16", "fp32"])
     trt = parse_variants("tensorrt,tensorrt-fp16softmax", "cuda", None)
     assert [(v.backend, v.fp32_softmax) for v in trt] == [("tensorrt", True), ("tensorrt", False)]
+
+
+def test_openvino_variants_run_on_cpu_beside_torch_fp32() -> None:
+    from pipeline.benchmark.plan import parse_variants
+    from pipeline.config import ConfigError
+
+    vs = parse_variants("fp32,ov-fp32,ov-bf16", "cpu", [2])
+    assert [(v.name, v.backend, v.precision, v.threads) for v in vs] == [
+        ("fp32", "torch", "fp32", 2), ("ov-fp32", "openvino", "fp32", 2), ("ov-bf16", "openvino", "bf16", 2)]
+    with pytest.raises(ConfigError, match="OpenVINO variants run on CPU"):
+        parse_variants("ov-bf16", "cuda", None)
