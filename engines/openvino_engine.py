@@ -35,7 +35,15 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
-from engines.base import OUTPUT_NAME, BackendUnavailable, EngineConfig, EngineError, Task, UnsupportedPrecision
+from engines.base import (
+    OUTPUT_NAME,
+    BackendUnavailable,
+    Engine,
+    EngineConfig,
+    EngineError,
+    Task,
+    UnsupportedPrecision,
+)
 from engines.cache import atomic_path, cache_root
 from engines.loading import LoadedModel
 
@@ -145,7 +153,7 @@ class _Compiled:
     cache_dir: Path
 
 
-class OpenVINOEngine:
+class OpenVINOEngine(Engine):
     """The :class:`engines.base.Engine` protocol on OpenVINO's CPU plugin (see the module docstring)."""
 
     def __init__(self, loaded: LoadedModel, cfg: EngineConfig) -> None:
