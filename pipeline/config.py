@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from engines.base import DEFAULT_MODELS, Task
-from pipeline.frames import valid_stream_id
+from pipeline.frames import STREAM_ID_RULE, valid_stream_id
 from pipeline.redact import redact, shorten, uri_scheme, userinfo_end
 from pipeline.zones import polygon_problem, valid_name
 
@@ -182,6 +182,22 @@ class JobsSection(_Strict):
         return v
 
 
+class FleetSection(_Strict):
+    """``dptstream node``: this node's share of the camera fleet and the lease timing."""
+
+    max_cameras: int = Field(16, ge=1, le=10_000)  # cameras this node runs at most
+    lease_s: float = Field(5.0, ge=0.5, le=3600)  # a camera's lease; renewed every third of it
+    reconcile_s: float = Field(1.0, gt=0, le=60)  # periodic reconcile (a registry change wakes it at once)
+    node_id: str | None = None  # default: host name and process id
+
+    @field_validator("node_id")
+    @classmethod
+    def _node(cls, v: str | None) -> str | None:
+        if v is not None and not valid_stream_id(v):
+            raise ValueError(f"invalid fleet node id {v!r}: {STREAM_ID_RULE}")
+        return v
+
+
 class MetricsSection(_Strict):
     port: int | None = Field(9108, ge=0, le=65535)
     host: str = "0.0.0.0"
@@ -262,6 +278,7 @@ class PipelineConfig(_Strict):
     live: LiveSection = Field(default_factory=LiveSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
     jobs: JobsSection = Field(default_factory=JobsSection)
+    fleet: FleetSection = Field(default_factory=FleetSection)
     depth_grid: int = Field(4, ge=1, le=32)
     progress: bool | None = None  # None: only on a terminal
     resume: bool = True  # file jobs skip frames already published

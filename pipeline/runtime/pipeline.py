@@ -80,6 +80,7 @@ class Pipeline:
         self._fan: FanIn[Any] = FanIn()
         self._reading: dict[str, Source] = {}  # stream id -> its source, until its end marker passes
         self._removed: set[str] = set()  # stream ids taken out with remove_source (their end is not the file's)
+        self._handed_over: set[str] = set()  # removed to continue elsewhere: their ends keep their rules going
         self._gone: list[Source] = []  # the sources taken out (health no longer asks about them)
         self._pre: PreprocessStage | None = None
         self._plans: dict[str, SourcePlan] = {}
@@ -212,19 +213,26 @@ class Pipeline:
             if post is not None:  # the stream's earlier end (if any) has passed it: its rules start from the plan
                 post.restore_rules(sid, plan.rule_state)
             self._removed.discard(sid)
+            self._handed_over.discard(sid)
             src = self._source_for(plan)
             if self._started:
                 src.start()
         log.info("%s: joined the run%s", sid, f" (from frame {plan.start_frame})" if plan.start_frame else "")
 
-    def remove_source(self, stream_id: str) -> None:
+    def remove_source(self, stream_id: str, handover: bool = False) -> None:
         """Stop reading ``stream_id``: what it decoded drains through to the sinks, then its end marker passes and
-        its queue leaves the fan-in. A :class:`PipelineError` when no such source is being read."""
+        its queue leaves the fan-in. With ``handover`` the stream continues elsewhere (a fleet camera moving to
+        another node): its end does not end its zone rules, whose debounce state the next reader picks up. A
+        :class:`PipelineError` when no such source is being read."""
         with self._lock:
             src = self._reading.get(stream_id)
             if src is None:
                 raise PipelineError(f"no stream {stream_id!r} is being read")
             self._removed.add(stream_id)
+            if handover:
+                self._handed_over.add(stream_id)
+            else:
+                self._handed_over.discard(stream_id)
             self._gone.append(src)
         src.stop()
         log.info("%s: leaving the run", stream_id)
@@ -239,6 +247,8 @@ class Pipeline:
     def _ends_rules(self, eos: EndOfStream) -> bool:
         """A live stream's end ends its rules; a file's only when it was read to its end, not interrupted or
         removed (a resumed run continues its debounce)."""
+        if eos.stream_id in self._handed_over:
+            return False
         plan = self._plans.get(eos.stream_id)
         live = plan is not None and plan.live
         return live or not (self.stopping.is_set() or eos.stream_id in self._removed)

@@ -35,17 +35,20 @@ _PROGRESS_OWN = ("frame", "id", "rules", "ended")  # the progress hash's own fie
 # XADD only frames newer than the stream's progress marker: writes are idempotent per frame, so a resumed
 # or retried job never publishes a frame twice. The rule events a frame caused and the stream's rule state go in
 # the same call, so they are written exactly when the frame is.
-# KEYS: stream, progress hash, streams set, alerts stream, active-alerts hash.
+# A fleet node's frame carries its camera's fencing token: a token that is not the camera's current one (the
+# camera moved to another node while this one was paused) is refused (-1), before anything is written.
+# KEYS: stream, progress hash, streams set, alerts stream, active-alerts hash, fence hash.
 # ARGV: 1 stream id, 2 frame, 3 maxlen, 4 channel ('' = none), 5 event JSON, 6 rule state ('' = none),
 #       7 alerts JSON ('' = none: [{key, state, json, fields}]), 8 alerts channel, 9 alerts maxlen,
-#       then field/value pairs.
+#       10 fencing token ('' = not fenced), then field/value pairs.
 _PUBLISH_LUA = """
+if ARGV[10] ~= '' and redis.call('HGET', KEYS[6], ARGV[1]) ~= ARGV[10] then return -1 end
 local frame = tonumber(ARGV[2])
 local last = tonumber(redis.call('HGET', KEYS[2], 'frame') or '-1')
 if last == nil then return redis.error_reply('CORRUPT progress frame is not a frame index') end
 if frame <= last then return 0 end
 local fields = {}
-for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 11, #ARGV do fields[#fields + 1] = ARGV[i] end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', unpack(fields))
 redis.call('HSET', KEYS[2], 'frame', frame, 'id', id)
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'rules', ARGV[6]) end
@@ -138,6 +141,8 @@ class RedisSink(Sink, ProgressStore):
         self._refused_streams: set[str] = set()  # live streams whose writes Redis refused (warned once)
         self.duplicates = 0
         self.wants_images = cfg.redis.thumbnail > 0  # the pipeline keeps the frame for the JPEG thumbnail
+        self._fences: dict[str, tuple[int, str]] = {}  # fleet streams: stream id -> (fencing token, node id)
+        self._fence_warned: dict[str, int] = {}  # the stale token each stream was last warned about
 
     def open(self) -> None:
         import redis
@@ -253,6 +258,12 @@ class RedisSink(Sink, ProgressStore):
         self._abandon.set()
         self._stop.set()
 
+    def fence(self, sid: str, token: int, node: str) -> None:
+        """Write ``sid`` as fleet node ``node`` holding fencing token ``token``: from now on its frames carry the
+        token (and ``node`` and ``fence`` fields), and Redis refuses them once the camera has a newer token. Kept after the
+        camera is let go, so that what is still in flight is refused too."""
+        self._fences[sid] = (token, node)
+
     def _fields(self, r: Result, latency_ms: float) -> list[Any]:
         f: list[Any] = ["frame", r.id.index, "pts", repr(round(r.id.pts, 6)), "ts", repr(round(r.id.wall_time, 6))]
         if r.mask is not None:
@@ -267,6 +278,9 @@ class RedisSink(Sink, ProgressStore):
         if r.image is not None and self.cfg.redis.thumbnail:
             f += ["thumb", encode_thumbnail(r.image, self.cfg.redis.thumbnail)]
         f += ["latency_ms", f"{latency_ms:.3f}"]
+        fenced = self._fences.get(r.id.stream_id)
+        if fenced is not None:
+            f += ["node", fenced[1], "fence", fenced[0]]
         return f
 
     def write(self, results: list[Result]) -> None:
@@ -336,12 +350,13 @@ class RedisSink(Sink, ProgressStore):
                 sid = r.id.stream_id
                 channel = self.keys.events(sid) if self.cfg.redis.events else ""
                 event = json.dumps(summary(r, lat), allow_nan=False) if channel else ""
+                fenced = self._fences.get(sid)
                 self._script(
                     keys=[self.keys.frames(sid), self.keys.progress(sid), self.keys.streams, self.keys.alerts,
-                          self.keys.alerts_active],
+                          self.keys.alerts_active, self.keys.fence],
                     args=[sid, r.id.index, self.cfg.redis.maxlen, channel, event, r.rule_state or "",
                           self._alerts_arg(r.alerts), self.keys.alerts, self.cfg.redis.alerts_maxlen,
-                          *self._fields(r, lat)],
+                          fenced[0] if fenced is not None else "", *self._fields(r, lat)],
                     client=pipe,
                 )
             replies = pipe.execute(raise_on_error=False)
@@ -362,6 +377,9 @@ class RedisSink(Sink, ProgressStore):
                     applied[sid] = self._applied_frame(sid)
                 if r.id.index > applied[sid]:
                     continue
+            elif ok == -1:  # fenced: the camera belongs to another node now
+                self._fenced(r)
+                continue
             # after a failed round trip, a frame already applied by it is ours, written once
             if ok or retried or isinstance(ok, redis.ResponseError):
                 self.published += 1
@@ -373,6 +391,15 @@ class RedisSink(Sink, ProgressStore):
         if refused is not None:
             raise SinkError(refused)
         return True
+
+    def _fenced(self, r: Result) -> None:
+        sid = r.id.stream_id
+        self.metrics.dropped.labels(stream=sid, reason="fenced").inc()
+        token = self._fences.get(sid, (0, ""))[0]
+        if self._fence_warned.get(sid) != token:
+            self._fence_warned[sid] = token
+            log.warning("%s: another node holds the camera now (token %d is stale); dropping this node's frames",
+                        sid, token)
 
     def _applied_frame(self, sid: str) -> int:
         """The last frame of ``sid`` Redis holds (its progress hash), or -1 when that cannot be read."""

@@ -31,6 +31,7 @@ class RedisKeys:
         self.streams = f"{prefix}:streams"
         self.alerts = f"{prefix}:alerts"  # stream of rule start/end events, and the pub/sub channel of the same
         self.alerts_active = f"{prefix}:alerts:active"  # hash "{stream}/{rule}" -> the start event (JSON)
+        self.fence = f"{prefix}:fleet:fence"  # hash: camera id -> its current fencing token (fleet nodes)
 
     def frames(self, sid: str) -> str:
         return f"{self.prefix}:stream:{sid}:frames"

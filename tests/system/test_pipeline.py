@@ -74,3 +74,44 @@ def test_a_file_source_joins_and_leaves_a_running_pipeline_and_every_frame_is_pu
     assert report.unwritten == 0
     with pytest.raises(PipelineError, match="has ended"):
         pipeline.add_source(plan_source(cfg, SourceConfig(id="c", uri=str(live.clip)), engines, None, False))
+
+
+def test_a_handed_over_stream_keeps_its_rules_running_and_a_removed_one_ends_them(
+        tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> None:
+    """A fleet camera moving to another node (``remove_source(handover=True)``) leaves its active rule and its
+    debounce state for the next owner; a camera removed for good ends its rules."""
+    live = session_live_assets(tmp_path_factory)
+    always = {"name": "seen", "zone": "all", "classes": list(range(150)), "min_coverage": 0.5}  # any class
+    cfg = make_config(live, [], [redis_server.url], metrics={"port": None},
+                      zones=[{"name": "all", "polygon": [[0, 0], [1, 0], [1, 1], [0, 1]]}], rules=[always])
+    engines = engines_for(live)
+    metrics = Metrics()
+    sink = RedisSink(redis_server.url, cfg, metrics)
+    sink.open()
+    store = find_progress_store([sink])
+    client = redis_server.client()
+    pipeline = Pipeline(cfg, engines, [sink], metrics, hold_open=True)
+    runner = threading.Thread(target=pipeline.run, daemon=True)
+
+    def states(sid: str) -> list[str]:
+        return [f[b"state"].decode() for _, f in client.xrange("dpt:alerts") if f[b"stream"] == sid.encode()]
+
+    try:
+        runner.start()
+        wait_for(lambda: pipeline.running, 60, "the pipeline running")
+        for sid in ("moved", "gone"):
+            cam = SourceConfig(id=sid, uri=str(live.clip), live=True, loop=True, realtime=True)
+            pipeline.add_source(plan_source(cfg, cam, engines, store, record=True))
+        wait_for(lambda: states("moved") == ["start"] and states("gone") == ["start"], 60, "both rules active")
+        pipeline.remove_source("moved", handover=True)
+        pipeline.remove_source("gone")
+        wait_for(lambda: pipeline.report.streams["moved"].done and pipeline.report.streams["gone"].done, 60,
+                 "both ends")
+        assert states("moved") == ["start"] and client.hexists("dpt:alerts:active", "moved/seen")
+        assert store is not None and store.saved_progress("moved").rule_state  # the next owner continues it
+        assert states("gone") == ["start", "end"] and not client.hexists("dpt:alerts:active", "gone/seen")
+    finally:
+        pipeline.request_stop()
+        runner.join(60)
+        sink.close()
+        metrics.close()
