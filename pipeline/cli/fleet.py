@@ -24,10 +24,10 @@ cameras_app = typer.Typer(no_args_is_help=True, help="The fleet's cameras (desir
 def _registry(redis_url: str | None, prefix: str) -> Any:
     import redis
 
+    from engines.base import error_reason
     from pipeline.fleet.keys import FleetKeys
     from pipeline.fleet.registry import CameraRegistry
     from pipeline.sinks import SinkError, redis_client
-    from pipeline.sinks.base import error_reason
 
     url = reader_redis(redis_url, prefix)
     client = redis_client(url, timeout=10.0)

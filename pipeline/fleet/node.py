@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from engines.base import error_reason
 from pipeline.config import ConfigError, PipelineConfig, SourceConfig
 from pipeline.fleet.hrw import assign
 from pipeline.fleet.keys import FleetKeys
@@ -30,7 +31,6 @@ from pipeline.fleet.nodes import NodeRegistry, live_nodes, read_nodes
 from pipeline.fleet.registry import CameraRegistry, expand
 from pipeline.redact import redact
 from pipeline.sinks import RedisKeys, RedisSink, SinkError, redis_client, redis_down
-from pipeline.sinks.base import error_reason
 
 log = logging.getLogger(__name__)
 

@@ -11,13 +11,13 @@ from typing import Any
 
 from aiohttp import web
 
+from engines.base import error_reason
 from pipeline.config import ConfigError
 from pipeline.fleet.keys import FleetKeys
 from pipeline.fleet.registry import CameraRegistry, validate_entry
 from pipeline.fleet.status import camera_rows
 from pipeline.frames import STREAM_ID_RULE, valid_stream_id
 from pipeline.sinks import redis_client
-from pipeline.sinks.base import error_reason
 from pipeline.view.hub import UNREACHABLE, ViewSettings
 
 SETTINGS: web.AppKey[ViewSettings] = web.AppKey("camera-settings", ViewSettings)
