@@ -132,43 +132,45 @@ class Pipeline:
 
     def build(self) -> None:
         cfg = self.cfg
-        plan = self._planned()
-        live_ids = [p.stream_id for p in plan.sources if p.live]
-        watchers: list[Sink] = []
-        if self.select_tasks is None and cfg.live.latency_budget_ms > 0 and (live_ids or self.hold_open):
-            from pipeline.runtime.degrade import DegradeController
+        # a source added while the run is being built joins either the plan read here or the built stage
+        with self._lock:
+            plan = self._planned()
+            live_ids = [p.stream_id for p in plan.sources if p.live]
+            watchers: list[Sink] = []
+            if self.select_tasks is None and cfg.live.latency_budget_ms > 0 and (live_ids or self.hold_open):
+                from pipeline.runtime.degrade import DegradeController
 
-            self.degrade = DegradeController(cfg.live, tuple(self.engines), live_ids, self.metrics)
-            self.select_tasks = self.degrade.select_tasks
-            watchers.append(self.degrade)  # sees each published batch after the real sinks
-        for p in plan.sources:
-            self._source_for(p)
-        prepared = self._queue("prepared", cfg.queues.prepared)
-        inferred = self._queue("inferred", cfg.queues.inferred)
-        results = self._queue("results", cfg.queues.results)
-        seg = self.engines.get("segmentation")
-        ref = (seg or next(iter(self.engines.values()))).spec
-        depth = self.engines.get("depth")
-        depth_kind = (depth.spec.depth_kind or "relative_inverse") if depth is not None else "relative_inverse"
-        num_classes = max(len(seg.spec.labels), 1) if seg is not None else 1
-        keep_image = any(s.wants_images for s in self.sinks)
-        # the debounce of a resumed stream continues where its published frames left it
-        rule_states = {p.stream_id: p.rule_state for p in plan.sources
-                       if p.rule_state and plan.zones.rules_for(p.stream_id)}
-        self._pre = PreprocessStage(self._fan, prepared, self.metrics, self.abort, self.engines, len(self.sources),
-                                    self.select_tasks, keep_image, self.hold_open, self._stream_left)
-        self.stages = [
-            self._pre,
-            InferStage(prepared, inferred, self.metrics, self.abort, self.engines, cfg.engine.batch_size,
-                       cfg.engine.max_wait_ms),
-            PostprocessStage(inferred, results, self.metrics, self.abort, cfg.mask_size, ref.network_shape,
-                             num_classes, cfg.depth_grid, depth_kind,
-                             keep_depth_map=keep_image or cfg.redis.depth_map, zones=plan.zones,
-                             rule_states=rule_states, ends_rules=self._ends_rules),
-            PublishStage(results, self.metrics, self.abort, [*self.sinks, *watchers], on_eos=self._on_eos),
-        ]
-        for st in self.stages:
-            st.on_fatal = self._on_fatal
+                self.degrade = DegradeController(cfg.live, tuple(self.engines), live_ids, self.metrics)
+                self.select_tasks = self.degrade.select_tasks
+                watchers.append(self.degrade)  # sees each published batch after the real sinks
+            for p in plan.sources:
+                self._source_for(p)
+            prepared = self._queue("prepared", cfg.queues.prepared)
+            inferred = self._queue("inferred", cfg.queues.inferred)
+            results = self._queue("results", cfg.queues.results)
+            seg = self.engines.get("segmentation")
+            ref = (seg or next(iter(self.engines.values()))).spec
+            depth = self.engines.get("depth")
+            depth_kind = (depth.spec.depth_kind or "relative_inverse") if depth is not None else "relative_inverse"
+            num_classes = max(len(seg.spec.labels), 1) if seg is not None else 1
+            keep_image = any(s.wants_images for s in self.sinks)
+            # the debounce of a resumed stream continues where its published frames left it
+            rule_states = {p.stream_id: p.rule_state for p in plan.sources
+                           if p.rule_state and plan.zones.rules_for(p.stream_id)}
+            self._pre = PreprocessStage(self._fan, prepared, self.metrics, self.abort, self.engines, len(self.sources),
+                                        self.select_tasks, keep_image, self.hold_open, self._stream_left)
+            self.stages = [
+                self._pre,
+                InferStage(prepared, inferred, self.metrics, self.abort, self.engines, cfg.engine.batch_size,
+                           cfg.engine.max_wait_ms),
+                PostprocessStage(inferred, results, self.metrics, self.abort, cfg.mask_size, ref.network_shape,
+                                 num_classes, cfg.depth_grid, depth_kind,
+                                 keep_depth_map=keep_image or cfg.redis.depth_map, zones=plan.zones,
+                                 rule_states=rule_states, ends_rules=self._ends_rules),
+                PublishStage(results, self.metrics, self.abort, [*self.sinks, *watchers], on_eos=self._on_eos),
+            ]
+            for st in self.stages:
+                st.on_fatal = self._on_fatal
         self._warm_shapes()
 
     def _warm_shapes(self) -> None:
