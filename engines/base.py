@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
@@ -165,13 +166,18 @@ class Engine(Protocol):
     Segmentation engines return ``{"logits": N x C x h x w}``; depth engines ``{"depth": N x h x w}``,
     on ``spec.device``, in the engine's compute dtype (float32 on CPU; float16/bfloat16 for torch on CUDA:
     the consumer resizes first and upcasts only what it keeps). ``infer`` may be called from one thread at a
-    time. ``warmup`` (optional: the runtime calls it when present, before any frame flows) does the first-run
-    work: CUDA graph capture, algorithm selection, lazy kernel loading.
+    time. Backends subclass this class, so they inherit the default of every optional hook.
     """
 
     spec: EngineSpec
 
     def infer(self, batch: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+    def warmup(self, shapes: Iterable[tuple[int, int]] | None = None) -> None:
+        """The first-run work (CUDA graph capture, algorithm selection, lazy kernel loading), called before any
+        frame flows: for the engine's own shape, or for each network shape in ``shapes`` (``(h, w)``, engines
+        whose shape follows the source). Nothing to do by default."""
+        return None
 
     def close(self) -> None: ...
 
@@ -195,3 +201,13 @@ class EngineConfig:
     # TensorRT FP16: the attention Softmax in float32 (Casts around it) or, False, in FP16 (no Casts: lets
     # TensorRT fuse the attention block where the Casts prevent it; see engines.tensorrt_engine.attention_report)
     fp32_softmax: bool = True
+
+
+def error_reason(e: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (its type's name when it has none), cut to ``limit`` characters:
+    the one line a user is shown (transformers' and OpenVINO's messages can be pages long)."""
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else type(e).__name__
+    if limit is not None and len(line) > limit:
+        line = line[: limit - 3].rstrip() + "..."
+    return line

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from engines.base import DepthKind, EngineSpec, ModelLoadError, PreprocessSpec, Task
+from engines.base import DepthKind, EngineSpec, ModelLoadError, PreprocessSpec, Task, error_reason
 
 log = logging.getLogger(__name__)
 
@@ -214,12 +214,6 @@ def clean_label(label: Any, class_id: int) -> str:
     return text or f"class_{class_id}"
 
 
-def _first_line(e: BaseException, limit: int = 200) -> str:
-    """The first line of an exception's message, cut to ``limit`` characters (transformers' can be pages long)."""
-    text = str(e).strip()
-    line = text.splitlines()[0] if text else type(e).__name__
-    return line if len(line) <= limit else line[: limit - 3].rstrip() + "..."
-
 
 def _read_json(path: Path, what: str, model_id: str) -> dict[str, Any]:
     try:
@@ -227,7 +221,7 @@ def _read_json(path: Path, what: str, model_id: str) -> dict[str, Any]:
     except json.JSONDecodeError as e:
         raise ModelLoadError(f"{what} {path} of model {model_id!r} is not valid JSON: {e}") from e
     except (OSError, UnicodeDecodeError) as e:
-        raise ModelLoadError(f"cannot read {what} {path} of model {model_id!r}: {_first_line(e)}") from e
+        raise ModelLoadError(f"cannot read {what} {path} of model {model_id!r}: {error_reason(e, 200)}") from e
     if not isinstance(data, dict):
         raise ModelLoadError(f"{what} {path} of model {model_id!r} is not a JSON object")
     return data
@@ -266,7 +260,7 @@ def read_config(task: Task, model_id: str) -> dict[str, Any]:
     try:
         cfg, _ = PretrainedConfig.get_config_dict(src)
     except (OSError, ValueError) as e:
-        raise ModelLoadError(f"cannot load {task} model {model_id!r}: {_first_line(e)} ({_hub_hint(task)})") from e
+        raise ModelLoadError(f"cannot load {task} model {model_id!r}: {error_reason(e, 200)} ({_hub_hint(task)})") from e
     return dict(cfg)
 
 
@@ -308,7 +302,7 @@ def check_loading_info(task: Task, model_id: str, info: CheckpointInfo, loading:
     if unexpected:
         problems.append(f"{len(unexpected)} unexpected keys ({_keys(unexpected)})")
     if errors:
-        problems.append(f"load errors ({_first_line(Exception(str(errors[0])))})")
+        problems.append(f"load errors ({error_reason(Exception(str(errors[0])), 200)})")
     if problems:
         raise ModelLoadError(
             f"{task} model {model_id!r} ({info.model_type}, {info.architecture}): its weights do not match "
@@ -396,7 +390,7 @@ def _processor_file(task: Task, model_id: str, src: str, local: Path | None) -> 
         found = cached_file(src, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False)
     except OSError as e:
         raise ModelLoadError(
-            f"cannot load the image processor of {task} model {model_id!r}: {_first_line(e)} ({_hub_hint(task)})"
+            f"cannot load the image processor of {task} model {model_id!r}: {error_reason(e, 200)} ({_hub_hint(task)})"
         ) from e
     return Path(found) if found else None
 
@@ -440,7 +434,7 @@ def load_processor_spec(task: Task, model_id: str, input_size: int | None = None
     except Exception as e:
         raise ModelLoadError(
             f"image processor config {path} of {task} model {model_id!r} cannot be loaded: "
-            f"{type(e).__name__}: {_first_line(e)}"
+            f"{type(e).__name__}: {error_reason(e, 200)}"
         ) from e
     return preprocess_spec(proc, input_size, str(path))
 
@@ -481,11 +475,11 @@ def _from_pretrained(task: Task, model_id: str, src: str, info: CheckpointInfo) 
                 kwargs.pop("attn_implementation")
                 model, loading = cls.from_pretrained(src, **kwargs)
     except OSError as e:
-        raise ModelLoadError(f"cannot load {task} model {model_id!r}: {_first_line(e)} ({_hub_hint(task)})") from e
+        raise ModelLoadError(f"cannot load {task} model {model_id!r}: {error_reason(e, 200)} ({_hub_hint(task)})") from e
     except Exception as e:  # truncated or corrupt weight files, configs the class cannot build
         raise ModelLoadError(
             f"cannot load the weights of {task} model {model_id!r} ({info.model_type}, {info.architecture}): "
-            f"{type(e).__name__}: {_first_line(e)} (a truncated or corrupt weight file? download it again)"
+            f"{type(e).__name__}: {error_reason(e, 200)} (a truncated or corrupt weight file? download it again)"
         ) from e
     check_loading_info(task, model_id, info, loading)
     return model  # type: ignore[no-any-return]

@@ -35,7 +35,16 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
-from engines.base import OUTPUT_NAME, BackendUnavailable, EngineConfig, EngineError, Task, UnsupportedPrecision
+from engines.base import (
+    OUTPUT_NAME,
+    BackendUnavailable,
+    Engine,
+    EngineConfig,
+    EngineError,
+    Task,
+    UnsupportedPrecision,
+    error_reason,
+)
 from engines.cache import atomic_path, usable_cache_root
 from engines.loading import LoadedModel
 
@@ -68,8 +77,7 @@ def require_openvino() -> str:
 
 
 def _broken(e: BaseException) -> str:
-    text = str(e).strip().splitlines()[0][:300] if str(e).strip() else "no message"
-    return (f"OpenVINO is installed but fails to import ({type(e).__name__}: {text}); reinstall it "
+    return (f"OpenVINO is installed but fails to import ({type(e).__name__}: {error_reason(e, 300)}); reinstall it "
             "(pip install --force-reinstall openvino), or use --engine torch")
 
 
@@ -153,7 +161,7 @@ class _Compiled:
     cache_dir: Path
 
 
-class OpenVINOEngine:
+class OpenVINOEngine(Engine):
     """The :class:`engines.base.Engine` protocol on OpenVINO's CPU plugin (see the module docstring)."""
 
     def __init__(self, loaded: LoadedModel, cfg: EngineConfig) -> None:
@@ -222,7 +230,7 @@ class OpenVINOEngine:
                 model = self._core.read_model(str(path))
             except Exception as e:
                 raise EngineError(f"OpenVINO cannot read the ONNX export of {self._loaded.architecture} "
-                                  f"({self._loaded.model_id!r}): {type(e).__name__}: {_first_line(e)}; "
+                                  f"({self._loaded.model_id!r}): {type(e).__name__}: {error_reason(e, 300)}; "
                                   "use --engine torch") from e
         model.reshape([1, 3, shape[0], shape[1]])  # static shape: OpenVINO's CPU plugin is fastest on it
         if self._loaded.task == "segmentation":
@@ -244,7 +252,7 @@ class OpenVINOEngine:
             return self._core.compile_model(model, "CPU", self._config(cache_dir, hint))
         except Exception as e:
             raise EngineError(f"OpenVINO could not compile {self._loaded.architecture} "
-                              f"({self._loaded.model_id!r}): {type(e).__name__}: {_first_line(e)}; "
+                              f"({self._loaded.model_id!r}): {type(e).__name__}: {error_reason(e, 300)}; "
                               "use --engine torch") from e
 
     def _compiled_for(self, shape: tuple[int, int], hint: Hint, quiet: bool = False) -> _Compiled:
@@ -357,10 +365,6 @@ class OpenVINOEngine:
             self._closed = True
             self._compiled.clear()
 
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else "no message"
 
 
 def _loaded_from_cache(compiled: Any) -> bool:

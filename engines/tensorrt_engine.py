@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from engines.base import OUTPUT_NAME, BackendUnavailable, EngineConfig, EngineError
+from engines.base import OUTPUT_NAME, BackendUnavailable, Engine, EngineConfig, EngineError
 from engines.cache import PlanKey, atomic_path, atomic_write_bytes, cache_root
 from engines.loading import LoadedModel
 from engines.onnx_export import INPUT_NAME, Precision, export_onnx, export_shape, onnx_cache_path, onnx_sha256
@@ -341,7 +341,7 @@ class _Plan:
     layers: dict[str, Any] | None = None  # attention_report of the plan
 
 
-class TensorRTEngine:
+class TensorRTEngine(Engine):
     """The :class:`engines.base.Engine` protocol on cached TensorRT plans, one per network shape (each with one
     optimization profile, batch ``1 .. max_batch``).
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from engines.base import OUTPUT_NAME, BackendUnavailable, EngineConfig, EngineError
+from engines.base import OUTPUT_NAME, BackendUnavailable, Engine, EngineConfig, EngineError
 from engines.loading import LoadedModel
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class _Closed:
         raise EngineError("the torch engine is closed")
 
 
-class TorchEngine:
+class TorchEngine(Engine):
     def __init__(self, loaded: LoadedModel, cfg: EngineConfig) -> None:
         device = cfg.device
         if device == "auto":

@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from engines.base import DEFAULT_MODELS, Task
-from pipeline.frames import valid_stream_id
+from pipeline.frames import STREAM_ID_RULE, valid_stream_id
 from pipeline.redact import redact, shorten, uri_scheme, userinfo_end
 from pipeline.zones import polygon_problem, valid_name
 
@@ -171,7 +171,7 @@ class JobsSection(_Strict):
 
     group: str = "dptstream-workers"
     claim_idle_s: float = Field(60.0, gt=0, le=7 * 86400)  # a job whose worker is silent this long goes to another worker
-    max_attempts: int = Field(3, ge=1, le=1000)  # deliveries of one job before it is marked failed
+    max_attempts: int = Field(3, ge=1, le=1000)  # attempts ending without progress (not hand-backs) before a job fails
     poll_s: float = Field(2.0, gt=0, le=3600)  # how long an idle worker blocks waiting for a job
 
     @field_validator("group")
@@ -179,6 +179,22 @@ class JobsSection(_Strict):
     def _group(cls, v: str) -> str:
         if not NAME_RE.fullmatch(v):
             raise ValueError(f"invalid consumer group name {v!r}: use 1-64 of A-Z a-z 0-9 . _ : -")
+        return v
+
+
+class FleetSection(_Strict):
+    """``dptstream node``: this node's share of the camera fleet and the lease timing."""
+
+    max_cameras: int = Field(16, ge=1, le=10_000)  # cameras this node runs at most
+    lease_s: float = Field(5.0, ge=0.5, le=3600)  # a camera's lease; renewed every third of it
+    reconcile_s: float = Field(1.0, gt=0, le=60)  # periodic reconcile (a registry change wakes it at once)
+    node_id: str | None = None  # default: host name and process id
+
+    @field_validator("node_id")
+    @classmethod
+    def _node(cls, v: str | None) -> str | None:
+        if v is not None and not valid_stream_id(v):
+            raise ValueError(f"invalid fleet node id {v!r}: {STREAM_ID_RULE}")
         return v
 
 
@@ -262,6 +278,7 @@ class PipelineConfig(_Strict):
     live: LiveSection = Field(default_factory=LiveSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
     jobs: JobsSection = Field(default_factory=JobsSection)
+    fleet: FleetSection = Field(default_factory=FleetSection)
     depth_grid: int = Field(4, ge=1, le=32)
     progress: bool | None = None  # None: only on a terminal
     resume: bool = True  # file jobs skip frames already published

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from engines.base import error_reason
 from pipeline.config import MAX_CONFIG_BYTES, ConfigError, PipelineConfig, first_error, parse_source
 from pipeline.redact import shorten, uri_scheme
 
@@ -65,7 +66,7 @@ def read_yaml(p: Path) -> Any:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        problem = getattr(e, "problem", None) or error_reason(e)
         raise ConfigError(f"config file {shown} is not valid YAML: {problem}{where}") from e
 
 

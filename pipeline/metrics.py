@@ -21,7 +21,7 @@ METRIC_NAMES = (
     "frames_total", "frames_dropped_total", "stage_seconds", "latency_seconds", "queue_depth",
     "batch_size", "stream_up", "stream_reconnects_total", "sink_errors_total", "build_info",
     "degraded", "sink_buffer_depth", "jobs_total", "rule_events_total", "rule_active", "nonfinite_outputs_total",
-    "skipped_packets_total",
+    "skipped_packets_total", "fleet_cameras", "fleet_handovers_total", "fleet_desired_cameras",
 )
 
 
@@ -63,6 +63,11 @@ class Metrics:
                                    "(start, end)", ["stream", "rule", "state"], registry=r)
         self.rule_active = Gauge("dptstream_rule_active", "1 while a zone rule is active on a stream",
                                  ["stream", "rule"], registry=r)
+        self.fleet_cameras = Gauge("dptstream_fleet_cameras", "Cameras this fleet node runs", ["node"], registry=r)
+        self.fleet_desired = Gauge("dptstream_fleet_desired_cameras", "Cameras in the fleet's registry (as this "
+                                   "node last read it)", registry=r)
+        self.handovers = Counter("dptstream_fleet_handovers", "Cameras this node took over from another, by why the "
+                                 "other let go (node_lost, released, rebalance)", ["reason"], registry=r)
         self._queue_probes: dict[str, Callable[[], int]] = {}
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None

@@ -22,6 +22,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
      "pipeline.zones"),
     ("pipeline.sources", "pipeline.stages", "pipeline.sinks"),
     ("pipeline.runtime",),
+    ("pipeline.fleet",),  # below the applications: the view's camera API uses the registry
     ("pipeline.jobs", "pipeline.benchmark", "pipeline.view"),
     ("pipeline.cli",),
 )

@@ -63,6 +63,7 @@ def run_e2e(engines: dict[str, Any], base: dict[str, Any], clip: Path, streams: 
     from pipeline.metrics import Metrics
     from pipeline.runtime import Pipeline
     from pipeline.runtime.app import describe_sinks, open_sinks
+    from pipeline.runtime.plan import resolve_zones
 
     if warm_clip is not None:  # first-run costs of every stage (threads, codecs, Redis script) stay out
         run_e2e(engines, base, warm_clip, min(streams, 2), batch, redis_url, prefix + "-warm", None)
@@ -79,7 +80,7 @@ def run_e2e(engines: dict[str, Any], base: dict[str, Any], clip: Path, streams: 
     sinks = open_sinks(cfg, metrics, stop)
     cuda = any(str(e.spec.device).startswith("cuda") for e in engines.values())
     try:
-        describe_sinks(sinks, engines)
+        describe_sinks(sinks, engines, resolve_zones(cfg, engines))
         pipe = Pipeline(cfg, engines, sinks, metrics)
         pipe.build()
         if cuda:

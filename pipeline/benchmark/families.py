@@ -69,9 +69,7 @@ def bench_family_rows(models: list[FamilyModel], frames: list[Any], variants: li
                 e = eng.create_engine(engine_config_for("depth", str(m.path), v, device, max(batches), cache_dir))
                 try:
                     shape = e.spec.network_shape(src_h, src_w)
-                    warm = getattr(e, "warmup", None)
-                    if warm is not None:
-                        warm([shape])
+                    e.warmup([shape])
                     inputs = engine_inputs({"depth": e}, frames, max(batches))
                     for b in batches:
                         timer = bench_engines({"depth": e}, inputs, b, [["depth"]], device, warmup, min_calls,

@@ -130,10 +130,7 @@ def _bench_variant(plan: Plan, inp: Inputs, v: Variant, frames: list[Any], max_b
                 # the network shape this clip is fed at (not the processor's size: some checkpoints keep the
                 # source's aspect ratio)
                 inp.input_shape[task] = tuple(loaded[task].spec.network_shape(inp.height, inp.width))
-                warm = getattr(loaded[task], "warmup", None)
-                if warm is not None:
-                    warm()
-                del warm
+                loaded[task].warmup()
             seg = loaded.get("segmentation") or next(iter(loaded.values()))
             net_side = int(seg.spec.preprocess.height)
             backend = str(seg.spec.backend)

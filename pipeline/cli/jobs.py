@@ -90,7 +90,7 @@ def worker_cmd(
     redis_prefix: PrefixOpt = None,
     queue: Annotated[str | None, typer.Option("--queue", help="Redis URL of the job queue (default: the first redis sink).")] = None,
     claim_idle: Annotated[float | None, typer.Option("--claim-idle", help="Seconds a job's worker may be silent before another worker takes the job over (default 60).")] = None,
-    max_attempts: Annotated[int | None, typer.Option("--max-attempts", help="Deliveries of a job before it is marked failed (default 3).")] = None,
+    max_attempts: Annotated[int | None, typer.Option("--max-attempts", help="Attempts ending without progress (hand-backs do not count) before a job is marked failed (default 3).")] = None,
     max_jobs: Annotated[int | None, typer.Option("--max-jobs", help="Exit after finishing this many jobs.")] = None,
     until_empty: Annotated[bool, typer.Option("--until-empty", help="Exit when no job is queued or held by another worker (default: wait for jobs forever).")] = False,
     name: Annotated[str | None, typer.Option("--name", help="Consumer name in the group (default HOST-PID).")] = None,
@@ -124,13 +124,10 @@ def worker_cmd(
 def run_worker(cfg: PipelineConfig, queue: str | None = None, name: str | None = None,
                max_jobs: int | None = None, until_empty: bool = False) -> int:
     from pipeline.cli.common import StopOnSignals
-    from pipeline.jobs.worker import Worker
-    from pipeline.overlay import VIDEO_SUFFIXES
+    from pipeline.jobs.worker import Worker, refuse_one_file_sinks
     from pipeline.runtime.app import start_runtime
 
-    for uri in cfg.sinks:  # before the models load: fail fast
-        if uri.lower().startswith("video:") and Path(uri[6:]).suffix.lower() in VIDEO_SUFFIXES:
-            raise ConfigError(f"{uri} writes one file; a worker runs many jobs: use video:DIR")
+    refuse_one_file_sinks(cfg)  # before the models load: fail fast
     if cfg.sources:
         log.warning("the config's %d source(s) are ignored: a worker takes its files from the job queue",
                     len(cfg.sources))

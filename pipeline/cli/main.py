@@ -11,11 +11,11 @@ from typing import Any
 
 import typer
 
-from pipeline.cli import alerts, bench, engine, jobs, run, sample, show, snapshot, view
+from pipeline.cli import alerts, bench, engine, fleet, jobs, run, sample, show, snapshot, view
 from pipeline.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, err, report_error
 
 # Every command group, in the order `--help` lists them. Each module has `register(app)`.
-COMMANDS: tuple[ModuleType, ...] = (run, show, alerts, sample, engine, bench, jobs, snapshot, view)
+COMMANDS: tuple[ModuleType, ...] = (run, show, alerts, sample, engine, bench, jobs, snapshot, view, fleet)
 
 
 def build_app() -> typer.Typer:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -34,6 +34,9 @@ from pipeline.cli.common import (
 )
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.configfile import load_config
+
+if TYPE_CHECKING:
+    from pipeline.runtime import RunReport
 
 log = logging.getLogger("dptstream")
 
@@ -72,25 +75,16 @@ def run_pipeline(cfg: PipelineConfig) -> int:
     from pipeline.progress import ProgressView
     from pipeline.runtime import Pipeline
     from pipeline.runtime.app import start_runtime
-    from pipeline.sources import probe_file
 
     if not cfg.sources:
         raise ConfigError("no sources: pass --source PATH_OR_URI (repeatable) or list sources in the config file")
-    totals: dict[str, int | None] = {}
-    for s in cfg.sources:
-        totals[s.id] = None if s.is_live else (probe_file(s)["frames"] or None)
-        if s.loop:
-            totals[s.id] = None
-    holder: dict[str, Any] = {}
+    holder: dict[str, Pipeline] = {}
 
     def health() -> tuple[bool, bool, dict[str, Any]]:
         p = holder.get("pipeline")
         if p is None:
             return True, False, {"state": "starting"}
-        fn = getattr(p, "health", None)
-        if fn is not None:
-            return fn()  # type: ignore[no-any-return]
-        return True, p.running, {}
+        return p.health()
 
     rt = start_runtime(cfg, health=health)
     try:
@@ -99,9 +93,11 @@ def run_pipeline(cfg: PipelineConfig) -> int:
         log.info("sinks: %s", ", ".join(s.name for s in rt.sinks))
         if rt.port is not None:
             log.info("metrics on http://%s:%d/metrics", cfg.metrics.host, rt.port)
-        pipeline = Pipeline(cfg, rt.engines, rt.sinks, rt.metrics, live_options=live_options(cfg))
+        plan = rt.plan_run()
+        pipeline = Pipeline(cfg, rt.engines, rt.sinks, rt.metrics, plan)
         pipeline.build()
         holder["pipeline"] = pipeline
+        totals = {p.stream_id: p.total_frames for p in plan.sources}
         show = cfg.progress if cfg.progress is not None else sys.stderr.isatty()
         view = ProgressView(rt.metrics, totals, pipeline.report, enabled=show)
         with StopOnSignals(pipeline) as signals, view:
@@ -113,11 +109,7 @@ def run_pipeline(cfg: PipelineConfig) -> int:
         rt.close()
 
 
-def live_options(cfg: PipelineConfig) -> dict[str, Any]:
-    return {"live": cfg.live}
-
-
-def finish(report: Any, cfg: PipelineConfig) -> int:
+def finish(report: RunReport, cfg: PipelineConfig) -> int:
     n = report.published
     secs = max(report.seconds, 1e-9)
     skipped = sum(s.skipped for s in report.streams.values())
@@ -135,7 +127,7 @@ def finish(report: Any, cfg: PipelineConfig) -> int:
         if s.error:
             err(s.error)
             code = EXIT_FAIL
-    unwritten = getattr(report, "unwritten", 0)
+    unwritten = report.unwritten
     if report.fatal:
         lost = f"; {unwritten} results not written (a rerun resumes after the last written frame)" \
             if unwritten else ""

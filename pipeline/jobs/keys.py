@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.sinks import redis_down
+from pipeline.sinks import RedisKeys, redis_down
 
 STATES = ("queued", "running", "done", "failed")
 REDIS_DOWN = redis_down()
@@ -18,5 +18,6 @@ class JobKeys:
     def job(self, jid: str) -> str:
         return f"{self.prefix}:job:{jid}"
 
-    def progress(self, jid: str) -> str:  # the Redis sink's per-stream progress marker
-        return f"{self.prefix}:stream:{jid}:progress"
+    def progress(self, jid: str) -> str:
+        """The job's stream's progress hash, as the Redis sink names it (a job's id is its stream id)."""
+        return RedisKeys(self.prefix).progress(jid)

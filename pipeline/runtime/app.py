@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import engines as eng
 from engines import Engine, EngineConfig
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.metrics import Metrics
-from pipeline.runtime.pipeline import check_resume
-from pipeline.sinks import Sink, create_sink
+from pipeline.runtime.plan import RunPlan, find_progress_store, plan_run, resolve_zones, warn_unknown_zone_streams
+from pipeline.sinks import ProgressStore, Sink, create_sink
+from pipeline.zones import ZonePlan
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,7 @@ def create_engines(cfg: PipelineConfig) -> dict[str, Engine]:
         for task in cfg.tasks:
             out[task] = eng.create_engine(engine_config(cfg, task))
         for e in out.values():
-            warm = getattr(e, "warmup", None)
-            if warm is not None:
-                warm()
+            e.warmup()
     except BaseException:
         for e in out.values():
             e.close()
@@ -54,12 +53,30 @@ def create_engines(cfg: PipelineConfig) -> dict[str, Engine]:
 
 @dataclass
 class Runtime:
+    """Engines, sinks and metrics for a config, and its plan: the zones resolved against the engines and each
+    configured source checked before the models loaded (probed; nothing recorded yet)."""
+
     cfg: PipelineConfig
     engines: dict[str, Engine]
     sinks: list[Sink]
     metrics: Metrics
     stop: threading.Event
     port: int | None = None
+    plan: RunPlan = field(default_factory=RunPlan)
+
+    @property
+    def zones(self) -> ZonePlan:
+        return self.plan.zones
+
+    @property
+    def store(self) -> ProgressStore | None:
+        """Where the resume points are kept (the Redis sink), if any sink keeps them."""
+        return find_progress_store(self.sinks)
+
+    def plan_run(self) -> RunPlan:
+        """The configured sources planned for this run, recorded in the progress store: the probes of the check
+        before the models loaded are reused, so no file is opened again before it decodes."""
+        return plan_run(self.cfg, self.engines, self.store, record=True, earlier=self.plan, zones=self.zones)
 
     def close(self) -> None:
         for s in self.sinks:
@@ -91,32 +108,30 @@ def open_sinks(cfg: PipelineConfig, metrics: Metrics, stop: threading.Event, **e
     return sinks
 
 
-def describe_sinks(sinks: list[Sink], engines: dict[str, Engine]) -> None:
-    """Tell sinks the class labels and model ids once the engines are loaded."""
+def describe_sinks(sinks: list[Sink], engines: dict[str, Engine], zones: ZonePlan) -> None:
+    """Tell sinks the class labels, model ids and resolved zones once the engines are loaded."""
     models = {t: e.spec.model_id for t, e in engines.items()}
     for s in sinks:
-        fn = getattr(s, "describe", None)
-        if fn is not None:
-            fn(labels_of(engines), models)
+        s.describe(labels_of(engines), models, zones)
 
 
 def start_runtime(cfg: PipelineConfig, serve_metrics: bool = True, health: Any = None) -> Runtime:
+    probed = plan_run(cfg, None, None, record=False)  # each file source probed once: a bad one is said first
     metrics = Metrics()
     stop = threading.Event()
     sinks = open_sinks(cfg, metrics, stop)
     try:
-        check_resume(cfg, sinks)  # another file under a published stream id: refused before the models load
+        # another file under a published stream id is refused before the models load
+        checked = plan_run(cfg, None, find_progress_store(sinks), record=False, earlier=probed)
         engines = create_engines(cfg)
-        from pipeline.runtime.pipeline import warn_unknown_zone_streams, zone_plan
-
         try:
-            zone_plan(cfg, engines)  # class names and metric depth checked once the engines are loaded
+            zones = resolve_zones(cfg, engines)  # class names and metric depth checked once the engines are loaded
             warn_unknown_zone_streams(cfg)
+            describe_sinks(sinks, engines, zones)
         except BaseException:
             for e in engines.values():
                 e.close()
             raise
-        describe_sinks(sinks, engines)
     except BaseException:
         for s in sinks:
             s.close()
@@ -127,7 +142,7 @@ def start_runtime(cfg: PipelineConfig, serve_metrics: bool = True, health: Any =
         "models": ",".join(f"{t}={e.spec.model_id}" for t, e in engines.items()),
         "precisions": ",".join(f"{t}={e.spec.precision}" for t, e in engines.items()),
     })
-    rt = Runtime(cfg, engines, sinks, metrics, stop)
+    rt = Runtime(cfg, engines, sinks, metrics, stop, plan=RunPlan(zones, checked.sources))
     if serve_metrics and cfg.metrics.port is not None:
         try:
             rt.port = metrics.serve(cfg.metrics.port, cfg.metrics.host, health)

@@ -36,9 +36,10 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from pipeline.config import LiveSection
-from pipeline.frames import EndOfStream, Frame, Result
+from pipeline.config import LiveSection, SourceConfig
+from pipeline.frames import Frame, Result
 from pipeline.metrics import Metrics
+from pipeline.sinks import Sink
 
 log = logging.getLogger(__name__)
 
@@ -160,29 +161,25 @@ def applicable(order: Iterable[str], tasks: Sequence[str]) -> tuple[str, ...]:
     return tuple(a for a in dict.fromkeys(order) if keep.get(a, False))
 
 
-class DegradeController:
+class DegradeController(Sink):
     """Owns one :class:`StreamDegrader` per live stream; plugs into the preprocess and publish stages."""
 
     name = "degrade"
 
     def __init__(self, live: LiveSection, tasks: Sequence[str], live_streams: Iterable[str], metrics: Metrics,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+        super().__init__()
         self.metrics = metrics
         self.tasks = tuple(tasks)
-        budget = live.latency_budget_ms / 1000.0
+        self.live = live
         self.order = applicable(live.degrade_order, self.tasks)
         self.streams: dict[str, StreamDegrader] = {}
-        for sid in live_streams:
-            d = StreamDegrader(sid, budget, self.order, self.tasks, live.degrade_rate_divisor,
-                               live.degrade_recover_s, clock=clock, wall=wall, on_level=self._exported,
-                               headroom=self.predicted_busy)
-            self.streams[sid] = d
-            for level in d.levels:
-                metrics.degraded.labels(stream=sid, level=level).set(1 if level == NONE else 0)
-        self._dropped = {sid: metrics.dropped.labels(stream=sid, reason="degraded") for sid in self.streams}
+        self._dropped: dict[str, Any] = {}
         self.clock = clock
         self.wall = wall
         self.divisor = live.degrade_rate_divisor
+        for sid in live_streams:
+            self._add(sid)
         self._busy_lock = threading.Lock()
         self._busy: deque[tuple[float, dict[str, float]]] = deque()  # (time, busy seconds per stage)
         self._published: deque[tuple[float, str]] = deque(maxlen=4096)  # recent (time, stream) of results
@@ -190,6 +187,21 @@ class DegradeController:
         # it, cameras sharing one bottleneck would all recover at once and overload it together
         self._reserved: deque[tuple[float, float]] = deque()
         self._extra: dict[str, float] = {}  # the last predicted extra busy fraction per stream
+
+    def _add(self, sid: str) -> None:
+        live = self.live
+        d = StreamDegrader(sid, live.latency_budget_ms / 1000.0, self.order, self.tasks, live.degrade_rate_divisor,
+                           live.degrade_recover_s, clock=self.clock, wall=self.wall, on_level=self._exported,
+                           headroom=self.predicted_busy)
+        self.streams[sid] = d
+        for level in d.levels:
+            self.metrics.degraded.labels(stream=sid, level=level).set(1 if level == NONE else 0)
+        self._dropped[sid] = self.metrics.dropped.labels(stream=sid, reason="degraded")
+
+    def begin_stream(self, source: SourceConfig) -> None:
+        """A live stream that joins a running pipeline gets its own degrader."""
+        if source.is_live and source.id not in self.streams:
+            self._add(source.id)
 
     # -- how busy the pipeline is: the stages' own busy time (dptstream_stage_seconds) ---------------------
     def _sample_busy(self) -> None:
@@ -255,10 +267,7 @@ class DegradeController:
             self._dropped[frame.id.stream_id].inc()
         return tasks
 
-    # Sink protocol: the publish stage calls write() after the real sinks
-    def open(self) -> None:
-        pass
-
+    # a sink to the publish stage, which calls write() after the real sinks
     def write(self, results: list[Result]) -> None:
         now = self.wall()
         mono = self.clock()
@@ -268,11 +277,5 @@ class DegradeController:
             if d is not None:
                 d.observe(now - r.id.wall_time, r.id.wall_time)
 
-    def end_stream(self, eos: EndOfStream) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def describe(self) -> dict[str, Any]:
+    def levels(self) -> dict[str, str]:
         return {sid: d.name for sid, d in self.streams.items()}

@@ -1,16 +1,20 @@
-"""Sinks: one backend per file behind :class:`~pipeline.sinks.base.Sink` — ``redis`` (streams, resume point,
-outage buffer) over ``rediskeys`` (the key names and client its readers share), ``directory`` (``dir:`` mask PNGs
-+ JSON lines), ``video`` (``video:`` overlay MP4); ``encode`` holds the PNG/JPEG/summary encoding they share. The
-runtime creates them with :func:`create_sink`."""
+"""Sinks: one backend per file behind the :class:`~pipeline.sinks.base.Sink` base (every hook declared, with a
+default) — ``redis`` (streams, resume point: its :class:`~pipeline.sinks.base.ProgressStore`, outage buffer) over
+``rediskeys`` (the key names and client its readers share), ``directory`` (``dir:`` mask PNGs + JSON lines),
+``video`` (``video:`` overlay MP4); ``encode`` holds the PNG/JPEG/summary encoding they share. The runtime creates
+them with :func:`create_sink`."""
 
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
+from engines.base import error_reason
 from pipeline.config import ConfigError, PipelineConfig
 from pipeline.metrics import Metrics
-from pipeline.sinks.base import Sink, SinkError, error_reason
+from pipeline.overlay import VIDEO_SUFFIXES
+from pipeline.sinks.base import ProgressStore, SavedProgress, Sink, SinkError
 from pipeline.sinks.directory import DirSink
 from pipeline.sinks.redis import RedisSink
 from pipeline.sinks.rediskeys import (
@@ -24,8 +28,15 @@ from pipeline.sinks.rediskeys import (
     redis_down,
 )
 
-__all__ = ["SCHEMA_VERSION", "WAY_OUT", "DirSink", "RedisKeys", "RedisSink", "Sink", "SinkError", "create_sink",
-           "error_reason", "key_problem", "key_type", "parse_resume_point", "redis_client", "redis_down"]
+__all__ = ["SCHEMA_VERSION", "WAY_OUT", "DirSink", "ProgressStore", "RedisKeys", "RedisSink", "SavedProgress", "Sink",
+           "SinkError", "create_sink", "error_reason", "key_problem", "key_type", "parse_resume_point", "redis_client",
+           "redis_down", "writes_one_file"]
+
+
+def writes_one_file(uri: str) -> bool:
+    """Whether the sink of ``uri`` writes every stream into one file (``video:out.mp4``)."""
+    scheme, _, rest = uri.partition(":")
+    return scheme.lower() == "video" and Path(rest.removeprefix("//")).suffix.lower() in VIDEO_SUFFIXES
 
 
 def create_sink(uri: str, cfg: PipelineConfig, metrics: Metrics, labels: dict[int, str] | None = None,

@@ -3,7 +3,6 @@ frame."""
 
 from __future__ import annotations
 
-import collections
 import json
 import time
 from pathlib import Path
@@ -11,23 +10,22 @@ from typing import Any
 
 from pipeline.frames import EndOfStream, Result
 from pipeline.metrics import Metrics
-from pipeline.sinks.base import SinkError
+from pipeline.sinks.base import Sink, SinkError
 from pipeline.sinks.encode import encode_depth_png, encode_png, summary
 
 
-class DirSink:
+class DirSink(Sink):
     """``dir:PATH``: ``PATH/{stream}/{frame:06d}.png`` masks, ``PATH/{stream}/{frame:06d}.depth.png`` depth maps
     (with ``depth_map``: the Redis entry's ``depth_map`` PNG) and one JSON line per frame in
     ``PATH/{stream}.jsonl``."""
 
     def __init__(self, path: str, metrics: Metrics, depth_map: bool = False) -> None:
+        super().__init__()
         self.root = Path(path).expanduser()
         self.depth_map = depth_map
         self.name = f"dir:{self.root}"
         self.metrics = metrics
         self._files: dict[str, Any] = {}
-        self.published = 0
-        self.published_by: collections.Counter[str] = collections.Counter()  # per stream id
 
     def open(self) -> None:
         try:

@@ -3,7 +3,6 @@ pipelined; the key names and client it shares with the readers are in :mod:`pipe
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import threading
@@ -11,11 +10,12 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from pipeline.config import PipelineConfig
+from engines.base import error_reason
+from pipeline.config import PipelineConfig, SourceConfig
 from pipeline.frames import EndOfStream, Result, mask_dtype_for
 from pipeline.metrics import Metrics
 from pipeline.redact import redact
-from pipeline.sinks.base import SinkError, error_reason
+from pipeline.sinks.base import ProgressStore, SavedProgress, Sink, SinkError
 from pipeline.sinks.encode import encode_depth_png, encode_png, encode_thumbnail, summary
 from pipeline.sinks.rediskeys import (
     SCHEMA_VERSION,
@@ -25,25 +25,30 @@ from pipeline.sinks.rediskeys import (
     redis_client,
     redis_down,
 )
-from pipeline.zones import RuleError, alert_fields, resolve
+from pipeline.zones import RuleError, ZonePlan, alert_fields, resolve
 
 log = logging.getLogger(__name__)
+
+_PROGRESS_OWN = ("frame", "id", "rules", "ended")  # the progress hash's own fields; the rest is the source identity
 
 
 # XADD only frames newer than the stream's progress marker: writes are idempotent per frame, so a resumed
 # or retried job never publishes a frame twice. The rule events a frame caused and the stream's rule state go in
 # the same call, so they are written exactly when the frame is.
-# KEYS: stream, progress hash, streams set, alerts stream, active-alerts hash.
+# A fleet node's frame carries its camera's fencing token: a token that is not the camera's current one (the
+# camera moved to another node while this one was paused) is refused (-1), before anything is written.
+# KEYS: stream, progress hash, streams set, alerts stream, active-alerts hash, fence hash.
 # ARGV: 1 stream id, 2 frame, 3 maxlen, 4 channel ('' = none), 5 event JSON, 6 rule state ('' = none),
 #       7 alerts JSON ('' = none: [{key, state, json, fields}]), 8 alerts channel, 9 alerts maxlen,
-#       then field/value pairs.
+#       10 fencing token ('' = not fenced), then field/value pairs.
 _PUBLISH_LUA = """
+if ARGV[10] ~= '' and redis.call('HGET', KEYS[6], ARGV[1]) ~= ARGV[10] then return -1 end
 local frame = tonumber(ARGV[2])
 local last = tonumber(redis.call('HGET', KEYS[2], 'frame') or '-1')
 if last == nil then return redis.error_reply('CORRUPT progress frame is not a frame index') end
 if frame <= last then return 0 end
 local fields = {}
-for i = 10, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 11, #ARGV do fields[#fields + 1] = ARGV[i] end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', unpack(fields))
 redis.call('HSET', KEYS[2], 'frame', frame, 'id', id)
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'rules', ARGV[6]) end
@@ -100,7 +105,7 @@ return n
 """
 
 
-class RedisSink:
+class RedisSink(Sink, ProgressStore):
     """Writes per the Redis contract with pipelined round trips.
 
     File jobs (``block``): a failed write is retried with backoff until it succeeds (backpressure pauses the
@@ -110,6 +115,7 @@ class RedisSink:
 
     def __init__(self, url: str, cfg: PipelineConfig, metrics: Metrics, labels: dict[int, str] | None = None,
                  models: dict[str, str] | None = None, stop: threading.Event | None = None) -> None:
+        super().__init__()
         self.url = url
         self.name = redact(url)
         self.cfg = cfg
@@ -117,6 +123,7 @@ class RedisSink:
         self.metrics = metrics
         self.labels = labels or {}
         self.models = models or {}
+        self.zones: ZonePlan | None = None
         self._stop = stop or threading.Event()
         self._abandon = threading.Event()  # set by a second stop signal: give up a waiting write at once
         self._errors = metrics.sink_errors.labels(sink=urlsplit(url).scheme)
@@ -132,10 +139,10 @@ class RedisSink:
         self._probe_ok = False
         self._live = {s.id for s in cfg.sources if s.is_live}
         self._refused_streams: set[str] = set()  # live streams whose writes Redis refused (warned once)
-        self.published = 0
-        self.published_by: collections.Counter[str] = collections.Counter()  # per stream id
         self.duplicates = 0
         self.wants_images = cfg.redis.thumbnail > 0  # the pipeline keeps the frame for the JPEG thumbnail
+        self._fences: dict[str, tuple[int, str]] = {}  # fleet streams: stream id -> (fencing token, node id)
+        self._fence_warned: dict[str, int] = {}  # the stale token each stream was last warned about
 
     def open(self) -> None:
         import redis
@@ -152,18 +159,21 @@ class RedisSink:
         self._end_script = self._client.register_script(_END_LUA)
         self._reset_script = self._client.register_script(_RESET_LUA)
 
-    def describe(self, labels: dict[int, str], models: dict[str, str]) -> None:
-        """Write ``{prefix}:meta`` once the engines are loaded."""
+    def describe(self, labels: dict[int, str], models: dict[str, str], zones: ZonePlan | None = None) -> None:
+        """Write ``{prefix}:meta`` once the engines are loaded (``zones``: the run's resolved zones; without, the
+        config's are resolved against ``labels``)."""
         self.labels, self.models = labels, models
-        try:
-            zones = resolve(self.cfg.zones, self.cfg.rules, labels).meta()
-        except RuleError as e:
-            raise SinkError(str(e)) from e
+        if zones is None:
+            try:
+                zones = resolve(self.cfg.zones, self.cfg.rules, labels)
+            except RuleError as e:
+                raise SinkError(str(e)) from e
+        self.zones = zones
         self._call("writing the labels", {self.keys.meta: "hash"}, self._client.hset, self.keys.meta, mapping={
             "schema": SCHEMA_VERSION,
             "labels": json.dumps({str(k): v for k, v in sorted(self.labels.items())}),
             "models": json.dumps(self.models),
-            **zones,
+            **zones.meta(),
             "mask_dtype": mask_dtype_for(max(self.labels, default=-1) + 1),  # uint8, or uint16 past 256 classes
         })
 
@@ -219,6 +229,21 @@ class RedisSink:
                          self.keys.progress(sid))
         return {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
 
+    def saved_progress(self, sid: str) -> SavedProgress:
+        """The resume point, the recorded source identity and the rule state of ``sid``, in one read. A ``frame``
+        that is not an integer is a corrupt resume point (:class:`~pipeline.config.ConfigError`)."""
+        f = self.progress_fields(sid)
+        last = parse_resume_point(self.keys.progress(sid), f["frame"]) if "frame" in f else -1
+        identity = {k: v for k, v in f.items() if k not in _PROGRESS_OWN}
+        return SavedProgress(last, identity, f.get("rules") or None)
+
+    def progress_store(self) -> ProgressStore:
+        return self
+
+    def begin_stream(self, source: SourceConfig) -> None:
+        if source.is_live:  # its results wait in the bounded buffer during an outage instead of blocking
+            self._live.add(source.id)
+
     def record_source(self, sid: str, fields: dict[str, str]) -> None:
         """Record which source the resume point of ``sid`` belongs to (next to ``frame`` / ``id``)."""
         self._call(f"recording the source of stream {sid!r}", self._progress_types(sid), self._client.hset,
@@ -232,6 +257,12 @@ class RedisSink:
         """The run is quitting at once: a write waiting for Redis gives up now."""
         self._abandon.set()
         self._stop.set()
+
+    def fence(self, sid: str, token: int, node: str) -> None:
+        """Write ``sid`` as fleet node ``node`` holding fencing token ``token``: from now on its frames carry the
+        token (and ``node`` and ``fence`` fields), and Redis refuses them once the camera has a newer token. Kept after the
+        camera is let go, so that what is still in flight is refused too."""
+        self._fences[sid] = (token, node)
 
     def _fields(self, r: Result, latency_ms: float) -> list[Any]:
         f: list[Any] = ["frame", r.id.index, "pts", repr(round(r.id.pts, 6)), "ts", repr(round(r.id.wall_time, 6))]
@@ -247,6 +278,9 @@ class RedisSink:
         if r.image is not None and self.cfg.redis.thumbnail:
             f += ["thumb", encode_thumbnail(r.image, self.cfg.redis.thumbnail)]
         f += ["latency_ms", f"{latency_ms:.3f}"]
+        fenced = self._fences.get(r.id.stream_id)
+        if fenced is not None:
+            f += ["node", fenced[1], "fence", fenced[0]]
         return f
 
     def write(self, results: list[Result]) -> None:
@@ -316,12 +350,13 @@ class RedisSink:
                 sid = r.id.stream_id
                 channel = self.keys.events(sid) if self.cfg.redis.events else ""
                 event = json.dumps(summary(r, lat), allow_nan=False) if channel else ""
+                fenced = self._fences.get(sid)
                 self._script(
                     keys=[self.keys.frames(sid), self.keys.progress(sid), self.keys.streams, self.keys.alerts,
-                          self.keys.alerts_active],
+                          self.keys.alerts_active, self.keys.fence],
                     args=[sid, r.id.index, self.cfg.redis.maxlen, channel, event, r.rule_state or "",
                           self._alerts_arg(r.alerts), self.keys.alerts, self.cfg.redis.alerts_maxlen,
-                          *self._fields(r, lat)],
+                          fenced[0] if fenced is not None else "", *self._fields(r, lat)],
                     client=pipe,
                 )
             replies = pipe.execute(raise_on_error=False)
@@ -342,6 +377,9 @@ class RedisSink:
                     applied[sid] = self._applied_frame(sid)
                 if r.id.index > applied[sid]:
                     continue
+            elif ok == -1:  # fenced: the camera belongs to another node now
+                self._fenced(r)
+                continue
             # after a failed round trip, a frame already applied by it is ours, written once
             if ok or retried or isinstance(ok, redis.ResponseError):
                 self.published += 1
@@ -353,6 +391,15 @@ class RedisSink:
         if refused is not None:
             raise SinkError(refused)
         return True
+
+    def _fenced(self, r: Result) -> None:
+        sid = r.id.stream_id
+        self.metrics.dropped.labels(stream=sid, reason="fenced").inc()
+        token = self._fences.get(sid, (0, ""))[0]
+        if self._fence_warned.get(sid) != token:
+            self._fence_warned[sid] = token
+            log.warning("%s: another node holds the camera now (token %d is stale); dropping this node's frames",
+                        sid, token)
 
     def _applied_frame(self, sid: str) -> int:
         """The last frame of ``sid`` Redis holds (its progress hash), or -1 when that cannot be read."""
@@ -399,7 +446,7 @@ class RedisSink:
         self._buffer_gauge.set(0)
         if self.labels or self.models:  # a restarted Redis may have lost {prefix}:meta
             try:
-                self.describe(self.labels, self.models)
+                self.describe(self.labels, self.models, self.zones)
             except Exception as e:  # the next write will see the next outage
                 log.debug("Redis at %s: rewriting meta failed (%s)", self.name, error_reason(e))
 

@@ -8,8 +8,8 @@ import os
 from typing import Any
 from urllib.parse import urlsplit
 
+from engines.base import error_reason
 from pipeline.config import ConfigError
-from pipeline.sinks.base import error_reason
 
 SCHEMA_VERSION = "1"
 WAY_OUT = "DEL the key or use another --redis-prefix"
@@ -31,6 +31,7 @@ class RedisKeys:
         self.streams = f"{prefix}:streams"
         self.alerts = f"{prefix}:alerts"  # stream of rule start/end events, and the pub/sub channel of the same
         self.alerts_active = f"{prefix}:alerts:active"  # hash "{stream}/{rule}" -> the start event (JSON)
+        self.fence = f"{prefix}:fleet:fence"  # hash: camera id -> its current fencing token (fleet nodes)
 
     def frames(self, sid: str) -> str:
         return f"{self.prefix}:stream:{sid}:frames"

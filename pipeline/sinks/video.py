@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 from fractions import Fraction
@@ -15,6 +14,8 @@ from pipeline.config import ConfigError, PipelineConfig
 from pipeline.frames import EndOfStream, Result
 from pipeline.metrics import Metrics
 from pipeline.overlay import MAX_PANEL_SIDE, VIDEO_SUFFIXES, compose, panel_size
+from pipeline.sinks.base import Sink, SinkError
+from pipeline.zones import ZonePlan
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +55,14 @@ class _Writer:
         os.replace(self.part, self.final)
 
 
-class VideoSink:
+class VideoSink(Sink):
     """``video:PATH``: MP4 per stream, mask blended over the frame | depth colour map (see module doc)."""
 
     wants_images = True  # the pipeline keeps the frame (Result.image) and the mask-sized depth map
 
     def __init__(self, path: str, cfg: PipelineConfig, metrics: Metrics, labels: dict[int, str],
                  max_side: int = MAX_PANEL_SIDE, **_: Any) -> None:
+        super().__init__()
         if not path:
             raise ConfigError("video: sink needs a path, e.g. video:out/ or video:out.mp4")
         self.target = Path(path).expanduser()
@@ -77,14 +79,11 @@ class VideoSink:
         self.show_depth = "depth" in cfg.tasks
         self._writers: dict[str, _Writer] = {}
         self._sizes: dict[str, tuple[int, int]] = {}
-        self.published = 0
-        self.published_by: collections.Counter[str] = collections.Counter()  # per stream id
         # frames_total{stage="published"} belongs to the primary sink; count here only when this is the only one
         self._count = len(cfg.sinks) == 1
         self.files: list[Path] = []
 
     def open(self) -> None:
-        from pipeline.sinks.base import SinkError
 
         folder = self.target.parent if self.single_file else self.target
         try:
@@ -92,7 +91,7 @@ class VideoSink:
         except OSError as e:
             raise SinkError(f"cannot create output directory {folder} ({e.strerror})") from e
 
-    def describe(self, labels: dict[int, str], models: dict[str, str]) -> None:
+    def describe(self, labels: dict[int, str], models: dict[str, str], zones: ZonePlan | None = None) -> None:
         """Class names for the legend, once the engines are loaded (sinks open before the models)."""
         self.labels = dict(labels)
 
@@ -102,7 +101,6 @@ class VideoSink:
     def write(self, results: list[Result]) -> None:
         import av
 
-        from pipeline.sinks.base import SinkError
 
         for r in results:
             sid = r.id.stream_id

@@ -7,20 +7,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.config import SourceConfig
+from pipeline.config import LiveSection, SourceConfig
 from pipeline.metrics import Metrics
 from pipeline.queues import NamedQueue
 from pipeline.sources.base import Source, SourceError
-from pipeline.sources.file import FileSource, SourceIdentity, probe_file, source_identity
+from pipeline.sources.file import FileFacts, FileSource, SourceIdentity, inspect_file, probe_file, source_identity
 
-__all__ = ["FileSource", "Source", "SourceError", "SourceIdentity", "create_source", "probe_file",
-           "source_identity"]
+__all__ = ["FileFacts", "FileSource", "Source", "SourceError", "SourceIdentity", "create_source", "inspect_file",
+           "probe_file", "source_identity"]
 
 
 def create_source(cfg: SourceConfig, out: NamedQueue[Any], metrics: Metrics, start_index: int = 0,
-                  **live_options: Any) -> Source:
+                  live: LiveSection | None = None) -> Source:
+    """The source for ``cfg``; ``live`` (the config's ``live`` section) tunes a live stream's reconnects."""
     if cfg.scheme != "file":  # every network scheme is a live stream (config validation says so)
         from pipeline.sources.live import LiveSource
 
-        return LiveSource(cfg, out, metrics, start_index, **live_options)
+        return LiveSource(cfg, out, metrics, start_index, live=live)
     return FileSource(cfg, out, metrics, start_index)

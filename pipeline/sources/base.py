@@ -42,6 +42,7 @@ class Source:
         self.state = "idle"
         self.error: str | None = None
         self.truncated = False
+        self.fatal = False  # its end ends the run (a camera down at start with live.fail_if_down_at_start)
         self.bad_packets = 0  # packets skipped: refused by the decoder, or cut off by the end of a file
         self._skipped_packets = metrics.skipped_packets.labels(stream=cfg.id)
         self._decoded = metrics.frames.labels(stream=cfg.id, stage="decoded")

@@ -60,28 +60,9 @@ def _check_path(cfg: SourceConfig) -> Path:
 
 
 def probe_file(cfg: SourceConfig) -> dict[str, Any]:
-    """Open a file source once to fail early with one clear line. Returns basic facts about it."""
-    path = _check_path(cfg)
-    shown = shorten(str(path))
-    try:
-        with av.open(str(path)) as c:
-            if not c.streams.video:
-                kinds: list[str] = sorted({str(s.type) for s in c.streams}) or ["nothing"]
-                raise SourceError(
-                    f"source {cfg.id!r}: {shown} has no video stream (it holds {', '.join(kinds)})"
-                )
-            v = c.streams.video[0]
-            w, h = v.codec_context.width, v.codec_context.height
-            orient = Orientation()
-            with contextlib.suppress(StopIteration, av.FFmpegError):  # orientation: side data of the first frame
-                orient = display_orientation(next(c.decode(v)))
-            if orient.swaps_sides:
-                w, h = h, w
-            return {"frames": int(v.frames or 0), "width": w, "height": h,  # display orientation
-                    "fps": float(v.average_rate) if v.average_rate else None,
-                    "duration": video_end(c, v), "rotation": orient.rotation, "mirrored": orient.mirrored}
-    except av.FFmpegError as e:
-        raise SourceError(f"source {cfg.id!r}: cannot read {shown} as video ({av_reason(e)})") from e
+    """Basic facts about a file source (see :func:`inspect_file`), as a dict: frames, width, height (display
+    orientation), fps, duration, rotation, mirrored."""
+    return inspect_file(cfg).facts()
 
 
 def frame_seconds(frame: Any, stream_time_base: Fraction | None) -> float | None:
@@ -229,27 +210,69 @@ class SourceIdentity:
 
 
 def source_identity(cfg: SourceConfig) -> SourceIdentity:
-    """The identity of a file source: absolute path, size, mtime, video duration, sha256 of the first MiB and
-    the display orientation (read from the first frame)."""
-    path = _check_path(cfg)
-    st = path.stat()
+    """The identity of a file source (see :func:`inspect_file`)."""
+    return inspect_file(cfg).identity
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    """What one look at a file source tells: its stream's declared frame count, its size in display orientation,
+    rate, video duration, display orientation, and its identity (for resume)."""
+
+    frames: int
+    width: int
+    height: int
+    fps: float | None
+    duration: float | None
+    orientation: Orientation
+    identity: SourceIdentity
+
+    def facts(self) -> dict[str, Any]:
+        return {"frames": self.frames, "width": self.width, "height": self.height, "fps": self.fps,
+                "duration": self.duration, "rotation": self.orientation.rotation,
+                "mirrored": self.orientation.mirrored}
+
+
+def head_sha256(path: Path) -> str:
+    """sha256 of the first :data:`HEAD_BYTES` of ``path`` (part of a file's identity)."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         h.update(f.read(HEAD_BYTES))
-    duration: float | None = None
-    orient = Orientation()
+    return h.hexdigest()
+
+
+def inspect_file(cfg: SourceConfig) -> FileFacts:
+    """Open a file source once (PyAV, up to its first frame for the display matrix) and hash its first MiB once:
+    everything known about it before decoding. A file that cannot be used is a :class:`SourceError`, one line."""
+    path = _check_path(cfg)
+    shown = shorten(str(path))
+    try:
+        st = path.stat()
+        digest = head_sha256(path)
+    except OSError as e:
+        raise SourceError(f"source {cfg.id!r}: cannot open {shown} ({e.strerror or type(e).__name__})") from e
     try:
         with av.open(str(path)) as c:
-            if c.streams.video:
-                v = c.streams.video[0]
-                duration = video_end(c, v)
-                for frame in c.decode(v):
-                    orient = display_orientation(frame)
-                    break
+            if not c.streams.video:
+                kinds: list[str] = sorted({str(s.type) for s in c.streams}) or ["nothing"]
+                raise SourceError(
+                    f"source {cfg.id!r}: {shown} has no video stream (it holds {', '.join(kinds)})"
+                )
+            v = c.streams.video[0]
+            w, h = v.codec_context.width, v.codec_context.height
+            orient = Orientation()
+            with contextlib.suppress(StopIteration, av.FFmpegError):  # orientation: side data of the first frame
+                orient = display_orientation(next(c.decode(v)))
+            if orient.swaps_sides:
+                w, h = h, w
+            duration = video_end(c, v)
+            fps = float(v.average_rate) if v.average_rate else None
+            frames = int(v.frames or 0)
     except av.FFmpegError as e:
-        log.debug("source %s: identity probe: %s", cfg.id, av_reason(e))
-    return SourceIdentity(str(path.resolve()), st.st_size, st.st_mtime, duration, h.hexdigest(), orient.rotation,
-                          orient.mirrored)
+        raise SourceError(f"source {cfg.id!r}: cannot read {shown} as video ({av_reason(e)})") from e
+    ident = SourceIdentity(str(path.resolve()), st.st_size, st.st_mtime, duration, digest, orient.rotation,
+                           orient.mirrored)
+    return FileFacts(frames, w, h, fps, duration, orient, ident)
 
 
 def _next_packet(packets: Iterator[av.Packet]) -> tuple[av.Packet | None, av.FFmpegError | None]:

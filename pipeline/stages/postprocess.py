@@ -126,6 +126,12 @@ class PostprocessStage(Stage):
         st.track(start, event)
         return _Launched(item, mask_t, counts, stats, depth_map, event, zt, layout)
 
+    def restore_rules(self, sid: str, state: str | None) -> None:
+        """A stream joins (again): its rules start from ``state`` (saved with its last published frame), not from
+        what an earlier reading of the same stream id left here. Called when none of its frames is in flight."""
+        if self.zones is not None:
+            self.zones.restore(sid, state)
+
     def _finish(self, job: _Launched) -> Result:
         wait_event(job.event)
         item = job.item

@@ -24,19 +24,25 @@ class PreprocessStage(Stage):
     """Decoded frame -> network input per task (resize + normalise on the engine's device).
 
     Tasks whose engines want the same input share one tensor. Emits :class:`Shutdown` once every source
-    has ended (it counts :class:`EndOfStream` markers). On CUDA the frame goes through pinned host memory,
-    is copied once, asynchronously, and resized on this stage's own stream; the item carries the event.
+    has ended (it counts :class:`EndOfStream` markers; :meth:`admit` counts one more source, joining a running
+    pipeline), or, with ``hold_open``, once :meth:`release` was called too. On CUDA the frame goes through pinned
+    host memory, is copied once, asynchronously, and resized on this stage's own stream; the item carries the event.
     """
 
     name = "preprocess"
 
     def __init__(self, inq: FanIn[Any], outq: NamedQueue[Any], metrics: Metrics, abort: threading.Event,
                  engines: dict[str, Engine], expected_streams: int | None,
-                 select_tasks: Callable[[Frame], tuple[str, ...]] | None = None, keep_image: bool = False) -> None:
+                 select_tasks: Callable[[Frame], tuple[str, ...]] | None = None, keep_image: bool = False,
+                 hold_open: bool = False, on_stream_end: Callable[[EndOfStream], None] | None = None) -> None:
         super().__init__(inq, outq, metrics, abort)
         self.engines = engines
         self.expected = expected_streams
         self.ended = 0
+        self.on_stream_end = on_stream_end  # after a stream's end marker: nothing of it is queued any more
+        self._held_open = hold_open
+        self._closed = False
+        self._count_lock = threading.Lock()
         self.select_tasks = select_tasks
         self.keep_image = keep_image
         self._pre: dict[str, Preprocessor] = {}
@@ -56,13 +62,40 @@ class PreprocessStage(Stage):
         # judged once (the runtime fills in the file sources' shapes at start), whatever runs meanwhile
         self.estimates: dict[tuple[str, int, int], int] = {}
 
+    def admit(self) -> bool:
+        """Count one more source, whose frames and end marker will come; False once this stage has ended."""
+        with self._count_lock:
+            if self._closed:
+                return False
+            if self.expected is not None:
+                self.expected += 1
+            return True
+
+    def release(self) -> None:
+        """End once every admitted source has ended (lifts ``hold_open``)."""
+        self._held_open = False
+
+    def _all_ended(self) -> bool:
+        with self._count_lock:
+            if self.expected is not None and self.ended >= self.expected and not self._held_open:
+                self._closed = True
+            return self._closed
+
     def next_item(self) -> Any:
-        if self.expected is not None and self.ended >= self.expected:
-            return Shutdown()
-        return super().next_item()
+        while True:
+            if self._all_ended():
+                return Shutdown()
+            try:
+                return self.inq.get(timeout=0.2)
+            except TimeoutError:
+                if self.abort.is_set():
+                    return Shutdown()
 
     def on_end_of_stream(self, eos: EndOfStream) -> None:
-        self.ended += 1
+        with self._count_lock:
+            self.ended += 1
+        if self.on_stream_end is not None:
+            self.on_stream_end(eos)
 
     def process(self, frame: Frame) -> Iterable[Prepared]:
         tasks = self.select_tasks(frame) if self.select_tasks else tuple(self.engines)

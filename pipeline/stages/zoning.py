@@ -185,6 +185,13 @@ class ZoneRules:
                                 name, w, h, sid)
         return self._layouts[key]
 
+    def restore(self, sid: str, state: str | None) -> None:
+        """Stream ``sid`` starts (again) from ``state``, not from what an earlier reading of it left here."""
+        self._rules.pop(sid, None)
+        self._rule_states.pop(sid, None)
+        if state and self.plan.rules_for(sid):
+            self._rule_states[sid] = state
+
     def stream_rules(self, sid: str) -> StreamRules | None:
         sr = self._rules.get(sid)
         if sr is None:

@@ -97,6 +97,7 @@ class Tile:
     read_error: str | None = None  # Redis refused to read this stream (e.g. its frames key is not a stream)
     entry: dict[str, bytes] | None = None  # the newest entry's fields (re-rendered when zones or alerts change)
     missing_since: float | None = None  # monotonic time it left {prefix}:streams
+    node: str | None = None  # the fleet node that wrote the newest entry (fleet cameras only)
 
 
 @dataclass(frozen=True)
@@ -348,6 +349,8 @@ class Hub:
             tile.frame = int(newest.get("frame", b"-1"))
         except ValueError:
             tile.frame = None
+        node = newest.get("node")
+        tile.node = node.decode(errors="replace")[:64] if isinstance(node, bytes) else None
         tile.classes = parse_classes(newest.get("classes"))
         try:
             tile.depth_kind = json.loads(newest["depth"]).get("kind") if "depth" in newest else None
@@ -414,6 +417,7 @@ class Hub:
             "state": "error" if tile.read_error and self.redis_ok else tile_state(age, self.settings.stale_after_s,
                                                                                  self.redis_ok),
             "frame": tile.frame,
+            "node": tile.node,
             "age_s": None if age is None else round(age, 1),
             "fps": None if fps is None else round(fps, 2),
             "latency_ms": None if lat is None else round(lat, 1),

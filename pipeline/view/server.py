@@ -6,6 +6,7 @@ Routes (all but ``/healthz`` need the token when one is set):
   ``/api/streams``                JSON: per stream frame, age, fps, latency, classes, active alerts
   ``/api/events``                 server-sent events: the same JSON whenever it changes (at least once a second)
   ``/healthz``                    ``ok`` (for probes; says nothing about Redis)
+  ``/api/cameras``                the fleet's cameras: GET, POST (writes need a token), ``DELETE /api/cameras/{id}``
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from pipeline.frames import STREAM_ID_RULE, valid_stream_id
+from pipeline.view.cameras import add_routes
 from pipeline.view.hub import UNREACHABLE, Hub, ViewSettings
 from pipeline.view.logs import quiet_server_logs
 from pipeline.view.security import check_bind, credential_problem, request_token, token_matches
@@ -154,6 +156,7 @@ def build_app(hub: Hub, token: str | None) -> web.Application:
     app.router.add_get("/api/streams", api_streams)
     app.router.add_get("/api/events", events)
     app.router.add_get("/streams/{id}/latest.jpg", latest_jpg)
+    add_routes(app, hub.settings)
     return app
 
 

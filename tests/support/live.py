@@ -16,6 +16,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from engines import Engine
 from pipeline.config import PipelineConfig
 from pipeline.metrics import Metrics
 from pipeline.runtime import Pipeline, RunReport
@@ -84,7 +85,7 @@ def engines_for(assets: LiveAssets, tasks: Iterable[str] = ("segmentation", "dep
     return create_engines(cfg)
 
 
-class DelayEngine:
+class DelayEngine(Engine):
     """Our engine interface around a real engine, plus ``delay`` seconds per frame (a busy accelerator)."""
 
     def __init__(self, inner: Any, delay: float = 0.0) -> None:
@@ -110,10 +111,8 @@ class LivePipeline:
         self.sinks = [create_sink(uri, cfg, self.metrics) for uri in cfg.sinks]
         for s in self.sinks:
             s.open()
-            fn = getattr(s, "describe", None)
-            if fn is not None:
-                fn(labels_of(engines), {t: str(e.spec.model_id) for t, e in engines.items()})
-        self.pipeline = Pipeline(cfg, engines, self.sinks, self.metrics, live_options={"live": cfg.live})
+            s.describe(labels_of(engines), {t: str(e.spec.model_id) for t, e in engines.items()})
+        self.pipeline = Pipeline(cfg, engines, self.sinks, self.metrics)
         self.pipeline.build()
         self.port = self.metrics.serve(0, "127.0.0.1", self.pipeline.health)
         self.report: RunReport | None = None

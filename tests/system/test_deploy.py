@@ -330,7 +330,7 @@ def _container(deploy: dict[str, Any]) -> dict[str, Any]:
 
 def test_k8s_deployments() -> None:
     deployments = k8s_objects("Deployment")
-    assert set(deployments) == {"dptstream-pipeline", "dptstream-worker", "dptstream-view"}
+    assert set(deployments) == {"dptstream-pipeline", "dptstream-worker", "dptstream-view", "dptstream-node"}
     deployments.pop("dptstream-view")  # test_k8s_view
     secrets = k8s_objects("Secret")
     for name, d in deployments.items():
@@ -369,10 +369,31 @@ def test_k8s_configmap_is_a_valid_pipeline_config(tmp_path: Path, monkeypatch: p
             path = tmp_path / key
             path.write_text(text)
             cfg = load_config(path)
-            assert cfg.sources, key
+            assert cfg.sources or key == "fleet-node.yaml", key  # a fleet node's cameras come from Redis
             assert cfg.metrics.port == PORT, key
             # no sinks: key in the file, so the sink comes from REDIS_URL (the Secret)
             assert cfg.sinks == ["redis://redis.test:6379/0"], key
+
+
+def test_k8s_fleet_nodes() -> None:
+    """Fleet nodes: several replicas with no per-pod configuration, a disruption budget that keeps all but one,
+    and a SIGTERM grace longer than a drain (leases go at once; decoded frames drain in seconds)."""
+    from pipeline.configfile import load_config
+
+    node = k8s_objects("Deployment")["dptstream-node"]
+    args = _container(node)["args"]
+    assert args[0] == "node" and node["spec"]["replicas"] >= 2
+    assert "env" not in args and not any(a.startswith("--node-id") for a in args)
+    assert node["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 30
+    pdb = k8s_objects("PodDisruptionBudget")["dptstream-node"]
+    assert pdb["spec"]["selector"]["matchLabels"] == node["spec"]["selector"]["matchLabels"]
+    assert pdb["spec"]["maxUnavailable"] == 1
+    text = k8s_objects("ConfigMap")["dptstream-config"]["data"][Path(args[1]).name]
+    path = K8S.parent.parent / "configs" / "fleet-node.yaml"
+    assert load_config(path).fleet.lease_s < node["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert "sources" not in yaml.safe_load(text)
+    services = load_yaml(DEPLOY / "compose.yaml")["services"]
+    assert services["node"]["command"][0] == "node" and services["node"]["deploy"]["replicas"] == 2
 
 
 def test_k8s_services_expose_metrics() -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from engines import Engine
 from tests.support.live import (
     FPS,
     H,
@@ -98,7 +99,7 @@ def test_probes_follow_the_camera_and_the_sink_in_a_real_run(live: LiveAssets, c
     assert p.returncode == 0, err
 
 
-class BrokenEngine:
+class BrokenEngine(Engine):
     """Our engine interface, failing the way a dead GPU does."""
 
     def __init__(self, inner: Any) -> None:

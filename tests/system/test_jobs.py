@@ -472,6 +472,52 @@ def test_worker_killed_mid_job_another_worker_finishes_it_exactly_once(
     assert "1 job(s): 0 queued, 0 running, 1 done, 0 failed" in st.stdout.splitlines()[0]
 
 
+@pytest.mark.slow
+def test_rolling_restarts_hand_the_job_back_without_using_up_its_attempts(
+        assets: dict[str, Path], redis_server: RedisServer, tmp_path: Path) -> None:
+    """A scale-down or rolling update stops each worker with one SIGTERM mid-job: more graceful hand-backs than
+    jobs.max_attempts, and the next worker still resumes the job and finishes it, every frame exactly once."""
+    from pipeline.sample import make_clip
+
+    clip = make_clip(tmp_path / "clips" / "long.mp4", frames=200, width=320, height=180, seed=4)
+    n = decoded_frames(clip)
+    config = worker_config(tmp_path / "worker.yaml")
+    r = redis_server.client()
+    sub = cli("submit", str(clip), "--redis", redis_server.url)
+    assert sub.returncode == 0, sub.stderr
+
+    def published() -> int:
+        v = r.hget(f"{PREFIX}:stream:long:progress", "frame")
+        return int(v) + 1 if v is not None else 0
+
+    mark = 0
+    for i in range(2):  # two hand-backs, with --max-attempts 2
+        log = tmp_path / f"w{i}.log"
+        w = start_worker(assets, redis_server, config, f"w{i}", log, "--max-attempts", "2")
+        try:
+            wait_for(lambda t=mark + 8: published() >= t, 120, f"worker w{i} to publish 8 frames", [w], [log])
+            w.send_signal(signal.SIGTERM)
+            assert w.wait(60) == 0, log.read_text()
+        finally:
+            stop([w])
+        assert published() > mark and published() < n, "the job should be stopped mid-file"
+        mark = published()
+        assert "handed back to the queue" in log.read_text()
+        assert job(r, "long")["state"] == "queued"
+    log = tmp_path / "last.log"
+    last = start_worker(assets, redis_server, config, "last", log, "--max-attempts", "2", "--until-empty")
+    try:
+        assert last.wait(180) == 0, log.read_text()
+    finally:
+        stop([last])
+    text = log.read_text()
+    info = job(r, "long")
+    assert info["state"] == "done", text
+    assert_exactly_once(r, "long", clip)
+    assert "took job long (handed back by worker w1)" in text
+    assert "silent" not in text  # the job was handed back, not taken from a silent worker
+
+
 def test_an_idle_worker_outlives_a_redis_restart(assets: dict[str, Path], clips: dict[str, Path],
                                                  redis_server: RedisServer) -> None:
     """Redis goes away and comes back empty (no persistence): the waiting worker neither exits nor crashes,
