@@ -112,6 +112,7 @@ def parse_e2e_variants(text: str | None, names: list[str], tensorrt_ok: bool) ->
     """``--e2e-variants``: variants among those measured (``names``); default the fastest kind measured. A name
     not measured is a usage error, not an end-to-end run silently left out."""
     known = list(dict.fromkeys(names))
+    out: list[str]
     if text is None:
         out = [next(n for n in ("tensorrt", "fp16-graphs", "bf16-graphs", "fp16", "fp32", "bf16", "ov-bf16",
                                 "ov-fp32") if n in known)]
