@@ -22,6 +22,9 @@ def cache_root(cache_dir: str | Path) -> Path:
 def usable_cache_root(cache_dir: str | Path) -> Path:
     """:func:`cache_root`, created if missing and checked to take files: an :class:`EngineUsageError` line
     naming it otherwise (a path that is a file, or under one; no permission), before any export or compile."""
+    if not str(cache_dir).strip():  # Path("") is the working directory: compiled models would land there
+        raise EngineUsageError("engine cache directory is empty; point engine.cache_dir or DPTSTREAM_CACHE_DIR at "
+                               "a writable directory")
     root = cache_root(cache_dir)
     try:
         root.mkdir(parents=True, exist_ok=True)
