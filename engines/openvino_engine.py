@@ -282,7 +282,8 @@ class OpenVINOEngine(Engine):
                 shutil.rmtree(cache_dir, ignore_errors=True)
                 compiled = self._compile(shape, cache_dir, hint)
             from_cache = _loaded_from_cache(compiled)
-            if not from_cache:
+            # also when imported: a start stopped between OpenVINO's blob write and this one left none
+            if not from_cache or not (cache_dir / "key.json").is_file():
                 with atomic_path(cache_dir / "key.json") as tmp:
                     tmp.write_text(json.dumps({**asdict(key), "digest": key.digest()}, indent=2, sort_keys=True))
             import openvino as ov
