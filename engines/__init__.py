@@ -79,7 +79,7 @@ def create_engine(cfg: EngineConfig) -> Engine:
     backend = cfg.backend
     gpu = torch.cuda.is_available() and cfg.device != "cpu"
     if backend == "openvino" and cfg.device == "cuda":
-        raise BackendUnavailable("--engine openvino runs on the CPU; use --device cpu (or auto), or --engine torch")
+        raise EngineUsageError("--engine openvino runs on the CPU; use --device cpu (or auto), or --engine torch")
     if backend == "openvino" and not openvino_available():
         raise BackendUnavailable("--engine openvino asked for, but the openvino package is not installed "
                                  "(pip install openvino, or use --engine torch)")

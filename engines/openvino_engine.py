@@ -41,6 +41,7 @@ from engines.base import (
     Engine,
     EngineConfig,
     EngineError,
+    EngineUsageError,
     Task,
     UnsupportedPrecision,
     error_reason,
@@ -169,7 +170,7 @@ class OpenVINOEngine(Engine):
         import openvino as ov
 
         if cfg.device == "cuda":
-            raise BackendUnavailable("--engine openvino runs on the CPU here; use --device cpu (or auto)")
+            raise EngineUsageError("--engine openvino runs on the CPU; use --device cpu (or auto), or --engine torch")
         self._core = ov.Core()
         self._loaded = loaded
         self._cfg = cfg

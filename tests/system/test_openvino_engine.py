@@ -173,3 +173,12 @@ def test_a_broken_openvino_install_is_one_line_and_auto_runs_on_torch(assets: di
     warnings = [ln for ln in p.stderr.splitlines() if "fails to import" in ln]
     assert len(warnings) == 1 and "torch" in warnings[0], p.stderr
     assert len((tmp_path / "auto" / "cam.jsonl").read_text().splitlines()) == 20  # every frame published
+
+
+def test_openvino_on_cuda_is_one_usage_line_exit_2(assets: dict[str, Path], tmp_path: Path) -> None:
+    from tests.support.servers import cli, one_error_line
+
+    p = cli("run", "-s", f"cam={assets['clip360']}", "--engine", "openvino", "--device", "cuda", "--tasks", "depth",
+            "-m", f"depth={assets['depth']}", "--sink", f"dir:{tmp_path / 'out'}", "--metrics-port", "-1")
+    line = one_error_line(p.stderr)
+    assert p.returncode == 2 and "--device cpu" in line and "--engine torch" in line, p.stderr
