@@ -20,13 +20,19 @@ CPU_BATCHES = "1,4,8"
 
 
 # -- small helpers -------------------------------------------------------------------------------------------
-def int_list(text: str, what: str) -> list[int]:
+# the run's own limits (engine.threads, engine.batch_size): beyond them a thread pool or a batch exhausts the
+# process before any measurement (99999 threads made shared libraries fail to map)
+MAX_THREADS = 1024
+MAX_BATCH = 256
+
+
+def int_list(text: str, what: str, most: int = MAX_BATCH) -> list[int]:
     try:
         out = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise ConfigError(f"{what}: {text!r} is not a comma-separated list of integers") from None
-    if not out or any(v < 1 for v in out):
-        raise ConfigError(f"{what}: {text!r} needs one or more integers >= 1")
+    if not out or any(v < 1 or v > most for v in out):
+        raise ConfigError(f"{what}: {text!r} needs one or more integers from 1 to {most}")
     return list(dict.fromkeys(out))
 
 

@@ -42,6 +42,7 @@ from pipeline.benchmark.naive import run_naive
 from pipeline.benchmark.plan import (
     CPU_BATCHES,
     GPU_BATCHES,
+    MAX_THREADS,
     Plan,
     Variant,
     int_list,
@@ -311,7 +312,7 @@ def bench(r: BenchRequest) -> Path:
     vtext = _given(r.variants, "fp32" if dev == "cpu" else
                    "fp32,fp16,fp16-graphs" + (",tensorrt,tensorrt-fp16softmax" if tensorrt_available() else ""))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    thread_list = int_list(r.threads, "--threads") if r.threads is not None else ([1, cores] if cores > 1 else [1])
+    thread_list = int_list(r.threads, "--threads", MAX_THREADS) if r.threads is not None else ([1, cores] if cores > 1 else [1])
     vlist = parse_variants(vtext, dev, thread_list if dev == "cpu" else None)
     mode_list = [m.strip() for m in r.modes.split(",") if m.strip()]
     if not mode_list or any(m not in ("engine", "e2e", "naive") for m in mode_list):

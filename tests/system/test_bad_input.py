@@ -337,8 +337,12 @@ def test_bad_flags_fail_before_any_model_loads(assets: dict[str, Path], tmp_path
 
 
 @pytest.mark.parametrize("args, expect", [
-    (["bench", "--device", "cpu", "--batch-sizes", ""], "--batch-sizes: '' needs one or more integers >= 1"),
-    (["bench", "--device", "cpu", "--threads", ""], "--threads: '' needs one or more integers >= 1"),
+    (["bench", "--device", "cpu", "--batch-sizes", ""], "--batch-sizes: '' needs one or more integers from 1"),
+    (["bench", "--device", "cpu", "--threads", ""], "--threads: '' needs one or more integers from 1"),
+    (["bench", "--device", "cpu", "--threads", "2,99999"], "--threads: '2,99999' needs one or more integers from "
+                                                           "1 to 1024"),
+    (["bench", "--device", "cpu", "--batch-sizes", "100000"], "--batch-sizes: '100000' needs one or more integers "
+                                                              "from 1 to 256"),
     (["sample", "{tmp}/s", "--width", "63"], "Invalid value for '--width'"),
     (["sample", "{tmp}/s", "--width", "66", "--height", "65"], "use even sides"),
     (["sample", "{tmp}/s", "--frames", "0"], "Invalid value for '--frames'"),
