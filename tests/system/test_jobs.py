@@ -171,15 +171,15 @@ def test_submit_queues_once_and_refuses_a_second_file_under_one_id(redis_server:
 
 # -- one worker in this process (real engines, real Redis) -----------------------------------------------
 
-def _runtime(assets: dict[str, Path], redis: RedisServer, **jobs: Any) -> Any:
+def _runtime(assets: dict[str, Path], redis: RedisServer, backend: str = "auto", **jobs: Any) -> Any:
     from pipeline.configfile import load_config
     from pipeline.runtime.app import start_runtime
 
     cfg = load_config(None, {
         "sinks": [redis.url], "models": {"segmentation": str(assets["segmentation"]),
                                          "depth": str(assets["depth"])},
-        "engine": {"device": "cpu", "batch_size": 4}, "metrics": {"port": None}, "progress": False,
-        "jobs": {"poll_s": 0.2, **jobs},
+        "engine": {"device": "cpu", "batch_size": 4, "backend": backend}, "metrics": {"port": None},
+        "progress": False, "jobs": {"poll_s": 0.2, **jobs},
     })
     return cfg, start_runtime(cfg, serve_metrics=False)
 
@@ -330,7 +330,8 @@ def test_heartbeat_keeps_a_long_job_from_being_taken_over(assets: dict[str, Path
 
     _submit(redis_server, str(clips["long"]))
     r = redis_server.client()
-    cfg, rt = _runtime(assets, redis_server, claim_idle_s=1.0)
+    # torch, the slower CPU engine: the job has to outlast claim_idle_s for the heartbeat to be what keeps it
+    cfg, rt = _runtime(assets, redis_server, backend="torch", claim_idle_s=1.0)
     stolen: list[Any] = []
     try:
         w = Worker(cfg, rt, redis_server.client(), name="w1", until_empty=True)
