@@ -175,6 +175,28 @@ def err(msg: str) -> None:
     print(f"dptstream: error: {printable(redact_text(msg), lines=False)}", file=sys.stderr, flush=True)
 
 
+class KeyReads:
+    """Reads of one Redis client that go on past a wrong-typed key: each refusal is one line naming the key,
+    and :attr:`bad` remembers that one happened (the command then exits 1, after printing the rest)."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.bad = False
+
+    def read(self, kind: str, key: str, what: str, fn: Any, *args: Any) -> Any:
+        """``fn(*args)``, or None after one line naming ``key`` when it holds another type than ``kind``."""
+        import redis
+
+        from pipeline.sinks import key_problem
+
+        try:
+            return fn(*args)
+        except redis.ResponseError as e:
+            err(key_problem(self.client, e, {key: kind}, what))
+            self.bad = True
+            return None
+
+
 def report_error(e: Exception) -> int:
     from engines import EngineError, EngineUsageError
     from pipeline.runtime import PipelineError

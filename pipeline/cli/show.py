@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline.cli.common import DebugOpt, check_stream_id, err, reader_redis, setup_logging
+from pipeline.cli.common import DebugOpt, KeyReads, check_stream_id, err, reader_redis, setup_logging
 from pipeline.redact import printable, redact
 
 
@@ -53,22 +53,11 @@ def show(
         check_stream_id(stream)
     url = reader_redis(redis_url, redis_prefix)
     keys = RedisKeys(redis_prefix)
-    bad = False
-
-    def read(kind: str, key: str, what: str, fn: Any, *args: Any) -> Any:
-        """``fn(*args)``, or None after one line naming ``key`` when it holds another type (the rest goes on)."""
-        nonlocal bad
-        try:
-            return fn(*args)
-        except redis.ResponseError as e:
-            err(key_problem(r, e, {key: kind}, what))
-            bad = True
-            return None
-
     try:
         r = redis_client(url)
-        meta = read("hash", keys.meta, "reading the class names", r.hget, keys.meta, "labels")
-        members = [stream.encode()] if stream else read("set", keys.streams, "listing the streams", r.smembers,
+        reads = KeyReads(r)
+        meta = reads.read("hash", keys.meta, "reading the class names", r.hget, keys.meta, "labels")
+        members = [stream.encode()] if stream else reads.read("set", keys.streams, "listing the streams", r.smembers,
                                                         keys.streams)
     except Exception as e:
         from pipeline.sinks import SinkError
@@ -79,20 +68,21 @@ def show(
         labels = meta_labels(meta)
     except ValueError as e:
         err(f"{keys.meta}: {e}; classes are shown by id")
-        labels, bad = {}, True
+        labels = {}
+        reads.bad = True
     if not ids and members is not None:
         print(f"no streams under {redis_prefix}: in {redact(url)}")
     for sid in ids:
         if not valid_stream_id(sid):
             err(f"Redis key {keys.streams} lists '{printable(sid[:80], lines=False)}', which is no stream id: "
                 f"SREM it from {keys.streams}")
-            bad = True
+            reads.bad = True
             continue
         try:
             entries = r.xrevrange(keys.frames(sid), count=count)
         except redis.ResponseError as e:
             err(f"stream {sid!r}: " + key_problem(r, e, {keys.frames(sid): "stream"}, "reading it"))
-            bad = True
+            reads.bad = True
             continue
         if not entries:
             print(f"{sid}: no entries")
@@ -101,7 +91,7 @@ def show(
                 check_entry(sid, eid.decode(), f)
             except EntryError as e:
                 err(str(e))
-                bad = True
+                reads.bad = True
                 continue
             fields = {k.decode(): v for k, v in f.items()}
             line = [f"{sid} frame {int(fields['frame'])} pts {float(fields['pts']):.3f}s"]
@@ -125,7 +115,7 @@ def show(
                 line.append(zone_summary(json.loads(fields["zones"]), labels, kind))
             line.append(f"latency {float(fields['latency_ms']):.0f} ms")
             print("  ".join(line), flush=True)
-    if bad:
+    if reads.bad:
         raise typer.Exit(1)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -26,7 +26,7 @@ def snapshot_cmd(
     import redis
     from PIL import Image
 
-    from pipeline.cli.common import connect, err, queue_url, setup_logging, small_config
+    from pipeline.cli.common import KeyReads, connect, err, queue_url, setup_logging, small_config
     from pipeline.overlay import render_entry
     from pipeline.sinks import RedisKeys, key_problem
     from pipeline.sinks.entries import EntryError, check_entry
@@ -44,24 +44,15 @@ def snapshot_cmd(
     except redis.ResponseError as e:
         err(f"stream {stream!r}: " + key_problem(client, e, {keys.frames(stream): "stream"}, "reading it"))
         raise typer.Exit(1) from None
-    bad = False
-
-    def read(kind: str, key: str, what: str, fn: Any, *args: Any) -> Any:
-        """``fn(*args)``, or None after one line naming ``key`` when it holds another type (the rest goes on)."""
-        nonlocal bad
-        try:
-            return fn(*args)
-        except redis.ResponseError as e:
-            err(key_problem(client, e, {key: kind}, what))
-            bad = True
-            return None
+    reads = KeyReads(client)
+    read = reads.read
 
     if not entries:
         members = read("set", keys.streams, "listing the streams", client.smembers, keys.streams) or set()
         known = sorted(printable(x.decode("utf-8", "backslashreplace"), lines=False) for x in members)
         hint = f"; known streams: {', '.join(known[:10])}" if known else ""
         missing = f"no entries for stream {stream!r} under {cfg.redis.prefix}: at {redact(url)}{hint}"
-        if bad:  # a wrong-typed key is the trouble to fix first (exit 1, as show and status give)
+        if reads.bad:  # a wrong-typed key is the trouble to fix first (exit 1, as show and status give)
             err(missing)
             raise typer.Exit(1)
         raise ConfigError(missing)
@@ -88,7 +79,7 @@ def snapshot_cmd(
     frame = int(fields["frame"])
     extra = "" if "thumb" in fields else " (no frame thumbnail in Redis: set redis.thumbnail to include one)"
     print(f"{target}: {stream} frame {frame}, {picture.shape[1]}x{picture.shape[0]}{extra}")
-    if bad:
+    if reads.bad:
         raise typer.Exit(1)
 
 
