@@ -39,8 +39,14 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.fleet.keys import FleetKeys  # noqa: E402
 from pipeline.fleet.registry import CameraRegistry  # noqa: E402
-from tests.support.fleet import Fleet, now_ms, owners, wait  # noqa: E402
-from tests.support.live import FPS, H, W, make_live_assets  # noqa: E402
+from tests.support.fleet import Fleet, now_ms, owners  # noqa: E402
+from tests.support.live import (  # noqa: E402
+    FPS,
+    H,
+    W,
+    make_live_assets,
+    wait_for,
+)
 from tests.support.rtsp_server import RtspServer  # noqa: E402
 from tests.support.servers import RedisServer, free_port  # noqa: E402
 
@@ -84,12 +90,12 @@ def handovers(fleet: Fleet, client: Any, cams: list[str], rounds: int, sig: int)
         t0 = now_ms(client)
         fleet.nodes[victim].signal(sig)
         for cam in moved:
-            got = wait(lambda c=cam, t=t0, v=victim: first_entry_after(client, c, t, v), 60, f"{cam} elsewhere")
+            got = wait_for(lambda c=cam, t=t0, v=victim: first_entry_after(client, c, t, v), 60, f"{cam} elsewhere")
             out.append((got - t0) / 1000.0)
         fleet.nodes[victim].proc.wait(60)
         fleet.start(victim)  # back, and the fleet rebalances before the next round
         back = now_ms(client)
-        wait(lambda b=back, v=victim: settled(client, cams, list(fleet.nodes), b) and
+        wait_for(lambda b=back, v=victim: settled(client, cams, list(fleet.nodes), b) and
              v in owners(client, cams).values(), START_S, "the fleet rebalanced")
         print(f"  {signal.Signals(sig).name} {i + 1}/{rounds}: {[round(x, 2) for x in out[-len(moved):]]}",
               flush=True)
@@ -117,12 +123,12 @@ def add_latency(fleet: Fleet, client: Any, cameras: RtspServer, cam: str, others
         t0 = now_ms(client)
         quiet.append(max_gap_s(client, others, t0 - 4000, t0))
         reg.add([{"id": cam, "uri": cameras.url(cam)}], replace=True)
-        got = wait(lambda t=t0: first_entry_after(client, cam, t), 60, f"{cam}'s first entry")
+        got = wait_for(lambda t=t0: first_entry_after(client, cam, t), 60, f"{cam}'s first entry")
         out.append((got - t0) / 1000.0)
         time.sleep(2.0)
         gaps.append(max_gap_s(client, others, t0, got + 2000))
         reg.remove(cam)
-        wait(lambda: cam not in owners(client, [cam]), 60, f"{cam} released")
+        wait_for(lambda: cam not in owners(client, [cam]), 60, f"{cam} released")
     return out, gaps, quiet
 
 
@@ -143,7 +149,7 @@ def throughput(fleet: Fleet, client: Any, cameras: RtspServer, cams: list[str], 
     proc = subprocess.Popen(args, cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=log,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        wait(lambda: all(client.xlen(f"dpt:stream:{c}:frames") for c in cams), START_S, "run streaming")
+        wait_for(lambda: all(client.xlen(f"dpt:stream:{c}:frames") for c in cams), START_S, "run streaming")
         time.sleep(warm)
         t0 = now_ms(client)
         time.sleep(window)
@@ -157,7 +163,7 @@ def throughput(fleet: Fleet, client: Any, cameras: RtspServer, cams: list[str], 
     reg.add([{"id": c, "uri": cameras.url(c)} for c in cams], replace=True)
     node = fleet.start("solo", max_cameras=len(cams))
     try:
-        wait(lambda: all(client.xlen(f"dpt:stream:{c}:frames") for c in cams), START_S, "node streaming")
+        wait_for(lambda: all(client.xlen(f"dpt:stream:{c}:frames") for c in cams), START_S, "node streaming")
         time.sleep(warm)
         t0 = now_ms(client)
         time.sleep(window)
@@ -205,7 +211,7 @@ def main() -> None:
             fleet.start("n1")
             fleet.start("n2")
             t = now_ms(client)
-            wait(lambda: settled(client, four, ["n1", "n2"], t), START_S, "two nodes streaming four cameras")
+            wait_for(lambda: settled(client, four, ["n1", "n2"], t), START_S, "two nodes streaming four cameras")
             if "add" not in a.skip:
                 print("add to first entry", flush=True)
                 lat, gaps, quiet = add_latency(fleet, client, cameras, cams[7], four, a.add_rounds)

@@ -182,7 +182,7 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float
         if v:
             return v
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
         time.sleep(interval)
 
 

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.support.fleet import Fleet, newest_ms, now_ms, owners, wait
-from tests.support.live import FPS, H, LiveAssets, W, need_rtsp, session_live_assets
+from tests.support.fleet import Fleet, newest_ms, now_ms, owners
+from tests.support.live import FPS, H, LiveAssets, W, need_rtsp, session_live_assets, wait_for
 from tests.support.rtsp_server import RtspServer
 from tests.support.servers import RedisServer
 
@@ -106,7 +106,7 @@ def test_nodes_share_cameras_take_new_ones_drop_removed_ones_and_take_over_from_
         fair = len(cams) / len(nodes)  # 2 ± 1 for six cameras on three nodes
         return own if all(abs(n - fair) <= 1 for n in Counter(own.values()).values()) else None
 
-    own = wait(lambda: balanced(six, {"n1", "n2", "n3"}), START_S, "all six cameras streaming on three nodes")
+    own = wait_for(lambda: balanced(six, {"n1", "n2", "n3"}), START_S, "all six cameras streaming on three nodes")
     loads = Counter(own.values())
     assert all(1 <= v <= 3 for v in loads.values()), loads
     def lists_its_cameras(name: str) -> bool:
@@ -114,7 +114,7 @@ def test_nodes_share_cameras_take_new_ones_drop_removed_ones_and_take_over_from_
         return (fleet.nodes[name].ready() or {}).get("cameras") == mine
 
     for name in ("n1", "n2", "n3"):  # /readyz lists what each node runs
-        wait(lambda: lists_its_cameras(name), 10, f"{name} /readyz")  # noqa: B023
+        wait_for(lambda: lists_its_cameras(name), 10, f"{name} /readyz")  # noqa: B023
     listed = fleet.cli("cameras", "list", "--json", "--lease-s", str(fleet.lease_s))
     rows = [json.loads(line) for line in listed.stdout.splitlines()]
     assert {r["id"]: r["node"] for r in rows} == owners(c, six)
@@ -129,14 +129,14 @@ def test_nodes_share_cameras_take_new_ones_drop_removed_ones_and_take_over_from_
     before = dict(own)
     r = fleet.cli("cameras", "add", "cam6", cameras.url("cam6"))
     assert r.returncode == 0, r.stderr
-    own7 = wait(lambda: running_everywhere(c, CAMS), 30, "cam6 streaming")
+    own7 = wait_for(lambda: running_everywhere(c, CAMS), 30, "cam6 streaming")
     assert all(own7[k] == before[k] for k in six)
 
     # removed: its node stops it (drained) and no entry follows
     r = fleet.cli("cameras", "remove", "cam6")
     assert r.returncode == 0, r.stderr
-    wait(lambda: "cam6" not in owners(c, ["cam6"]), 10, "cam6 released")
-    wait(lambda: now_ms(c) - newest_ms(c, "cam6") > 1500, 30, "cam6's decoded frames drained")
+    wait_for(lambda: "cam6" not in owners(c, ["cam6"]), 10, "cam6 released")
+    wait_for(lambda: now_ms(c) - newest_ms(c, "cam6") > 1500, 30, "cam6's decoded frames drained")
     n_after = c.xlen("dpt:stream:cam6:frames")
     time.sleep(1.5)
     assert c.xlen("dpt:stream:cam6:frames") == n_after
@@ -147,7 +147,7 @@ def test_nodes_share_cameras_take_new_ones_drop_removed_ones_and_take_over_from_
     fleet.nodes[victim].signal(signal.SIGKILL)
     fleet.nodes[victim].proc.wait(10)
     killed_at = now_ms(c)
-    after = wait(lambda: running_everywhere(c, six, killed_at), 30, "the killed node's cameras elsewhere")
+    after = wait_for(lambda: running_everywhere(c, six, killed_at), 30, "the killed node's cameras elsewhere")
     assert all(after[k] != victim for k in lost)
     survivors = Counter(after.values())
     assert set(survivors) <= {"n1", "n2", "n3"} - {victim} and all(v == 3 for v in survivors.values()), survivors
@@ -177,7 +177,7 @@ def test_a_paused_node_is_fenced_redis_restarts_and_sigterm_hands_over(
         import_cameras(fleet, cameras, four, tmp_path)
         fleet.start("n1")
         fleet.start("n2")
-        own = wait(lambda: (o := running_everywhere(c, four)) and Counter(o.values()) == {"n1": 2, "n2": 2} and o,
+        own = wait_for(lambda: (o := running_everywhere(c, four)) and Counter(o.values()) == {"n1": 2, "n2": 2} and o,
                    START_S, "four cameras streaming, two on each node")
         assert Counter(own.values()) == {"n1": 2, "n2": 2}
 
@@ -187,10 +187,10 @@ def test_a_paused_node_is_fenced_redis_restarts_and_sigterm_hands_over(
         n2.signal(signal.SIGSTOP)
         time.sleep(3 * fleet.lease_s)
         stopped_at = now_ms(c)
-        wait(lambda: running_everywhere(c, lost, stopped_at), 30, "n1 running n2's cameras")
+        wait_for(lambda: running_everywhere(c, lost, stopped_at), 30, "n1 running n2's cameras")
         n2.signal(signal.SIGCONT)
-        wait(lambda: n2.metric("dptstream_frames_dropped_total", reason="fenced") > 0, 20, "fenced drops on n2")
-        settled = wait(lambda: (o := running_everywhere(c, four, now_ms(c) - 500)) and
+        wait_for(lambda: n2.metric("dptstream_frames_dropped_total", reason="fenced") > 0, 20, "fenced drops on n2")
+        settled = wait_for(lambda: (o := running_everywhere(c, four, now_ms(c) - 500)) and
                        Counter(o.values()) == {"n1": 2, "n2": 2} and o, 30, "n2 back with its fair share")
         moved = [k for k in four if settled[k] != "n1"]
         assert len(moved) <= 2
@@ -201,7 +201,7 @@ def test_a_paused_node_is_fenced_redis_restarts_and_sigterm_hands_over(
         time.sleep(0.5)
         srv.start()
         back = now_ms(c)
-        after = wait(lambda: running_everywhere(c, four, back + 1000), 30, "cameras streaming after the restart")
+        after = wait_for(lambda: running_everywhere(c, four, back + 1000), 30, "cameras streaming after the restart")
         held = {n: set((node.ready() or {}).get("cameras", [])) for n, node in fleet.nodes.items()}
         assert held["n1"].isdisjoint(held["n2"]) and held["n1"] | held["n2"] == set(four), held
         assert all(k in held[after[k]] for k in four)
@@ -211,7 +211,7 @@ def test_a_paused_node_is_fenced_redis_restarts_and_sigterm_hands_over(
         n2.signal(signal.SIGTERM)
         term = now_ms(c)
         assert n2.proc.wait(30) == 0, n2.stderr
-        wait(lambda: running_everywhere(c, gone, term), 15, "n1 running n2's cameras after SIGTERM")
+        wait_for(lambda: running_everywhere(c, gone, term), 15, "n1 running n2's cameras after SIGTERM")
         assert fleet.nodes["n1"].metric("dptstream_fleet_handovers_total", reason="released") >= len(gone)
         assert_one_writer_at_a_time(c, four)
         assert all(newest_ms(c, k) > term for k in four)
