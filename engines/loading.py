@@ -214,7 +214,6 @@ def clean_label(label: Any, class_id: int) -> str:
     return text or f"class_{class_id}"
 
 
-
 def _read_json(path: Path, what: str, model_id: str) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -368,7 +368,6 @@ class OpenVINOEngine(Engine):
             self._compiled.clear()
 
 
-
 def _loaded_from_cache(compiled: Any) -> bool:
     try:
         return bool(compiled.get_property("LOADED_FROM_CACHE"))
