@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SourcePlan:
-    """One source, decided: its config, what probing it told (``facts``: files only), the first frame to publish
+    """One source, decided: its config, what probing it told (``facts``: frames, size in display orientation,
+    fps, duration, orientation, identity; files only), the first frame to publish
     (``start_frame``: frames before it were published by an earlier run), the zone rules' debounce state saved
     with the last published frame (``rule_state``), and the network input shape per task for its size."""
 
@@ -42,11 +43,6 @@ class SourcePlan:
     @property
     def live(self) -> bool:
         return self.source.is_live
-
-    @property
-    def probe(self) -> FileFacts | None:
-        """The probe facts (frames, size in display orientation, fps, duration, orientation, identity)."""
-        return self.facts
 
     @property
     def size(self) -> tuple[int, int] | None:
@@ -70,9 +66,6 @@ class RunPlan:
 
     zones: ZonePlan = field(default_factory=ZonePlan)
     sources: tuple[SourcePlan, ...] = ()
-
-    def source(self, stream_id: str) -> SourcePlan:
-        return next(p for p in self.sources if p.stream_id == stream_id)
 
 
 def find_progress_store(sinks: Sequence[Sink]) -> ProgressStore | None:
