@@ -21,6 +21,7 @@ start imports the compiled blob instead of compiling. A cache entry that does no
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -273,20 +274,26 @@ class OpenVINOEngine(Engine):
             key = self.key(shape, hint)
             cache_dir = key.cache_dir(self._root)
             t0 = time.monotonic()
-            try:
-                compiled = self._compile(shape, cache_dir, hint)
-            except EngineError:
-                if not cache_dir.exists():
-                    raise
-                # a cache entry that does not import (truncated, another build's): rebuild it, once
-                log.warning("OpenVINO model cache %s does not load; rebuilding it", cache_dir)
-                shutil.rmtree(cache_dir, ignore_errors=True)
-                compiled = self._compile(shape, cache_dir, hint)
-            from_cache = _loaded_from_cache(compiled)
-            # also when imported: a start stopped between OpenVINO's blob write and this one left none
-            if not from_cache or not (cache_dir / "key.json").is_file():
-                with atomic_path(cache_dir / "key.json") as tmp:
-                    tmp.write_text(json.dumps({**asdict(key), "digest": key.digest()}, indent=2, sort_keys=True))
+            cache_dir.parent.mkdir(parents=True, exist_ok=True)
+            # one process at a time per cache entry: another process's import of a blob OpenVINO is still writing
+            # (or one a rebuild is deleting) reads a file that changes under its mapping and dies of SIGBUS
+            with open(cache_dir.parent / f"{cache_dir.name}.lock", "a+b") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    compiled = self._compile(shape, cache_dir, hint)
+                except EngineError:
+                    if not cache_dir.exists():
+                        raise
+                    # a cache entry that does not import (truncated, another build's): rebuild it, once
+                    log.warning("OpenVINO model cache %s does not load; rebuilding it", cache_dir)
+                    shutil.rmtree(cache_dir, ignore_errors=True)
+                    compiled = self._compile(shape, cache_dir, hint)
+                from_cache = _loaded_from_cache(compiled)
+                # also when imported: a start stopped between OpenVINO's blob write and this one left none
+                if not from_cache or not (cache_dir / "key.json").is_file():
+                    with atomic_path(cache_dir / "key.json") as tmp:
+                        tmp.write_text(json.dumps({**asdict(key), "digest": key.digest()}, indent=2,
+                                                  sort_keys=True))
             import openvino as ov
 
             jobs = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
